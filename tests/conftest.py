@@ -1,0 +1,33 @@
+"""Shared test fixtures: paths to the golden HyenaDNA fixture and to ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def hyena_fixture() -> Path:
+    """The reference HyenaDNA tiny-1k fixture (weights and exact outputs)."""
+    return FIXTURES / "hyenadna_tiny1k"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the repository; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (real genomes live beside the repository)")
+    return SHARED_DATA
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the calling test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found (real data lives in ../shared/data beside the repository)")
+    return path
