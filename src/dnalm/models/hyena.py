@@ -1,0 +1,374 @@
+"""HyenaDNA, reproduced exactly (tensor for tensor with the released reference).
+
+References: Poli et al. 2023, "Hyena Hierarchy: Towards Larger Convolutional Language Models"
+(the Hyena operator, order N = 2); Nguyen et al. 2023, "HyenaDNA: Long-Range Genomic Sequence
+Modeling at Single Nucleotide Resolution" (the DNA models and their checkpoints). Facts about the
+reference code are in ``shared/reference/hyenadna.md``; section numbers below point there.
+
+The network is the LM shell of :mod:`dnalm.models.blocks` with :class:`HyenaOperator` as mixer.
+One operator, on u (B, L, D) (§3.2)::
+
+    (x0, x1, v) = split(ShortConv_3(in_proj u))          # each (B, D, L), causal 3-tap conv
+    z_t = v_t * x1_t                                      # gating, input of the long convolution
+    y_t = x0_t * (sum_{s<=t} h[t-s] z_s + Dskip * z_t)   # long convolution with the implicit filter h
+    out = out_proj(y)
+
+The filter ``h`` (D, L) is "implicit": ``h = FFN(PosEnc(t)) * (exp(-|delta| t) + shift)``
+(Hyena eq. 7), a Linear/Sin MLP over fixed positional features with exponential decay (§3.4).
+The long convolution is computed by FFT (:func:`fftconv_ref`, §3.3), or step by step from the
+kept history of ``z`` (:meth:`HyenaOperator.step`, O(t·D) for token t).
+
+Notation: ``B`` batch, ``L`` length, ``D = d_model``, ``K`` short filter size, ``F = filter_order``.
+Hidden states and inference state: see :mod:`dnalm.models.blocks` and :mod:`dnalm.inference.state`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from dnalm.errors import ConfigError
+from dnalm.inference.state import InferenceState
+from dnalm.models.blocks import CausalLM, pad_vocab
+
+FAST_PATHS = ("auto", "fused", "reference")
+
+
+@dataclass(frozen=True)
+class HyenaConfig:
+    """Hyperparameters of :class:`HyenaLM` (defaults: tiny-1k).
+
+    ``l_max``: longest input; the positional features and so every filter depend on it, so it
+    must match the checkpoint (training length + 2 in the released models). ``emb_dim``: width
+    of the positional features (odd, >= 3). ``filter_order``: hidden width F of the filter MLP.
+    ``w``: initial Sin frequency. ``shift``: added to the exponential decay of the filter;
+    0.05 in HyenaDNA's standalone and ``-hf`` code, 0.0 in its training code (§1).
+    ``modulate``: apply the decay at all. ``train_pos_emb``: make the positional features a
+    trainable parameter (HyenaDNA's ``lr_pos_emb > 0``). ``embed_dropout`` / ``resid_dropout`` /
+    ``hyena_dropout``: dropout on the embedding, on each residual branch, on ``v * x1``.
+    ``fast_decay_pct``, ``slow_decay_pct``, ``decay_target``: the decay rates
+    ``delta = linspace(ln(target)/slow, ln(target)/fast, D)``.
+    ``fast_path``: how whole blocks run without an inference state: ``auto`` (the fused kernels of
+    :mod:`dnalm.kernels` on CUDA with Triton, the reference code elsewhere), ``fused`` (the fused
+    block everywhere; plain PyTorch ops off CUDA) or ``reference``. It changes no weights or keys.
+    """
+
+    d_model: int = 128
+    n_layer: int = 2
+    d_inner: int = 512
+    vocab_size: int = 12
+    pad_vocab_size_multiple: int = 8
+    l_max: int = 1026
+    emb_dim: int = 5
+    filter_order: int = 64
+    short_filter_order: int = 3
+    w: float = 10.0
+    train_freq: bool = True
+    modulate: bool = True
+    shift: float = 0.05
+    fast_decay_pct: float = 0.3
+    slow_decay_pct: float = 1.5
+    decay_target: float = 1e-2
+    train_pos_emb: bool = False
+    embed_dropout: float = 0.1
+    resid_dropout: float = 0.0
+    hyena_dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+    residual_in_fp32: bool = True
+    initializer_range: float = 0.02
+    fast_path: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.fast_path not in FAST_PATHS:
+            raise ConfigError(f"hyena: fast_path must be one of {', '.join(FAST_PATHS)}, got '{self.fast_path}'")
+        for name in ("d_model", "n_layer", "d_inner", "vocab_size", "pad_vocab_size_multiple", "l_max",
+                     "filter_order", "short_filter_order"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"hyena: {name} must be >= 1, got {getattr(self, name)}")
+        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
+            raise ConfigError(f"hyena: emb_dim must be odd and >= 3 (time + cos/sin pairs), "
+                              f"got {self.emb_dim}")
+        for name in ("embed_dropout", "resid_dropout", "hyena_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"hyena: {name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and columns of the logits (12 -> 16)."""
+        return pad_vocab(self.vocab_size, self.pad_vocab_size_multiple)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> HyenaConfig:
+        """A named preset (see :data:`PRESETS`) with some fields replaced."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown hyena preset '{name}' (presets: {', '.join(PRESETS)})")
+        try:
+            return replace(PRESETS[name], **overrides)
+        except TypeError as exc:
+            raise ConfigError(f"hyena preset '{name}': {exc}") from None
+
+
+#: The released HyenaDNA checkpoints (``LongSafari/hyenadna-<name>-seqlen`` hub configs, §2);
+#: tiny-1k-d256 from its name and the repo's ``experiment/hg38/nucleotide_transformer.yaml``.
+PRESETS: dict[str, HyenaConfig] = {
+    "tiny-1k": HyenaConfig(d_model=128, n_layer=2, d_inner=512, l_max=1026),
+    "tiny-1k-d256": HyenaConfig(d_model=256, n_layer=2, d_inner=1024, l_max=1026),
+    "tiny-16k-d128": HyenaConfig(d_model=128, n_layer=2, d_inner=512, l_max=16386),
+    "small-32k": HyenaConfig(d_model=256, n_layer=4, d_inner=1024, l_max=32770),
+    "medium-160k": HyenaConfig(d_model=256, n_layer=8, d_inner=1024, l_max=160002),
+    "medium-450k": HyenaConfig(d_model=256, n_layer=8, d_inner=1024, l_max=450002),
+    "large-1m": HyenaConfig(d_model=256, n_layer=8, d_inner=1024, l_max=1000002),
+}
+
+
+def fftconv_ref(u: Tensor, k: Tensor, D: Tensor) -> Tensor:
+    """Causal long convolution with skip term: ``y[t] = sum_{s<=t} k[t-s] u[s] + D u[t]``.
+
+    u: (B, C, L); k: (C, L); D: (C,). Returns (B, C, L) in ``u.dtype``.
+    Zero-padded FFT of size 2L as in HyenaDNA's ``fftconv`` (§3.3), computed in float32 (float64
+    for a float64 filter) whatever the input dtype, the skip term in float32.
+    """
+    L = u.shape[-1]
+    n = 2 * L
+    k = k.to(torch.promote_types(k.dtype, torch.float32))
+    k_f = torch.fft.rfft(k, n=n) / n
+    u_f = torch.fft.rfft(u.to(k.dtype), n=n)
+    y = torch.fft.irfft(u_f * k_f, n=n, norm="forward")[..., :L]
+    out = y + u.float() * D.float()[:, None]
+    return out.to(u.dtype)
+
+
+class PositionalEmbedding(nn.Module):
+    """Fixed features of the filter positions (§3.4).
+
+    z: (1, l_max, emb_dim) = [t, cos(f_j w), -sin(f_j w)] with t = linspace(0, 1, l_max),
+    w = 2 pi n / l_max, f = linspace(1e-4, bands - 1, bands); t: (1, l_max, 1).
+    Both persistent (stored in checkpoints); z is a parameter when ``trainable``.
+    """
+
+    def __init__(self, emb_dim: int, l_max: int, trainable: bool = False, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        bands = (emb_dim - 1) // 2
+        t = torch.linspace(0, 1, l_max, device=device)[None, :, None]
+        w = 2 * math.pi * torch.linspace(0, l_max - 1, l_max, device=device)[None, :, None] / l_max
+        f = torch.linspace(1e-4, bands - 1, bands, device=device)[None, None]
+        z = torch.cat([t, torch.cos(f * w), -torch.sin(f * w)], dim=-1).to(dtype or torch.get_default_dtype())
+        if trainable:
+            self.z = nn.Parameter(z)
+        else:
+            self.register_buffer("z", z)
+        self.register_buffer("t", t.to(z.dtype))
+
+    def forward(self, L: int) -> tuple[Tensor, Tensor]:
+        """The first L rows: z (1, L, emb_dim), t (1, L, 1)."""
+        return self.z[:, :L], self.t[:, :L]
+
+
+class Sin(nn.Module):
+    """``sin(freq * x)`` with a learned frequency per feature; freq: (1, F), initialised to w."""
+
+    def __init__(self, dim: int, w: float = 10.0, trainable: bool = True, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.freq = nn.Parameter(w * torch.ones(1, dim, device=device, dtype=dtype), requires_grad=trainable)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sin(self.freq * x)
+
+
+class ExponentialModulation(nn.Module):
+    """``h * (exp(-t |delta|) + shift)`` with per-channel decay rates delta (§3.4); deltas: (1, 1, D)."""
+
+    def __init__(self, d_model: int, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5,
+                 target: float = 1e-2, modulate: bool = True, shift: float = 0.05,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.modulate = modulate
+        self.shift = shift
+        max_decay = math.log(target) / fast_decay_pct
+        min_decay = math.log(target) / slow_decay_pct
+        self.register_buffer("deltas", torch.linspace(min_decay, max_decay, d_model, device=device,
+                                                      dtype=dtype)[None, None])
+
+    def forward(self, t: Tensor, h: Tensor) -> Tensor:
+        """t: (1, L, 1), h: (1, L, D) -> (1, L, D)."""
+        if not self.modulate:
+            return h
+        return h * (torch.exp(-t * self.deltas.abs()) + self.shift)
+
+
+class HyenaFilter(nn.Module):
+    """The implicit long filter h (D, L) and the skip gain ``bias`` (D) of one operator (§3.4).
+
+    ``implicit_filter`` = Linear(emb_dim, F), Sin, Linear(F, F), Sin, Linear(F, F), Sin,
+    Linear(F, D, bias=False), where the three Sin slots are one module (one ``freq`` tensor).
+    """
+
+    def __init__(self, cfg: HyenaConfig, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        d, order = cfg.d_model, cfg.filter_order
+        kw = {"device": device, "dtype": dtype}
+        self.bias = nn.Parameter(torch.randn(d, **kw))
+        self.pos_emb = PositionalEmbedding(cfg.emb_dim, cfg.l_max, cfg.train_pos_emb, **kw)
+        act = Sin(order, cfg.w, cfg.train_freq, **kw)
+        self.implicit_filter = nn.Sequential(
+            nn.Linear(cfg.emb_dim, order, **kw), act,
+            nn.Linear(order, order, **kw), act,
+            nn.Linear(order, order, **kw), act,
+            nn.Linear(order, d, bias=False, **kw))
+        self.modulation = ExponentialModulation(d, cfg.fast_decay_pct, cfg.slow_decay_pct, cfg.decay_target,
+                                                cfg.modulate, cfg.shift, **kw)
+
+    def filter_parameters(self) -> list[nn.Parameter]:
+        """The implicit-filter parameters that get their own optimizer group (§3.4): the MLP
+        (``freq`` included) and ``z`` when trainable; not the skip gain ``bias``."""
+        params = list(self.implicit_filter.parameters())
+        if isinstance(self.pos_emb.z, nn.Parameter):
+            params.append(self.pos_emb.z)
+        return params
+
+    def filter(self, L: int) -> Tensor:
+        """The filter of the first L positions, (D, L)."""
+        z, t = self.pos_emb(L)
+        h = self.modulation(t, self.implicit_filter(z))  # (1, L, D)
+        return h[0].transpose(0, 1)
+
+
+@dataclass
+class HyenaState:
+    """Recurrent state of one :class:`HyenaOperator`.
+
+    conv: (B, 3D, K-1) the last K-1 inputs of the short convolution (zeros before the start);
+    z: (B, D, max_len) every input ``v * x1`` of the long convolution so far;
+    k: (D, max_len) the filter, computed once at the first use (shared by all rows).
+    """
+
+    conv: Tensor
+    z: Tensor
+    k: Tensor | None = field(default=None, init=False)
+
+
+class HyenaOperator(nn.Module):
+    """The order-2 Hyena operator of HyenaDNA (§3.2); mixer contract of :mod:`dnalm.inference.state`."""
+
+    def __init__(self, cfg: HyenaConfig, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        d = cfg.d_model
+        kw = {"device": device, "dtype": dtype}
+        self.d_model = d
+        self.l_max = cfg.l_max
+        self.in_proj = nn.Linear(d, 3 * d, **kw)
+        self.out_proj = nn.Linear(d, d, **kw)
+        K = cfg.short_filter_order
+        self.short_filter = nn.Conv1d(3 * d, 3 * d, K, groups=3 * d, padding=K - 1, **kw)
+        self.filter_fn = HyenaFilter(cfg, **kw)
+        self.dropout = nn.Dropout(cfg.hyena_dropout)
+        self.fast_path = cfg.fast_path
+        self.checkpoint_mixer = False  # a training-time switch, see dnalm.kernels.hyena_block
+
+    def fused_block(self, block: nn.Module, x: Tensor) -> Tensor | None:
+        """``block(x)`` (x (B, L, D) float32 residual stream) through the fused kernels of
+        :mod:`dnalm.kernels.hyena_block`, or None where ``fast_path`` or active dropout rule them out."""
+        from dnalm.kernels import select_ops
+
+        ops = select_ops(self.fast_path, x)
+        dropout = self.training and (self.dropout.p > 0 or block.dropout.p > 0)
+        if ops is None or dropout or x.dtype != torch.float32 or x.shape[1] > self.l_max:
+            return None
+        from dnalm.kernels.hyena_block import hyena_block_forward
+
+        return hyena_block_forward(block, x, ops, checkpoint_mixer=self.checkpoint_mixer)
+
+    def _check_length(self, n: int) -> None:
+        if n > self.l_max:
+            raise ConfigError(f"hyena: input of {n} tokens exceeds the model's l_max {self.l_max} "
+                              "(the filter is defined for at most l_max positions)")
+
+    def forward(self, u: Tensor, state: HyenaState | None = None, offset: int = 0) -> Tensor:
+        """u (B, L, D) -> (B, L, D); with a state, u holds positions offset..offset+L-1."""
+        L = u.shape[1]
+        end = offset + L
+        self._check_length(end)
+        xz = self.in_proj(u).transpose(1, 2)  # (B, 3D, L)
+        if state is None:
+            xz = self.short_filter(xz)[..., :L]
+        else:
+            window = torch.cat([state.conv.to(xz.dtype), xz], dim=-1)  # (B, 3D, K-1+L)
+            state.conv.copy_(window[..., window.shape[-1] - state.conv.shape[-1]:])
+            xz = F.conv1d(window, self.short_filter.weight, self.short_filter.bias, groups=xz.shape[1])
+        x0, x1, v = xz.split(self.d_model, dim=1)
+        z = self.dropout(v * x1)  # (B, D, L)
+        if state is None:
+            y = fftconv_ref(z, self.filter_fn.filter(L), self.filter_fn.bias)
+        else:
+            state.z[..., offset:end] = z
+            y = fftconv_ref(state.z[..., :end].to(z.dtype), self._state_filter(state)[:, :end],
+                            self.filter_fn.bias)[..., offset:]
+        return self.out_proj((y * x0).transpose(1, 2))
+
+    def _state_filter(self, state: HyenaState) -> Tensor:
+        if state.k is None:
+            state.k = self.filter_fn.filter(state.z.shape[-1])
+        return state.k
+
+    def allocate_state(self, batch: int, max_len: int, device: torch.device | None = None,
+                       dtype: torch.dtype | None = None) -> HyenaState:
+        """Zeroed state for ``batch`` sequences of up to ``max_len`` (<= l_max) tokens."""
+        self._check_length(max_len)
+        w = self.short_filter.weight
+        device = device or w.device
+        dtype = dtype or w.dtype
+        K = self.short_filter.kernel_size[0]
+        return HyenaState(conv=torch.zeros(batch, 3 * self.d_model, K - 1, device=device, dtype=dtype),
+                          z=torch.zeros(batch, self.d_model, max_len, device=device, dtype=dtype))
+
+    def step(self, u: Tensor, state: HyenaState, offset: int) -> Tensor:
+        """One token u (B, 1, D) at position ``offset`` -> (B, 1, D).
+
+        The long convolution at t = offset is the dot product ``sum_{s<=t} h[t-s] z_s`` over the
+        kept inputs z (O(t·D)), plus the skip term ``Dskip * z_t`` in float32.
+        """
+        self._check_length(offset + 1)
+        xz = self.in_proj(u[:, 0])  # (B, 3D)
+        window = torch.cat([state.conv.to(xz.dtype), xz[..., None]], dim=-1)  # (B, 3D, K)
+        state.conv.copy_(window[..., 1:])
+        w = self.short_filter.weight[:, 0]  # (3D, K)
+        xz = (window * w).sum(-1) + self.short_filter.bias
+        x0, x1, v = xz.split(self.d_model, dim=1)  # (B, D)
+        z = self.dropout(v * x1)
+        state.z[..., offset] = z
+        k = self._state_filter(state)
+        wide = torch.promote_types(k.dtype, torch.float32)
+        hist = state.z[..., : offset + 1].to(wide)  # (B, D, t+1)
+        y = (hist * k[:, : offset + 1].flip(-1).to(wide)).sum(-1) + z.float() * self.filter_fn.bias.float()
+        return self.out_proj((y.to(z.dtype) * x0)[:, None])
+
+
+class HyenaLM(CausalLM):
+    """HyenaDNA's causal LM (``ConvLMHeadModel``): the LM shell with Hyena mixers, head tied."""
+
+    family = "hyena"
+
+    def __init__(self, config: HyenaConfig, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(config.d_model, config.n_layer, config.d_inner, config.vocab_size,
+                         lambda i: HyenaOperator(config, device=device, dtype=dtype),
+                         pad_vocab_size_multiple=config.pad_vocab_size_multiple,
+                         embed_dropout=config.embed_dropout, resid_dropout=config.resid_dropout,
+                         layer_norm_eps=config.layer_norm_eps, residual_in_fp32=config.residual_in_fp32,
+                         initializer_range=config.initializer_range, device=device, dtype=dtype)
+        self.config = config
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
+
+    def allocate_state(self, batch: int, max_len: int | None = None, device: torch.device | None = None,
+                       dtype: torch.dtype | None = None) -> InferenceState:
+        """A fresh inference state; ``max_len`` defaults to ``config.l_max``."""
+        return super().allocate_state(batch, max_len or self.config.l_max, device, dtype)

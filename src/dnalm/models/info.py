@@ -1,0 +1,294 @@
+"""Parameters, FLOPs and training activation memory of a model, from its config alone.
+
+Each model is described by rows (one per kind of module): how many instances, parameters per
+instance, forward FLOPs per token and bytes saved for backward per token. Everything is
+computed from the config's fields, without building the model, so ``large-1m`` costs nothing;
+tests check the rows against the real modules.
+
+Notation: ``B`` batch, ``L`` sequence length, ``d`` = d_model, ``d_i`` = d_inner (MLP width),
+``V`` padded vocabulary, ``H`` heads, ``K`` short-filter taps, ``F`` filter MLP width,
+``e`` positional-feature width, ``b`` bytes per element of the compute dtype.
+
+FLOPs (forward, per token of a batch of ``B`` sequences of length ``L``)
+    * A matmul of (m, k) by (k, n) costs ``2 m n k`` (one multiply and one add per term);
+      a Linear d_in -> d_out therefore costs ``2 d_in d_out`` per token (bias adds ignored).
+    * Attention counts both matmuls of the full L x L square, ``q k^T`` and ``A v``:
+      ``4 L d`` per token per layer (the convention of Hoffmann et al. 2022, "Training
+      Compute-Optimal Large Language Models", Appendix F). A causal kernel skips about half.
+    * The depthwise short convolution: ``2 K`` per channel per output, over the ``L + K - 1``
+      outputs the padded convolution computes (3d channels).
+    * The FFT long convolution (FFT size ``n = 2L``): a real FFT of ``n`` points costs
+      ``c n log2 n`` with ``c = 2.5`` (:data:`FFT_FLOPS_COEF`; the convention of FFTW's
+      benchmarks, 5 n log2 n for a complex FFT, half that for real data). Per channel and
+      sequence: the forward FFT of the input and the inverse FFT (``2 c n log2 n``), the
+      spectral product (``6 (L + 1)``: L + 1 complex bins, 6 real FLOPs each), and the FFT of the
+      filter (``c n log2 n``, shared by the batch). Per token: ``10 log2(2L) + 6 (L+1)/L +
+      5 log2(2L)/B`` per channel.
+    * The implicit filter MLP runs once per forward on ``L`` positions, shared by the batch:
+      ``2 (e F + 2 F^2 + F d) / B`` per token.
+    * Not counted: normalisation, activation functions, softmax, gating products, rotary
+      embeddings, the filter's decay window and residual additions (elementwise, O(d) each).
+    * Training = 3 x forward (the backward pass computes two matmuls per forward matmul: the
+      gradients of the input and of the weight; Kaplan et al. 2020, "Scaling Laws for Neural
+      Language Models", section 2.1).
+
+Activation memory (training, per token of one sequence, bytes)
+    The tensors autograd saves for backward in this implementation, counted once per storage
+    (a view saved twice counts once), under autocast to the compute dtype (``b`` bytes; float32
+    means no autocast). The residual stream is float32 (``residual_in_fp32``). Per block:
+
+    * each LayerNorm (two per block, one final): its float32 input ``4d`` plus mean and
+      reciprocal std ``8``;
+    * each Linear: its input in the compute dtype ``b d_in`` (for the MLP: fc1 input ``b d``,
+      the tanh-GELU input ``b d_i`` and fc2 input ``b d_i``);
+    * attention: the qkv projection output ``3 b d`` (kept alive by ``v``, a view of it), the
+      rotated ``q`` and ``k`` ``2 b d``, the attention output ``b d``, its row log-sum-exp
+      ``4 H`` (FlashAttention-style kernels keep no L x L matrix) and the re-laid-out output
+      given to out_proj ``b d`` (in float32 on CUDA the memory-efficient kernel returns its
+      output in that layout already, so this copy is a view and ``b d`` less is kept);
+    * Hyena: the short-convolution input ``3 b d`` and output ``3 b d (L+K-1)/L``, the
+      zero-padded float32 FFT input ``8 d``, its spectrum (complex64) ``8 d (L+1)/L``, the
+      float32 input of the skip term ``4 d``, the long-convolution output ``b d`` and the
+      out_proj input ``b d``; once per sequence batch (so divided by ``B``), the filter MLP
+      ``3 F (2b + 4)`` (each Sin keeps its input, the float32 product ``freq * x`` and the
+      Linear input), the float32 decay window ``4 d``, the padded filter ``8 d`` and its
+      spectrum ``8 d (L+1)/L``;
+    * dropout with p > 0 keeps a 1-byte mask per element (GPU kernels; PyTorch's CPU dropout
+      keeps a mask in the input's dtype); attention dropout keeps only a random seed.
+
+    Outside the blocks: the token ids ``8``; the LM head input ``b d``; the loss keeps the
+    float32 log-probabilities ``4 V``, the int64 targets ``8`` and, under autocast on CUDA, the
+    low-precision logits ``b V`` (PyTorch's CPU autocast does not keep them). Constant tensors
+    (weights and their low-precision copies, rotary tables, positional features) are not
+    activations and are left out.
+
+    The tests compare these numbers with the storages autograd actually saves (on CPU); on an
+    H100 (PyTorch 2.11, FlashAttention kernels) they matched exactly in bf16 for both families
+    and in float32 for Hyena.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from dnalm.errors import ConfigError
+from dnalm.models.hyena import HyenaConfig
+from dnalm.models.transformer import TransformerConfig
+
+#: Real FLOPs of a real-input FFT of n points per ``n log2 n`` (FFTW's benchmark convention).
+FFT_FLOPS_COEF = 2.5
+
+#: Training FLOPs per forward FLOP (forward + backward of input and weight gradients).
+TRAIN_FLOPS_FACTOR = 3
+
+#: Bytes per parameter kept by mixed-precision AdamW training: float32 weight, gradient and
+#: the two moment estimates.
+TRAIN_STATE_BYTES_PER_PARAM = 16
+
+_DTYPE_BYTES: dict[str, int] = {
+    "fp32": 4, "float32": 4, "32": 4, "32-true": 4,
+    "bf16": 2, "bfloat16": 2, "bf16-mixed": 2, "bf16-true": 2,
+    "fp16": 2, "float16": 2, "16": 2, "16-mixed": 2, "16-true": 2,
+}
+
+
+def dtype_bytes(dtype: str | torch.dtype) -> int:
+    """Bytes per element of a compute dtype given as a torch dtype or a name ('bf16', '16-mixed', ...)."""
+    if isinstance(dtype, torch.dtype):
+        return torch.empty((), dtype=dtype).element_size()
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPE_BYTES:
+        raise ConfigError(f"unknown dtype '{dtype}' (choose from: {', '.join(_DTYPE_BYTES)})")
+    return _DTYPE_BYTES[key]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One kind of module: ``count`` instances, each with ``params`` parameters, ``flops`` forward
+    FLOPs per token and ``act_bytes`` bytes saved for backward per token."""
+
+    name: str
+    count: int
+    params: int
+    flops: float
+    act_bytes: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Costs of a model at ``seq_len`` tokens per sequence and ``batch_size`` sequences."""
+
+    family: str
+    seq_len: int
+    batch_size: int
+    dtype_bytes: int
+    rows: tuple[Row, ...]
+
+    @property
+    def params(self) -> int:
+        """Unique parameters (a tied LM head counts once)."""
+        return sum(r.count * r.params for r in self.rows)
+
+    @property
+    def forward_flops_per_token(self) -> float:
+        return sum(r.count * r.flops for r in self.rows)
+
+    @property
+    def train_flops_per_token(self) -> float:
+        return TRAIN_FLOPS_FACTOR * self.forward_flops_per_token
+
+    @property
+    def activation_bytes_per_token(self) -> float:
+        return sum(r.count * r.act_bytes for r in self.rows)
+
+    @property
+    def activation_bytes(self) -> float:
+        """Activation memory of one training batch: per token x B x L."""
+        return self.activation_bytes_per_token * self.batch_size * self.seq_len
+
+    @property
+    def train_state_bytes(self) -> int:
+        """Weights, gradients and AdamW moments in float32."""
+        return TRAIN_STATE_BYTES_PER_PARAM * self.params
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, "seq_len": self.seq_len, "batch_size": self.batch_size,
+                "dtype_bytes": self.dtype_bytes, "params": self.params,
+                "forward_flops_per_token": self.forward_flops_per_token,
+                "train_flops_per_token": self.train_flops_per_token,
+                "activation_bytes_per_token": self.activation_bytes_per_token,
+                "activation_bytes": self.activation_bytes, "train_state_bytes": self.train_state_bytes,
+                "rows": [asdict(r) for r in self.rows]}
+
+
+def _check_sizes(seq_len: int, batch_size: int) -> None:
+    if seq_len < 1 or batch_size < 1:
+        raise ConfigError(f"model info needs seq_len >= 1 and batch_size >= 1, got {seq_len} and {batch_size}")
+
+
+def _common_rows(d: int, d_inner: int, V: int, n_layer: int, b: int, mlp_bias: bool,
+                 dropout_bytes: float) -> tuple[list[Row], list[Row]]:
+    """Rows shared by every LM of :mod:`dnalm.models.blocks`: (before the mixers, after them)."""
+    norm_act = 4 * d + 8
+    head = [Row("embedding (tied head)", 1, V * d, 0.0, 8.0)]
+    tail = [
+        Row("norms (2 per block)", n_layer, 4 * d, 0.0, 2 * norm_act),
+        Row("mlp", n_layer, 2 * d * d_inner + (d_inner + d if mlp_bias else 0), 4.0 * d * d_inner,
+            b * d + 2 * b * d_inner),
+        Row("final norm", 1, 2 * d, 0.0, norm_act),
+        Row("LM head + loss", 1, 0, 2.0 * d * V, b * d + (b * V if b < 4 else 0) + 4 * V + 8),
+    ]
+    if dropout_bytes:
+        tail.append(Row("dropout masks", 1, 0, 0.0, dropout_bytes))
+    return head, tail
+
+
+def transformer_info(cfg: TransformerConfig, seq_len: int, batch_size: int = 1,
+                     dtype: str | torch.dtype = "bf16") -> ModelInfo:
+    """Rows of :class:`~dnalm.models.transformer.TransformerLM` (see the module docstring)."""
+    _check_sizes(seq_len, batch_size)
+    d, L, H, n, b = cfg.d_model, seq_len, cfg.n_head, cfg.n_layer, dtype_bytes(dtype)
+    bias = cfg.bias
+    drop = (d + 2 * n * d) if cfg.dropout > 0 else 0
+    head, tail = _common_rows(d, cfg.d_inner, cfg.padded_vocab_size, n, b, bias, drop)
+    mixer = [
+        Row("attn in_proj (qkv)", n, 3 * d * d + (3 * d if bias else 0), 6.0 * d * d, b * d),
+        Row("attn q k^T, A v (L^2)", n, 0, 4.0 * L * d, 6 * b * d + 4 * H),
+        Row("attn out_proj", n, d * d + (d if bias else 0), 2.0 * d * d, b * d),
+    ]
+    return ModelInfo("transformer", L, batch_size, b, tuple(head + mixer + tail))
+
+
+def hyena_info(cfg: HyenaConfig, seq_len: int, batch_size: int = 1, dtype: str | torch.dtype = "bf16") -> ModelInfo:
+    """Rows of :class:`~dnalm.models.hyena.HyenaLM` (see the module docstring)."""
+    _check_sizes(seq_len, batch_size)
+    if seq_len > cfg.l_max:
+        raise ConfigError(f"hyena: seq_len {seq_len} exceeds the model's l_max {cfg.l_max}")
+    d, L, n, B, b = cfg.d_model, seq_len, cfg.n_layer, batch_size, dtype_bytes(dtype)
+    K, F, e = cfg.short_filter_order, cfg.filter_order, cfg.emb_dim
+    log_n = math.log2(2 * L)
+    bins = (L + 1) / L  # rfft bins of the 2L-point transform per token
+    drop = ((d if cfg.embed_dropout > 0 else 0) + (2 * n * d if cfg.resid_dropout > 0 else 0)
+            + (n * d if cfg.hyena_dropout > 0 else 0))
+    head, tail = _common_rows(d, cfg.d_inner, cfg.padded_vocab_size, n, b, True, drop)
+    fft_flops = d * (2 * 2 * FFT_FLOPS_COEF * log_n + 6 * bins + 2 * FFT_FLOPS_COEF * log_n / B)
+    filter_params = (e * F + F) + 2 * (F * F + F) + F * d + F + (cfg.l_max * e if cfg.train_pos_emb else 0)
+    mixer = [
+        Row("hyena in_proj", n, 3 * d * d + 3 * d, 6.0 * d * d, b * d),
+        Row("hyena short conv", n, 3 * d * K + 3 * d, 2.0 * K * 3 * d * (L + K - 1) / L,
+            3 * b * d + 3 * b * d * (L + K - 1) / L),
+        Row("hyena long conv FFT", n, d, fft_flops,
+            8 * d + 8 * d * bins + 4 * d + b * d + (8 * d + 8 * d * bins) / B),
+        Row("hyena filter MLP", n, filter_params, 2.0 * (e * F + 2 * F * F + F * d) / B,
+            (3 * F * (2 * b + 4) + 4 * d) / B),
+        Row("hyena out_proj", n, d * d + d, 2.0 * d * d, b * d),
+    ]
+    return ModelInfo("hyena", L, batch_size, b, tuple(head + mixer + tail))
+
+
+#: family -> (config class, row builder)
+FAMILIES = {"hyena": (HyenaConfig, hyena_info), "transformer": (TransformerConfig, transformer_info)}
+
+
+def family_config(family: str, preset: str, **overrides) -> HyenaConfig | TransformerConfig:
+    """The config of preset ``preset`` of ``family`` ('hyena' or 'transformer') with fields replaced."""
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model '{family}' (choose from: {', '.join(FAMILIES)})")
+    return FAMILIES[family][0].preset(preset, **overrides)
+
+
+def model_info(config: HyenaConfig | TransformerConfig, seq_len: int, batch_size: int = 1,
+               dtype: str | torch.dtype = "bf16") -> ModelInfo:
+    """Rows and totals of the model ``config`` describes (a Hyena or Transformer config)."""
+    for _, (cls, build) in FAMILIES.items():
+        if isinstance(config, cls):
+            return build(config, seq_len, batch_size, dtype)
+    raise ConfigError(f"model info: no cost model for {type(config).__name__}")
+
+
+def _si(x: float, unit: str = "") -> str:
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def _bytes(x: float) -> str:
+    for scale, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g} B"
+
+
+def print_info(info: ModelInfo, title: str = "", console=None) -> None:
+    """Print the rows and totals of ``info`` as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=max(Console().width, 100))
+    table = Table(title=title or f"{info.family}: L = {info.seq_len:,}, B = {info.batch_size}, "
+                  f"{info.dtype_bytes}-byte activations")
+    for col in ("module", "x", "params", "%", "fwd FLOP/tok", "%", "act. B/tok", "%"):
+        table.add_column(col, justify="left" if col == "module" else "right", no_wrap=True)
+    P, Fl, A = info.params, info.forward_flops_per_token, info.activation_bytes_per_token
+    for r in info.rows:
+        table.add_row(r.name, str(r.count), f"{r.count * r.params:,}", f"{100 * r.count * r.params / P:.1f}",
+                      _si(r.count * r.flops), f"{100 * r.count * r.flops / Fl:.1f}" if Fl else "-",
+                      f"{r.count * r.act_bytes:,.0f}", f"{100 * r.count * r.act_bytes / A:.1f}")
+    table.add_row("total", "", f"{P:,}", "100", _si(Fl), "100", f"{A:,.0f}", "100", style="bold")
+    console.print(table)
+    tokens = info.seq_len * info.batch_size
+    summary = Table(show_header=False, box=None)
+    summary.add_row("parameters", f"{P:,}")
+    summary.add_row("forward FLOPs per token", _si(Fl, "FLOP"))
+    summary.add_row(f"training FLOPs per token ({TRAIN_FLOPS_FACTOR} x forward)", _si(info.train_flops_per_token,
+                                                                                     "FLOP"))
+    summary.add_row(f"training FLOPs per batch ({tokens:,} tokens)", _si(info.train_flops_per_token * tokens,
+                                                                          "FLOP"))
+    summary.add_row("activation memory per batch", _bytes(info.activation_bytes))
+    summary.add_row(f"weights + grads + AdamW ({TRAIN_STATE_BYTES_PER_PARAM} B/param)",
+                    _bytes(info.train_state_bytes))
+    console.print(summary)
