@@ -1,0 +1,201 @@
+"""Hidden states of any layer, pooled or per base, for sequences of any length.
+
+Layers are indexed as in :meth:`dnalm.models.blocks.CausalLM.hidden_states`: ``0`` = token
+embedding, ``i`` = residual stream after block ``i``, ``-1`` / ``'final'`` = after the final
+LayerNorm (what the LM head reads). Pooling over the bases of a sequence: ``mean``, ``max``
+(per feature), ``last`` (the last base: for a causal model the only position that has seen the
+whole sequence) or ``none`` (per base). A ``[BOS]`` position, when prepended, is left out.
+
+Every sequence goes through :func:`dnalm.inference.chunked.iter_chunks`, so the numbers do not
+depend on the chunk size (the failure reported in Evo2 issue 196, ``shared/reference/evo2.md``
+§3) and memory does not grow with the length. Pooled statistics are accumulated chunk by
+chunk in float64. Per-base outputs are written chunk by chunk into a ``.npy`` file created with
+:func:`numpy.lib.format.open_memmap`; the file is mapped only while a chunk is written, so a
+whole chromosome never sits in memory.
+
+API
+---
+``resolve_layer(model, layer) -> int``
+``embed_pooled(model, rows, layer=-1, pool='mean', skip=0, ...) -> (N, D) float32``
+``embed_per_base(model, rows, layer, write, skip=0, ...)``: calls ``write(row, start, block)``
+    with blocks (T, D) of consecutive positions.
+``NpyStream(path, shape, dtype)``: a ``.npy`` file filled by ``write(start, block)``.
+``embed_to_directory(model, rows, ids, out, layer, pool, ...)``: the layout of ``dnalm embed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from dnalm.errors import ConfigError
+from dnalm.inference.chunked import iter_chunks
+from dnalm.inference.scoring import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, bucket_batches, pad_rows
+from dnalm.models.blocks import CausalLM
+from dnalm.utils import atomic_dir, track
+
+POOLS = ("mean", "max", "last", "none")
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def resolve_layer(model: CausalLM, layer: int | str) -> int:
+    """Layer index 0..n_layer+1 from an int, a numeric string, or ``'final'``/``'last'`` (= -1)."""
+    if isinstance(layer, str):
+        text = layer.strip().lower()
+        if text in ("final", "last"):
+            layer = -1
+        else:
+            try:
+                layer = int(text)
+            except ValueError:
+                raise ConfigError(f"layer={layer!r} must be an integer or 'final'") from None
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ConfigError(f"layer={layer!r} must be an integer or 'final'")
+    return model._layer_indices([layer])[0]
+
+
+def _check_pool(pool: str) -> None:
+    if pool not in POOLS:
+        raise ConfigError(f"pool={pool!r} must be one of {', '.join(POOLS)}")
+
+
+def _batches(rows: Sequence[np.ndarray], batch_size: int, max_tokens: int, progress: bool,
+             desc: str) -> Iterable[list[int]]:
+    batches = bucket_batches([len(r) for r in rows], batch_size, max_tokens)
+    return track(batches, total=len(batches), desc=desc, unit="batch") if progress else batches
+
+
+def _chunks(model: CausalLM, rows: Sequence[np.ndarray], layer: int, chunk_size: int | None):
+    """(ids (B, L), iterator over (start, hidden (B, T, D) float32 numpy)) of one batch."""
+    ids = pad_rows(rows)
+    for chunk in iter_chunks(model, ids, chunk_size, layers=[layer], logits=False):
+        yield chunk.start, chunk.hidden[0].float().cpu().numpy()
+
+
+def embed_pooled(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str = -1, pool: str = "mean",
+                 skip: int = 0, batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
+                 chunk_size: int | None = None, progress: bool = False) -> np.ndarray:
+    """One vector per row: rows are N id arrays (n_i,); returns (N, D) float32.
+
+    Positions ``skip .. n_i-1`` are pooled (``skip=1`` leaves out a prepended ``[BOS]``).
+    """
+    _check_pool(pool)
+    if pool == "none":
+        raise ConfigError("embed_pooled needs pool=mean, max or last (use embed_per_base for per-base output)")
+    index = resolve_layer(model, layer)
+    for i, r in enumerate(rows):
+        if len(r) <= skip:
+            raise ConfigError(f"sequence {i} has no base to embed")
+    D = model.backbone.embeddings.word_embeddings.embedding_dim
+    out = np.zeros((len(rows), D), dtype=np.float64)
+    if pool == "max":
+        out[:] = -np.inf
+    for batch in _batches(rows, batch_size, max_tokens, progress, "embedding"):
+        sub = [rows[i] for i in batch]
+        for start, hidden in _chunks(model, sub, index, chunk_size):
+            T = hidden.shape[1]
+            for b, i in enumerate(batch):
+                lo, hi = max(start, skip), min(start + T, len(sub[b]))
+                if hi <= lo:
+                    continue
+                block = hidden[b, lo - start: hi - start].astype(np.float64)
+                if pool == "mean":
+                    out[i] += block.sum(0)
+                elif pool == "max":
+                    np.maximum(out[i], block.max(0), out=out[i])
+                elif hi == len(sub[b]):
+                    out[i] = block[-1]
+    if pool == "mean":
+        out /= np.array([len(r) - skip for r in rows], dtype=np.float64)[:, None]
+    return out.astype(np.float32)
+
+
+def embed_per_base(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str,
+                   write: Callable[[int, int, np.ndarray], None], skip: int = 0,
+                   batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
+                   chunk_size: int | None = None, progress: bool = False) -> None:
+    """Per-base hidden states of every row, handed to ``write(row, start, block)`` chunk by chunk.
+
+    ``block`` (T, D) float32 holds positions ``skip + start .. skip + start + T - 1`` of row
+    ``row``, i.e. output rows ``start .. start + T - 1`` once the first ``skip`` positions are dropped.
+    """
+    index = resolve_layer(model, layer)
+    for batch in _batches(rows, batch_size, max_tokens, progress, "embedding"):
+        sub = [rows[i] for i in batch]
+        for start, hidden in _chunks(model, sub, index, chunk_size):
+            T = hidden.shape[1]
+            for b, i in enumerate(batch):
+                lo, hi = max(start, skip), min(start + T, len(sub[b]))
+                if hi > lo:
+                    write(i, lo - skip, hidden[b, lo - start: hi - start])
+
+
+class NpyStream:
+    """A ``.npy`` file of ``shape`` (L, D) filled block by block.
+
+    The file is created with :func:`numpy.lib.format.open_memmap` and mapped again for each
+    ``write``, then unmapped, so resident memory stays at one block whatever L is.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype: Any = np.float32):
+        self.path = Path(path)
+        self.shape = tuple(int(s) for s in shape)
+        mm = open_memmap(self.path, mode="w+", dtype=dtype, shape=self.shape)
+        mm.flush()
+        del mm
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        """Rows ``start .. start + len(block) - 1`` <- block."""
+        mm = np.load(self.path, mmap_mode="r+")
+        mm[start: start + len(block)] = block
+        mm.flush()
+        del mm
+
+
+def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequence[str], out: str | os.PathLike,
+                       layer: int | str = -1, pool: str = "mean", skip: int = 0, dtype: str = "float32",
+                       batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
+                       chunk_size: int | None = None, progress: bool = False,
+                       metadata: dict[str, Any] | None = None) -> Path:
+    """Write the embeddings of ``rows`` (named ``ids``) to the directory ``out``, atomically.
+
+    Layout: ``sequences.parquet`` (row, id, length in bases [, file]) and ``embed.json`` (layer,
+    pool, dtype, width and ``metadata``); pooled: ``embeddings.npy`` (N, D); per base
+    (``pool='none'``): ``<row>.npy`` (length, D) per sequence, streamed to disk.
+    """
+    from dnalm.inference.io import write_parquet
+
+    _check_pool(pool)
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} must be one of {', '.join(DTYPES)}")
+    if len(ids) != len(rows):
+        raise ConfigError(f"{len(ids)} ids for {len(rows)} sequences")
+    index = resolve_layer(model, layer)
+    D = model.backbone.embeddings.word_embeddings.embedding_dim
+    lengths = [len(r) - skip for r in rows]
+    for i, n in enumerate(lengths):
+        if n < 1:
+            raise ConfigError(f"sequence '{ids[i]}' has no base to embed")
+    info = {"layer": index, "pool": pool, "dtype": dtype, "width": D, "n_sequences": len(rows), **(metadata or {})}
+    with atomic_dir(out) as tmp:
+        table: dict[str, Any] = {"row": np.arange(len(rows)), "id": list(ids), "length": np.array(lengths)}
+        if pool == "none":
+            names = [f"{i:06d}.npy" for i in range(len(rows))]
+            streams = [NpyStream(tmp / name, (n, D), DTYPES[dtype]) for name, n in zip(names, lengths, strict=True)]
+            embed_per_base(model, rows, index, lambda i, s, block: streams[i].write(s, block), skip=skip,
+                           batch_size=batch_size, max_tokens=max_tokens, chunk_size=chunk_size, progress=progress)
+            table["file"] = names
+        else:
+            vectors = embed_pooled(model, rows, index, pool, skip=skip, batch_size=batch_size,
+                                   max_tokens=max_tokens, chunk_size=chunk_size, progress=progress)
+            np.save(tmp / "embeddings.npy", vectors.astype(DTYPES[dtype]))
+        write_parquet(tmp / "sequences.parquet", table)
+        (tmp / "embed.json").write_text(json.dumps(info, indent=2) + "\n")
+    return Path(out)
+

@@ -1,0 +1,214 @@
+"""Sampling sequences from prompts with step-by-step decoding.
+
+Each prompt is prefilled once through the model's :class:`~dnalm.inference.state.InferenceState`;
+after that every new token costs one single-token ``step`` (never a full recompute).
+
+Sampling from the next-token logits ``l`` (V,) follows the usual order (Holtzman et al. 2020,
+"The Curious Case of Neural Text Degeneration", for nucleus sampling):
+
+1. ``acgt_only``: every id but A, C, G, T gets probability 0;
+2. ``temperature`` T: ``l / T``; ``T = 0`` means greedy decoding (argmax, no randomness);
+3. ``top_k`` k > 0: keep the k largest;
+4. ``top_p`` p < 1: keep the smallest set of most likely tokens whose probability reaches p;
+5. draw from the renormalised distribution by inverting its CDF with one uniform number.
+
+Reported log-probabilities: for every generated token, ``log softmax(l)[token]`` of the model's
+**unmodified** distribution (no temperature, top-k, top-p or A/C/G/T restriction), i.e. exactly
+what :mod:`dnalm.inference.scoring` gives for that token of the finished sequence.
+
+Batching and randomness: prompts (times ``n_samples``) are grouped by length. Rows of a batch
+are prefilled up to the shortest prompt; longer prompts then feed their remaining tokens
+through the same steps (teacher forcing) while shorter ones already sample. Each row draws its
+uniform numbers from its own generator seeded by ``(seed, prompt index, sample index)``, so a
+sample does not depend on which other prompts share its batch, and a fixed seed reproduces the
+output. Prompt plus new tokens must fit the model's context (HyenaDNA's ``l_max``).
+
+API: ``generate(model, prompts, options) -> list[Generation]``; ``sample_next(logits, options,
+generators)``; :class:`GenerationOptions`; ``prompt_ids(tokenizer, prompt, prepend_bos)``;
+``check_acgt_tokenizer(tokenizer, acgt_only)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dnalm.errors import ConfigError
+from dnalm.inference.chunked import context_length
+from dnalm.inference.scoring import encode_sequence
+from dnalm.models.blocks import CausalLM
+from dnalm.tokenizers import A_ID, C_ID, G_ID, T_ID
+from dnalm.utils import track
+
+ACGT_IDS = (A_ID, C_ID, G_ID, T_ID)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Sampling options (see the module docstring).
+
+    ``max_new_tokens`` per sample; ``temperature`` >= 0 (0 = greedy); ``top_k`` (0 = off);
+    ``top_p`` in (0, 1] (1 = off); ``n_samples`` per prompt; ``seed``; ``acgt_only``;
+    ``batch_size`` rows decoded together.
+    """
+
+    max_new_tokens: int = 100
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    n_samples: int = 1
+    seed: int = 0
+    acgt_only: bool = True
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.n_samples < 1 or self.batch_size < 1:
+            raise ConfigError(f"n_samples and batch_size must be >= 1, got {self.n_samples} and {self.batch_size}")
+
+
+@dataclass
+class Generation:
+    """One sample: ``token_ids`` (max_new_tokens,) after prompt ``prompt_index`` (its ``prompt_ids``),
+    and ``log_probs`` (max_new_tokens,) float32 of those tokens under the unmodified model."""
+
+    prompt_index: int
+    sample: int
+    prompt_ids: np.ndarray
+    token_ids: np.ndarray
+    log_probs: np.ndarray
+
+
+def row_generator(seed: int, prompt_index: int, sample: int) -> torch.Generator:
+    """The CPU generator of one sample, seeded from ``(seed, prompt_index, sample)``."""
+    seed %= 2**64
+    words = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, prompt_index, sample]).generate_state(2)
+    g = torch.Generator()
+    g.manual_seed((int(words[0]) | (int(words[1]) << 32)) & 0x7FFFFFFFFFFFFFFF)
+    return g
+
+
+def filter_logits(logits: Tensor, options: GenerationOptions) -> Tensor:
+    """Steps 1-4 of the module docstring on logits (B, V) float32 -> masked, scaled logits (B, V)."""
+    out = logits.clone()
+    if options.acgt_only:
+        keep = torch.zeros(out.shape[-1], dtype=torch.bool, device=out.device)
+        keep[list(ACGT_IDS)] = True
+        out = out.masked_fill(~keep, float("-inf"))
+    if options.temperature > 0:
+        out = out / options.temperature
+    if options.top_k > 0 and options.top_k < out.shape[-1]:
+        kth = out.topk(options.top_k, dim=-1).values[..., -1:]
+        out = out.masked_fill(out < kth, float("-inf"))
+    if options.top_p < 1.0:
+        probs, order = out.softmax(-1).sort(dim=-1, descending=True)
+        before = probs.cumsum(-1) - probs  # mass of the more likely tokens
+        drop_sorted = before >= options.top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        out = out.masked_fill(drop, float("-inf"))
+    return out
+
+
+def sample_next(logits: Tensor, options: GenerationOptions, generators: Sequence[torch.Generator]) -> Tensor:
+    """Next token of every row: logits (B, V) -> ids (B,) (on the CPU).
+
+    Greedy for ``temperature == 0``; otherwise the inverse CDF of the filtered distribution at
+    one uniform number drawn from the row's own generator.
+    """
+    filtered = filter_logits(logits.float().cpu(), options)
+    if options.temperature == 0:
+        return filtered.argmax(-1)
+    probs = filtered.softmax(-1).double()
+    cdf = probs.cumsum(-1)
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    ids = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.int8).argmax(-1)  # last id with p > 0
+    return torch.minimum(ids, last)
+
+
+def check_acgt_tokenizer(tokenizer: object, acgt_only: bool) -> None:
+    """``acgt_only`` restricts sampling to the character-level ids of A, C, G, T; other tokenizers cannot."""
+    if acgt_only and getattr(tokenizer, "type", "char") != "char":
+        raise ConfigError(f"acgt_only=true needs a character-level tokenizer, this model uses "
+                          f"'{tokenizer.type}' tokens (set acgt_only=false)")
+
+
+def prompt_ids(tokenizer, prompt: str, prepend_bos: bool = False, where: str = "prompt") -> np.ndarray:
+    """Token ids (n,) of a prompt; an empty prompt is allowed when it gets a ``[BOS]``."""
+    if not prompt:
+        return np.array([tokenizer.bos_id] if prepend_bos else [], dtype=np.int64)
+    return encode_sequence(tokenizer, prompt, prepend_bos, where)
+
+
+def _check_prompts(model: CausalLM, prompts: Sequence[np.ndarray], options: GenerationOptions) -> None:
+    context = context_length(model)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ConfigError(f"prompt {i} is empty: give at least one base or set prepend_bos=true")
+        if context is not None and len(p) + options.max_new_tokens > context:
+            raise ConfigError(f"prompt {i} ({len(p)} tokens) + max_new_tokens {options.max_new_tokens} exceed the "
+                              f"model's context of {context} tokens")
+
+
+@torch.inference_mode()
+def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequence[tuple[int, int]],
+                    options: GenerationOptions) -> list[Generation]:
+    device = model.lm_head.weight.device
+    lengths = [len(prompts[p]) for p, _ in rows]
+    B, start, end = len(rows), min(lengths), max(lengths) + options.max_new_tokens
+    forced = np.zeros((B, end), dtype=np.int64)
+    for b, (p, _) in enumerate(rows):
+        forced[b, : lengths[b]] = prompts[p]
+    generators = [row_generator(options.seed, p, s) for p, s in rows]
+    state = model.allocate_state(B, end - 1)
+    logits = model(torch.from_numpy(forced[:, :start]).to(device), state=state)[:, -1]  # (B, V)
+    tokens = forced.copy()
+    log_probs = np.zeros((B, end), dtype=np.float32)
+    for pos in range(start, end):
+        lp = logits.float().log_softmax(-1).cpu()  # (B, V), unmodified distribution
+        nxt = forced[:, pos].copy()
+        free = np.flatnonzero([pos >= n for n in lengths])  # rows past their prompt draw a token
+        if free.size:
+            picked = logits[torch.from_numpy(free).to(logits.device)]
+            nxt[free] = sample_next(picked, options, [generators[b] for b in free]).numpy()
+        tokens[:, pos] = nxt
+        log_probs[:, pos] = lp.gather(-1, torch.from_numpy(nxt)[:, None])[:, 0].numpy()
+        if pos + 1 < end:
+            logits = model(torch.from_numpy(nxt[:, None]).to(device), state=state)[:, -1]
+    out = []
+    for b, (p, s) in enumerate(rows):
+        new = slice(lengths[b], lengths[b] + options.max_new_tokens)
+        out.append(Generation(p, s, np.asarray(prompts[p], dtype=np.int64), tokens[b, new].copy(),
+                              log_probs[b, new].copy()))
+    return out
+
+
+def generate(model: CausalLM, prompts: Sequence[np.ndarray], options: GenerationOptions | None = None,
+             progress: bool = False) -> list[Generation]:
+    """``options.n_samples`` samples of ``options.max_new_tokens`` tokens after each prompt (ids (n_i,)).
+
+    Returns the generations ordered by prompt, then sample. See the module docstring.
+    """
+    options = options or GenerationOptions()
+    _check_prompts(model, prompts, options)
+    rows = [(p, s) for p in range(len(prompts)) for s in range(options.n_samples)]
+    rows.sort(key=lambda r: (len(prompts[r[0]]), r))
+    batches = [rows[i: i + options.batch_size] for i in range(0, len(rows), options.batch_size)]
+    it = track(batches, total=len(batches), desc="generating", unit="batch") if progress else batches
+    results = []
+    for batch in it:
+        results.extend(_generate_batch(model, prompts, batch, options))
+    results.sort(key=lambda g: (g.prompt_index, g.sample))
+    return results

@@ -1,0 +1,280 @@
+"""Zero-shot variant effect scores: Δ log-likelihood of the alternative vs the reference allele.
+
+For a variant at 1-based position ``pos`` of record ``chrom`` with alleles ``REF`` and ``ALT``,
+a window of ``W`` bases of the reference genome is taken around it (``start = pos - 1 - W // 2``,
+moved inward at the ends of the record) and scored twice::
+
+    ref window = genome[start : start + W]
+    alt window = genome[start : pos-1] + ALT + genome[pos-1+len(REF) : ...]   cut or extended to W bases
+    Δ = score(alt window) - score(ref window)
+
+where ``score`` is the summed (or mean) log-likelihood of :mod:`dnalm.inference.scoring`.
+Both windows start at the same base and have the same length, also for insertions and
+deletions (the alt window takes as many bases after the allele as it needs to reach ``W``), so
+sum and mean differ only by a constant factor. This is the protocol of the Evo 2 BRCA1 notebook
+(``shared/reference/evo2.md`` §2.5; 8,192-base windows, mean reduction). With
+``reverse_complement`` the reverse complements of both windows are scored too and
+``Δ = (Δ_forward + Δ_reverse) / 2``. A negative Δ means the model finds the alternative allele
+less likely.
+
+Inputs: VCF (plain or gzip; multi-allelic records give one row per ALT allele; symbolic
+alleles such as ``<DEL>``, breakends, ``*`` and ``.`` are skipped and counted) or a TSV with
+a header naming the columns ``chrom``, ``pos`` (1-based), ``ref``, ``alt`` and optionally ``id``.
+Malformed lines raise :class:`InputError` naming the file and line. Every REF allele is checked
+against the FASTA first; all mismatches are reported in one error (their count and the first few).
+
+API: ``read_variants(path) -> VariantTable``; ``check_reference(variants, genome, source)``;
+``variant_windows(variant, genome, window) -> (start, ref_window, alt_window)``;
+``score_variants(model, tokenizer, variants, genome, ...) -> list[VariantScore]``;
+``write_variant_scores(path, scores)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dnalm.errors import ConfigError, InputError
+from dnalm.genome.fasta import FastaIndex
+from dnalm.inference.io import data_lines
+from dnalm.inference.scoring import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, encode_sequence, score_sequences
+from dnalm.utils import atomic_file
+
+_ALLELE = re.compile(r"^[ACGTNacgtn]+$")
+_COMPLEMENT = str.maketrans("ACGTNacgtn", "TGCANtgcan")
+#: Mismatches listed in the error message.
+SHOWN_MISMATCHES = 5
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One alternative allele: ``chrom``, 1-based ``pos``, ``ref``, ``alt``, ``id`` and its input ``line``."""
+
+    chrom: str
+    pos: int
+    ref: str
+    alt: str
+    id: str
+    line: int
+
+
+@dataclass
+class VariantTable:
+    """The variants of a file and the number of ALT alleles skipped as not sequence-resolved."""
+
+    path: Path
+    variants: list[Variant] = field(default_factory=list)
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class VariantScore:
+    """Scores of one variant: window ``[start, start + length)`` (0-based), reference and alternative
+    window scores (forward strand), ``delta`` (RC-averaged when asked) and the reverse-strand Δ."""
+
+    variant: Variant
+    start: int
+    length: int
+    ref_score: float
+    alt_score: float
+    delta: float
+    delta_rc: float | None = None
+
+
+def _is_symbolic(alt: str) -> bool:
+    return alt in ("*", ".") or alt.startswith("<") or "[" in alt or "]" in alt
+
+
+def _parse_pos(text: str, path: Path, line: int) -> int:
+    try:
+        pos = int(text)
+    except ValueError:
+        raise InputError(f"{path}: line {line}: POS {text!r} is not an integer") from None
+    if pos < 1:
+        raise InputError(f"{path}: line {line}: POS {pos} must be >= 1 (1-based)")
+    return pos
+
+
+def _check_allele(allele: str, what: str, path: Path, line: int) -> str:
+    if not _ALLELE.match(allele):
+        raise InputError(f"{path}: line {line}: {what} allele {allele!r} is not a sequence of A, C, G, T, N")
+    return allele.upper()
+
+
+def _read_vcf(path: Path, lines) -> VariantTable:
+    table = VariantTable(path)
+    for number, text in lines:
+        if not text.strip() or text.startswith("#"):
+            continue
+        fields = text.split("\t")
+        if len(fields) < 5:
+            raise InputError(f"{path}: line {number}: {len(fields)} tab-separated fields, a VCF record needs at "
+                             "least 5 (CHROM POS ID REF ALT)")
+        chrom, pos_text, vid, ref, alts = (f.strip() for f in fields[:5])
+        if not chrom:
+            raise InputError(f"{path}: line {number}: empty CHROM")
+        pos = _parse_pos(pos_text, path, number)
+        ref = _check_allele(ref, "REF", path, number)
+        if not alts:
+            raise InputError(f"{path}: line {number}: empty ALT")
+        for alt in alts.split(","):
+            if _is_symbolic(alt):
+                table.skipped += 1
+                continue
+            alt = _check_allele(alt, "ALT", path, number)
+            name = vid if vid and vid != "." else f"{chrom}:{pos}:{ref}>{alt}"
+            table.variants.append(Variant(chrom, pos, ref, alt, name, number))
+    return table
+
+
+def _read_tsv(path: Path, lines) -> VariantTable:
+    table = VariantTable(path)
+    header: list[str] | None = None
+    for number, text in lines:
+        if not text.strip() or (header is not None and text.startswith("#")):
+            continue
+        fields = [f.strip() for f in next(csv.reader([text], delimiter="\t"))]
+        if header is None:
+            header = [f.lower().lstrip("#") for f in fields]
+            missing = [c for c in ("chrom", "pos", "ref", "alt") if c not in header]
+            if missing:
+                raise InputError(f"{path}: line {number}: header lacks column(s) {', '.join(missing)} "
+                                 f"(a variant TSV needs chrom, pos, ref, alt; got {', '.join(fields)})")
+            col = {c: header.index(c) for c in ("chrom", "pos", "ref", "alt")}
+            id_col = header.index("id") if "id" in header else None
+            continue
+        if len(fields) != len(header):
+            raise InputError(f"{path}: line {number}: {len(fields)} fields, the header has {len(header)}")
+        chrom = fields[col["chrom"]]
+        if not chrom:
+            raise InputError(f"{path}: line {number}: empty chrom")
+        pos = _parse_pos(fields[col["pos"]], path, number)
+        ref = _check_allele(fields[col["ref"]], "REF", path, number)
+        alt = fields[col["alt"]]
+        if _is_symbolic(alt):
+            table.skipped += 1
+            continue
+        alt = _check_allele(alt, "ALT", path, number)
+        vid = fields[id_col] if id_col is not None and fields[id_col] else f"{chrom}:{pos}:{ref}>{alt}"
+        table.variants.append(Variant(chrom, pos, ref, alt, vid, number))
+    if header is None:
+        raise InputError(f"{path}: empty file (expected a header with chrom, pos, ref, alt)")
+    return table
+
+
+def read_variants(path: str | os.PathLike) -> VariantTable:
+    """Variants of a VCF or TSV file (see the module docstring); the format is read from the content."""
+    path = Path(path)
+    lines = list(data_lines(path))
+    first = next((t for _, t in lines if t.strip()), None)
+    if first is None:
+        raise InputError(f"{path}: empty file")
+    is_vcf = first.startswith("##fileformat=VCF") or first.startswith("#CHROM\tPOS\tID\tREF\tALT")
+    table = _read_vcf(path, lines) if is_vcf else _read_tsv(path, lines)
+    if not table.variants:
+        raise InputError(f"{path}: no sequence variants to score ({table.skipped} symbolic alleles skipped)")
+    return table
+
+
+def check_reference(variants: Sequence[Variant], genome: FastaIndex, source: str | os.PathLike) -> None:
+    """Raise one :class:`InputError` listing the variants whose REF differs from the genome (or lies outside it)."""
+    problems = []
+    for v in variants:
+        length = genome.lengths.get(v.chrom)
+        if length is None:
+            problems.append(f"line {v.line}: record '{v.chrom}' is not in the reference")
+            continue
+        end = v.pos - 1 + len(v.ref)
+        if end > length:
+            problems.append(f"line {v.line}: {v.chrom}:{v.pos} REF {v.ref} runs past the record end ({length:,})")
+            continue
+        actual = genome.fetch(v.chrom, v.pos - 1, end).upper()
+        if actual != v.ref:
+            problems.append(f"line {v.line}: {v.chrom}:{v.pos} REF {v.ref}, reference has {actual}")
+    if problems:
+        shown = "; ".join(problems[:SHOWN_MISMATCHES])
+        more = f" (first {SHOWN_MISMATCHES} shown)" if len(problems) > SHOWN_MISMATCHES else ""
+        raise InputError(f"{source}: {len(problems)} of {len(variants)} variants do not match the reference "
+                         f"{genome.path}: {shown}{more}")
+
+
+def variant_windows(variant: Variant, genome: FastaIndex, window: int) -> tuple[int, str, str]:
+    """``(start, ref_window, alt_window)`` of one variant (module docstring); windows upper-cased."""
+    length = genome.lengths[variant.chrom]
+    W = min(window, length)
+    p0 = variant.pos - 1
+    start = min(max(p0 - window // 2, 0), length - W)
+    after = p0 + len(variant.ref)
+    if after > start + W:
+        raise ConfigError(f"line {variant.line}: REF allele of {len(variant.ref)} bases does not fit a window of "
+                          f"{window} bases around {variant.chrom}:{variant.pos}; use a larger window")
+    ref_window = genome.fetch(variant.chrom, start, start + W).upper()
+    left = ref_window[: p0 - start]
+    need = W - len(left) - len(variant.alt)
+    right = genome.fetch(variant.chrom, after, min(after + max(need, 0), length)).upper()
+    alt_window = (left + variant.alt + right)[:W]
+    return start, ref_window, alt_window
+
+
+def reverse_complement(seq: str) -> str:
+    """Reverse complement of an A/C/G/T/N string."""
+    return seq.translate(_COMPLEMENT)[::-1]
+
+
+def score_variants(model, tokenizer, variants: Sequence[Variant], genome: FastaIndex, window: int = 8192,
+                   reduce: str = "sum", reverse_complement_average: bool = False, prepend_bos: bool = False,
+                   batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
+                   chunk_size: int | None = None, progress: bool = False) -> list[VariantScore]:
+    """Δ log-likelihood of every variant (see the module docstring); windows shared by variants are scored once."""
+    if window < 2:
+        raise ConfigError(f"window must be >= 2 bases, got {window}")
+    placed = [(v, *variant_windows(v, genome, window)) for v in variants]
+    unique: dict[str, int] = {}
+    for _, _, ref_w, alt_w in placed:
+        seqs = (ref_w, alt_w, reverse_complement(ref_w), reverse_complement(alt_w)) \
+            if reverse_complement_average else (ref_w, alt_w)
+        for s in seqs:
+            unique.setdefault(s, len(unique))
+    rows = [encode_sequence(tokenizer, s, prepend_bos, where="variant window") for s in unique]
+    scores = score_sequences(model, rows, reduce, batch_size=batch_size, max_tokens=max_tokens,
+                             chunk_size=chunk_size, progress=progress)
+    out = []
+    for v, start, ref_w, alt_w in placed:
+        ref_s, alt_s = float(scores[unique[ref_w]]), float(scores[unique[alt_w]])
+        delta, delta_rc = alt_s - ref_s, None
+        if reverse_complement_average:
+            delta_rc = float(scores[unique[reverse_complement(alt_w)]] - scores[unique[reverse_complement(ref_w)]])
+            delta = (delta + delta_rc) / 2
+        out.append(VariantScore(v, start, len(ref_w), ref_s, alt_s, delta, delta_rc))
+    return out
+
+
+def write_variant_scores(path: str | os.PathLike, scores: Sequence[VariantScore]) -> Path:
+    """Write a TSV: chrom, pos, id, ref, alt, window_start (1-based), window_length, ref_score, alt_score,
+    delta [, delta_forward, delta_reverse] (atomically)."""
+    with_rc = any(s.delta_rc is not None for s in scores)
+    header = ["chrom", "pos", "id", "ref", "alt", "window_start", "window_length", "ref_score", "alt_score", "delta"]
+    if with_rc:
+        header += ["delta_forward", "delta_reverse"]
+    path = Path(path)
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(header)
+        for s in scores:
+            v = s.variant
+            row = [v.chrom, v.pos, v.id, v.ref, v.alt, s.start + 1, s.length, _fmt(s.ref_score), _fmt(s.alt_score),
+                   _fmt(s.delta)]
+            if with_rc:
+                row += [_fmt(s.alt_score - s.ref_score), _fmt(s.delta_rc)]
+            writer.writerow(row)
+    return path
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else repr(float(np.float64(x)))

@@ -1,0 +1,313 @@
+"""Next-token pretraining in Lightning: a thin LightningModule and the sequence-length warm-up callback.
+
+:class:`NextTokenLM` wraps a built causal LM (``model(input_ids (B, L)) -> logits (B, L, V)``) and
+one loss function (:func:`dnalm.training.losses.lm_loss`); it builds neither model nor data. It
+trains with AdamW over :func:`dnalm.training.optim.param_groups` and the per-step linear warm-up +
+cosine schedule of :mod:`dnalm.training.schedules`. Gradient clipping, precision (``32-true``,
+``bf16-mixed``, ``16-mixed``), accumulation and devices are the Lightning ``Trainer``'s.
+
+Logged per training step: ``train/loss``, ``train/acc``, ``train/bits_per_base``, ``train/ppl``,
+``train/lr`` (of the first parameter group) and ``train/tokens_per_s`` (all devices); per evaluation
+epoch, over all of its tokens: ``val/loss``, ``val/acc``, ``val/bits_per_base``, ``val/ppl`` and
+``val/loss/<class>``, ``val/bits_per_base/<class>`` per region class (``test/...`` likewise).
+
+Dropout randomness is reseeded before every micro-batch from ``(seed, epoch, batch index, rank)``, so
+a run resumed from a checkpoint draws the same dropout masks as the uninterrupted run.
+Activation checkpointing (:func:`checkpoint_blocks`) recomputes each block in the backward pass;
+it wraps the blocks' ``forward`` at call time, so state-dict keys do not change. ``compile=True``
+compiles the model in place (``nn.Module.compile``), which also keeps the keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from torch import Tensor, nn
+
+from dnalm.genome.regions import REGION_CLASSES
+from dnalm.training.losses import LMLoss, NextTokenMetrics, lm_loss
+from dnalm.training.optim import param_groups
+from dnalm.training.schedules import StagePlan, stage_at, warmup_cosine_scheduler
+from dnalm.utils import atomic_file
+
+LossFn = Callable[[Tensor, Tensor, Tensor | None], LMLoss]
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its schedule (the ``optim`` node of ``dnalm train``).
+
+    ``filter_lr`` / ``filter_weight_decay``: Hyena's implicit filters (HyenaDNA gives them weight
+    decay 0); ``grad_clip``: maximum gradient norm (None: no clipping); ``warmup_steps`` and
+    ``min_lr_ratio`` shape the schedule (see :mod:`dnalm.training.schedules`).
+    """
+
+    lr: float = 6e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    filter_lr: float | None = None
+    filter_weight_decay: float = 0.0
+
+
+def step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
+    """A 63-bit seed that is a function of its arguments only (one per micro-batch and rank)."""
+    return int(np.random.SeedSequence([seed, epoch, batch_idx, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def checkpoint_blocks(model: nn.Module) -> int:
+    """Recompute the activations of every block of ``model.backbone.layers`` in the backward pass.
+
+    Each block's ``forward`` is replaced by a call through ``torch.utils.checkpoint`` (non-reentrant,
+    RNG state preserved, so dropout masks match) when it trains without an inference state; the
+    modules and so the state-dict keys stay as they are. Returns the number of blocks wrapped.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    wrapped = 0
+    for block in model.backbone.layers:
+        if getattr(block, "_checkpointed", False):
+            continue
+        forward = block.forward
+
+        def run(x: Tensor, layer_state: object | None = None, offset: int = 0, _forward=forward, _block=block):
+            if layer_state is None and _block.training and torch.is_grad_enabled():
+                return checkpoint(_forward, x, use_reentrant=False)
+            return _forward(x, layer_state, offset)
+
+        block.forward = run
+        block._checkpointed = True
+        wrapped += 1
+    return wrapped
+
+
+class NextTokenLM(L.LightningModule):
+    """Lightning shell of next-token pretraining (see the module docstring).
+
+    Args:
+        model: a causal LM, ``model(input_ids (B, L)) -> logits (B, L, V)``.
+        optim: optimizer and schedule settings.
+        total_steps: optimizer steps of the whole run (length of the cosine schedule).
+        loss_fn: ``loss_fn(logits, targets, loss_weight) -> LMLoss``.
+        region_classes: names of the region class ids in the batches' ``regions``.
+        seed: base of the per-micro-batch dropout seeds.
+        activation_checkpointing: see :func:`checkpoint_blocks`.
+        compile: compile the model in place with ``torch.compile``.
+
+    Batches: ``input_ids``, ``targets``, ``regions`` (B, L) int64 and ``loss_weight`` (B, L) float32.
+    """
+
+    def __init__(self, model: nn.Module, optim: OptimConfig, total_steps: int, loss_fn: LossFn = lm_loss,
+                 region_classes: Sequence[str] = REGION_CLASSES, seed: int = 0,
+                 activation_checkpointing: bool = False, compile: bool = False):
+        super().__init__()
+        self.model = model
+        self.optim = optim
+        self.total_steps = int(total_steps)
+        self.loss_fn = loss_fn
+        self.seed = int(seed)
+        if activation_checkpointing:
+            checkpoint_blocks(model)
+        if compile:
+            model.compile()
+        self.val_metrics = NextTokenMetrics(region_classes)
+        self.test_metrics = NextTokenMetrics(region_classes)
+        self.last_metrics: dict[str, dict[str, float]] = {}
+        self._last_batch_time: float | None = None
+        self._last_batch_tokens = 0
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.model(input_ids)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        groups = param_groups(self.model, o.weight_decay, o.lr, o.filter_lr, o.filter_weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        scheduler = warmup_cosine_scheduler(optimizer, self.total_steps, o.warmup_steps, o.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        wrapper = self.trainer.model if self._trainer is not None else None
+        if gradient_clip_val and hasattr(wrapper, "clip_grad_norm_"):
+            # FSDP: the norm over all shards, computed by the wrapper (Lightning's default refuses FSDP)
+            wrapper.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        torch.manual_seed(step_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.model(batch["input_ids"])
+        out = self.loss_fn(logits, batch["targets"], batch.get("loss_weight"))
+        B = batch["input_ids"].shape[0]
+        log = {"train/loss": out.loss.detach(), "train/acc": out.accuracy, "train/bits_per_base": out.bits_per_base,
+               "train/ppl": out.perplexity}
+        optimizer = self.trainer.optimizers[0] if self._trainer is not None and self.trainer.optimizers else None
+        if optimizer is not None:
+            log["train/lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
+        now = time.perf_counter()
+        if self._last_batch_time is not None and now > self._last_batch_time:
+            log["train/tokens_per_s"] = torch.tensor(self._last_batch_tokens / (now - self._last_batch_time))
+        self._last_batch_time = now
+        self._last_batch_tokens = batch["input_ids"].numel() * (self.trainer.world_size if self._trainer else 1)
+        self.log_dict(log, on_step=True, on_epoch=False, prog_bar=False, batch_size=B)
+        self.log("loss", out.loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=B)
+        return out.loss
+
+    def _eval_step(self, metrics: NextTokenMetrics, batch: dict[str, Tensor]) -> None:
+        logits = self.model(batch["input_ids"])
+        metrics.update(self.loss_fn(logits, batch["targets"], batch.get("loss_weight")), batch.get("regions"))
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(self.val_metrics, batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(self.test_metrics, batch)
+
+    def _eval_epoch_end(self, stage: str, metrics: NextTokenMetrics) -> None:
+        if float(metrics.count) == 0 and float(metrics.weight_sum) == 0:
+            metrics.reset()
+            return
+        values = metrics.compute()
+        metrics.reset()
+        self.last_metrics[stage] = values
+        # the values are already reduced over ranks (torchmetrics); sync_dist averages identical numbers
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in values.items()}, prog_bar=False, sync_dist=True)
+        self.log(f"{stage}_loss", float(values["loss"]), prog_bar=True, logger=False, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test", self.test_metrics)
+
+    def on_train_epoch_start(self) -> None:
+        self._last_batch_time = None
+
+
+class SeqLenWarmup(L.Callback):
+    """Sequence-length warm-up: switch window length, batch size and accumulation at stage boundaries.
+
+    ``plans`` come from :func:`dnalm.training.schedules.plan_stages`. The Trainer needs
+    ``reload_dataloaders_every_n_epochs=1`` and a datamodule with ``set_length(length, batch_size)``
+    and a ``config`` holding ``samples_per_epoch`` (:class:`~dnalm.data.datamodule.GenomeDataModule`).
+    The epoch reached is part of the callback's checkpointed state, so a resumed run picks up its stage.
+    """
+
+    def __init__(self, plans: Sequence[StagePlan]):
+        self.plans = list(plans)
+        self.epoch = 0
+
+    def current(self) -> StagePlan:
+        return stage_at(self.plans, self.epoch)
+
+    def _apply_data(self, trainer: L.Trainer, plan: StagePlan) -> None:
+        dm = trainer.datamodule
+        c = dm.config
+        if (c.length, c.batch_size, c.samples_per_epoch) != (plan.length, plan.batch_size, plan.samples_per_epoch):
+            dm.config = replace(c, samples_per_epoch=plan.samples_per_epoch)
+            dm.set_length(plan.length, plan.batch_size)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        plan = self.current()
+        self._apply_data(trainer, plan)
+        trainer.accumulate_grad_batches = plan.accumulate
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch = trainer.current_epoch
+        trainer.accumulate_grad_batches = self.current().accumulate
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch = trainer.current_epoch + 1
+        self._apply_data(trainer, self.current())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epoch = int(state_dict.get("epoch", 0))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSV logger writing ``<save_dir>/metrics.csv``, continuing an existing file.
+
+    Lightning's own writer deletes ``metrics.csv`` whenever its directory is not empty and appends
+    in place; this one keeps the rows already there (a resumed run adds to them; :func:`truncate_metrics`
+    first drops the rows logged after the checkpoint the run resumes from) and replaces the file
+    atomically on each save.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike):
+        super().__init__(save_dir=str(save_dir), name="", version="")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Keeps an existing ``metrics.csv`` and rewrites it atomically on every save, so that a run killed
+    while logging never leaves a truncated file."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(next(csv.reader(f), []))
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        self._record_new_keys()
+        path = Path(self.metrics_file_path)
+        old: list[dict[str, str]] = []
+        if path.is_file():
+            with open(path, newline="") as f:
+                old = list(csv.DictReader(f))
+        with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(old)
+            writer.writerows(self.metrics)
+        self.metrics = []
+
+
+def truncate_metrics(path: str | os.PathLike, step: int) -> int:
+    """Drop the rows of a ``metrics.csv`` whose ``step`` is ``step`` or later; returns the rows dropped.
+
+    A run resumed at global step ``step`` logs those steps again.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = list(reader)
+    keep = [r for r in rows if not r.get("step") or int(float(r["step"])) < step]
+    if len(keep) != len(rows):
+        with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(keep)
+    return len(rows) - len(keep)

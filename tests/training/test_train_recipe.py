@@ -1,0 +1,213 @@
+"""``dnalm train`` end to end on a small synthetic genome: the loss falls, outputs are complete and loadable,
+a run killed with SIGKILL resumes to the very same model, sequence-length warm-up switches windows and
+accumulation, user mistakes fail with one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from dnalm.cli import main as cli_main
+from dnalm.cli import run as cli_run
+from dnalm.config import compose
+from dnalm.data.prepare import GenomeSpec, prepare
+from dnalm.genome.splits import SplitSpec
+from dnalm.genome.synth import SynthConfig, synthesize
+from dnalm.models.io import load_pretrained, read_pretrained_info
+from dnalm.training.checkpoint import data_position, read_training_state
+from dnalm.training.schedules import warmup_cosine
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS, EVERY, LR, WARMUP = 40, 10, 2e-3, 5
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    files = synthesize(SynthConfig(n_chromosomes=3, chromosome_length=20_000, seed=3), root / "genome")
+    return prepare([GenomeSpec("synthetic", str(files["fasta"]), str(files["gff3"]))], root / "prepared",
+                   SplitSpec(strategy="records", val=["Chr3"], test=["Chr2"]))
+
+
+def overrides(prepared: Path, out: Path, *extra: str) -> list[str]:
+    return ["experiment=synthetic/hyena_demo", f"data.prepared={prepared}", f"out={out}", "model.d_model=32",
+            "model.d_inner=64", "data.length=128", "data.batch_size=8", "data.eval_max_windows=null",
+            "trainer.log_every_n_steps=1", "trainer.progress_bar=false", f"trainer.max_steps={STEPS}",
+            f"trainer.val_check_interval={EVERY}", f"checkpoint.every_n_steps={EVERY}", f"optim.lr={LR}",
+            f"optim.warmup_steps={WARMUP}", "logger=[csv]", *extra]
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def column(run_dir: Path, key: str) -> dict[int, float]:
+    """step -> value of ``key``; a step logged twice fails the test."""
+    out: dict[int, float] = {}
+    for r in rows(run_dir):
+        if r.get(key):
+            step = int(r["step"])
+            assert step not in out, f"{key} logged twice at step {step}"
+            out[step] = float(r[key])
+    return out
+
+
+def leftovers(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.rglob("*") if p.name.endswith((".tmp", ".old"))]
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    torch.set_num_threads(1)
+    assert cli_run(["train", *overrides(prepared, out)]) == 0
+    return out
+
+
+def test_validation_loss_falls_and_outputs_are_complete(trained, prepared):
+    val = column(trained, "val/loss")
+    assert sorted(val) == [EVERY * k - 1 for k in range(1, STEPS // EVERY + 1)]
+    losses = [val[s] for s in sorted(val)]
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert column(trained, "val/bits_per_base")[STEPS - 1] == pytest.approx(losses[-1] / math.log(2), rel=1e-5)
+    region_cols = [k for k in rows(trained)[0] if k.startswith("val/bits_per_base/")]
+    assert {"val/bits_per_base/CDS", "val/bits_per_base/intergenic"} <= set(region_cols)
+
+    assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == ["last", f"step-{STEPS:08d}"]
+    assert (trained / "checkpoints" / "last").resolve().name == f"step-{STEPS:08d}"
+    assert not leftovers(trained)
+    for name in ("model", "best", "checkpoints/last"):
+        assert isinstance(load_pretrained(trained / name), torch.nn.Module)
+        assert (trained / name / "tokenizer.json").is_file()
+    final = load_pretrained(trained / "model").state_dict()
+    last = load_pretrained(trained / "checkpoints" / "last").state_dict()
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    info = read_pretrained_info(trained / "best")["extra"]
+    assert info["best"]["val/loss"] == pytest.approx(min(losses), rel=1e-6)
+    assert read_pretrained_info(trained / "model")["extra"]["global_step"] == STEPS
+    summary = json.loads((trained / "metrics.json").read_text())
+    assert summary["global_step"] == STEPS and summary["total_steps"] == STEPS
+    config = (trained / "config.yaml").read_text()
+    assert f"prepared: {prepared}" in config and "name: hyena_demo" in config
+    assert (trained / "metrics.csv").is_file() and not (trained / "tensorboard").exists()
+
+
+def test_killed_run_resumes_to_the_same_model(trained, prepared, tmp_path):
+    """SIGKILL after the first checkpoint, then resume=auto: same final step, the same per-step losses
+    (same data order and dropout masks), the lr of every step on the schedule, the same final weights."""
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "dnalm.cli", "train", *overrides(prepared, out)], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = out / "checkpoints" / f"step-{EVERY:08d}" / "training_state.pt"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not first.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    finished_early = proc.poll() is not None
+    proc.kill()
+    _, err = proc.communicate()
+    assert not finished_early, f"the run ended before it could be killed: {err.decode()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL and not (out / "model").exists()
+
+    assert cli_run(["train", *overrides(prepared, out)]) == 0
+    state = read_training_state(out / "checkpoints" / "last")
+    assert state["global_step"] == STEPS and data_position(state) is not None
+    a, b = load_pretrained(trained / "model").state_dict(), load_pretrained(out / "model").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert column(out, "train/loss") == column(trained, "train/loss")
+    assert column(out, "val/loss") == column(trained, "val/loss")
+    lr = column(out, "train/lr")
+    assert sorted(lr) == list(range(STEPS))
+    for step, value in lr.items():
+        assert value == pytest.approx(LR * warmup_cosine(step, STEPS, WARMUP, 0.1), rel=1e-6)
+    assert json.loads((out / "metrics.json").read_text())["resumed_from"].endswith(f"step-{EVERY:08d}")
+    assert not leftovers(out)
+
+
+class Recorder(L.Callback):
+    def __init__(self):
+        self.batches: list[tuple[int, tuple[int, ...], int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append((trainer.global_step, tuple(batch["input_ids"].shape), trainer.accumulate_grad_batches))
+
+
+def test_sequence_length_warmup_switches_windows_and_accumulation(prepared, tmp_path):
+    from dnalm.recipes.train import run
+
+    cfg = compose("train", overrides(prepared, tmp_path / "staged", "trainer.max_steps=-1", "global_batch_size=8",
+                                     "stages=[{length: 64, batch_size: 8, steps: 3}, {length: 128, batch_size: 4, "
+                                     "steps: 2}]", "trainer.val_check_interval=5", "checkpoint.every_n_steps=0",
+                                     "test=true"))
+    rec = Recorder()
+    result = run(cfg, callbacks=[rec])
+    assert result.global_step == 5 and result.total_steps == 5
+    assert rec.batches == [(0, (8, 64), 1), (1, (8, 64), 1), (2, (8, 64), 1),
+                           (3, (4, 128), 2), (3, (4, 128), 2), (4, (4, 128), 2), (4, (4, 128), 2)]
+    lr = column(tmp_path / "staged", "train/lr")
+    assert lr[4] == pytest.approx(LR * warmup_cosine(4, 5, WARMUP, 0.1), rel=1e-6)
+    assert read_pretrained_info(result.model_dir)["config"]["l_max"] == 130
+    test = json.loads((tmp_path / "staged" / "metrics.json").read_text())["test"]
+    assert test["bits_per_base"] == pytest.approx(test["loss"] / math.log(2)) and 0 < test["acc"] < 1
+
+
+def test_init_from_starts_from_the_given_weights(trained, prepared, tmp_path):
+    """With lr 0 (and so no decay either) one step leaves the initial weights: they must be the given ones."""
+    out = tmp_path / "continued"
+    assert cli_run(["train", *overrides(prepared, out, f"init_from={trained / 'model'}", "optim.lr=0",
+                                        "trainer.max_steps=2", "model.d_model=8")]) == 0
+    a, b = load_pretrained(trained / "model").state_dict(), load_pretrained(out / "model").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_user_mistakes_fail_with_one_line(trained, prepared, tmp_path, capsys):
+    cases = [
+        (overrides(prepared, trained, "resume=never"), "already holds checkpoints"),
+        (overrides(tmp_path / "nowhere", tmp_path / "r1"), "not a prepared dataset directory"),
+        (overrides(prepared, tmp_path / "r2", "model.l_max=100"), "model.l_max=100 is shorter"),
+        (overrides(prepared, tmp_path / "r3", "trainer.max_steps=-1"), "set trainer.max_steps or trainer.max_epochs"),
+        (overrides(prepared, tmp_path / "r4", "logger=[csv,mlflow]"), "unknown logger 'mlflow'"),
+        (overrides(prepared, tmp_path / "r5", "global_batch_size=12"), "not a multiple of batch_size 8"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            cli_main(["train", *argv])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(prepared, tmp_path):
+    """Lightning's DDP strategy with two CPU processes (gloo) trains to the end; rank 0 alone writes the outputs."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    argv = [sys.executable, "-m", "dnalm.cli", "train",
+            *overrides(prepared, out, "trainer.strategy=ddp", "trainer.devices=2", "global_batch_size=16",
+                       "trainer.max_steps=6", "trainer.val_check_interval=3", "checkpoint.every_n_steps=3")]
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("train: 6 steps") == 1
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["global_step"] == 6 and summary["total_steps"] == 6
+    assert read_training_state(out / "checkpoints" / "last")["global_step"] == 6
+    assert isinstance(load_pretrained(out / "model"), torch.nn.Module) and not leftovers(out)
