@@ -1,0 +1,55 @@
+"""dnalm.evaluate.speed: the plain GPT baseline, model builders, length parsing and the table (CPU)."""
+
+from __future__ import annotations
+
+import torch
+
+from dnalm.evaluate.speed import (
+    SpeedRow,
+    build_model,
+    hyena_traffic_bytes,
+    length_label,
+    markdown_table,
+    matmul_flops_per_token,
+    parse_length,
+)
+from dnalm.models.blocks import count_parameters
+
+
+def test_plain_gpt_has_the_transformer_size_and_runs():
+    gpt = build_model("gpt", "tiny-1k", 64, device="cpu")
+    ours = build_model("transformer", "tiny-1k", 64, device="cpu")
+    assert count_parameters(gpt) == count_parameters(ours)
+    assert gpt(torch.randint(0, 12, (2, 33))).shape == (2, 33, 16)
+
+
+def test_hyena_builders_pick_the_path():
+    assert build_model("hyena-ref", "tiny-1k", 2048, device="cpu").config.fast_path == "reference"
+    model = build_model("hyena", "tiny-1k", 2048, device="cpu")
+    assert model.config.fast_path == "auto" and model.config.l_max == 2050
+
+
+def test_lengths_and_table():
+    assert [parse_length(t) for t in ("1k", "1M", "4096")] == [1024, 1 << 20, 4096]
+    assert [length_label(n) for n in (1024, 1 << 20, 1000)] == ["1k", "1M", "1000"]
+    assert matmul_flops_per_token("transformer", "large-1m", 1024) > matmul_flops_per_token("hyena", "large-1m", 1024)
+    assert hyena_traffic_bytes("large-1m", True) > hyena_traffic_bytes("large-1m", False)
+    rows = [SpeedRow("hyena-ref", "train", 1024, 1024, 1e6, 1.0, 2.0, 0.1, None),
+            SpeedRow("hyena", "train", 1024, 1024, 4e6, 0.25, 1.0, 0.4, 0.5),
+            SpeedRow("hyena", "train", 1 << 20, 1, None, None, None, None, None, "out of memory")]
+    table = markdown_table(rows)
+    assert "| hyena | train | 1k | 1024 | 4.00M |" in table and "4.00x" in table and "out of memory" in table
+
+
+def test_speed_command_checks_options_then_needs_a_gpu(capsys):
+    import pytest
+
+    from dnalm.cli import main
+
+    for args, message in ((["models=[hyena,nope]"], "unknown model 'nope'"), (["lengths=[1x]"], "integers"),
+                          ([], "CUDA GPU")):
+        if message == "CUDA GPU" and torch.cuda.is_available():
+            continue
+        with pytest.raises(SystemExit) as exc:
+            main(["speed", *args])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
