@@ -1,0 +1,1 @@
+"""Hydra configs shipped with dnalm (a package so that wheels carry them)."""

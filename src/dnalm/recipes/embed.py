@@ -1,0 +1,51 @@
+"""``dnalm embed input=FASTA|CSV checkpoint=CKPT output=DIR layer=final pool=mean|max|last|none``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from dnalm.config import to_dataclass
+from dnalm.errors import ConfigError
+
+
+@dataclass
+class EmbedConfig:
+    input: str | None = None
+    checkpoint: str | None = None
+    output: str | None = None
+    layer: Any = "final"
+    pool: str = "mean"
+    save_dtype: str = "float32"
+    prepend_bos: bool = False
+    uppercase: bool = True
+    batch_size: int = 16
+    max_tokens: int = 262144
+    chunk_size: int | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+
+
+def main(cfg: DictConfig) -> int | None:
+    ec = to_dataclass(cfg, EmbedConfig, where="embed")
+    if not ec.input or not ec.checkpoint or not ec.output:
+        raise ConfigError("embed: set input=FILE (FASTA or CSV), checkpoint=CKPT and output=DIR")
+    from dnalm.inference.api import load_model
+    from dnalm.inference.embed import POOLS, embed_to_directory, resolve_layer
+    from dnalm.inference.io import read_sequences
+    from dnalm.inference.scoring import encode_sequence
+
+    if ec.pool not in POOLS:
+        raise ConfigError(f"embed: pool={ec.pool!r} must be one of {', '.join(POOLS)}")
+    seqs = read_sequences(ec.input, uppercase=ec.uppercase)
+    model, tokenizer = load_model(ec.checkpoint, ec.device, ec.dtype)
+    layer = resolve_layer(model, ec.layer)
+    rows = [encode_sequence(tokenizer, s.seq, ec.prepend_bos, where=s.where) for s in seqs]
+    out = embed_to_directory(model, rows, [s.id for s in seqs], ec.output, layer=layer, pool=ec.pool,
+                             skip=int(ec.prepend_bos), dtype=ec.save_dtype, batch_size=ec.batch_size,
+                             max_tokens=ec.max_tokens, chunk_size=ec.chunk_size, progress=True,
+                             metadata={"model": str(ec.checkpoint), "input": str(ec.input), "prepend_bos": ec.prepend_bos})
+    print(f"embed: {len(seqs)} sequences, layer {layer}, pool {ec.pool} -> {out}/")
+    return 0

@@ -1,0 +1,73 @@
+"""``dnalm model info model=hyena preset=large-1m seq_len=1024``: parameters, FLOPs, activation memory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from dnalm.config import to_dataclass
+from dnalm.errors import ConfigError, InputError
+from dnalm.models.info import FAMILIES, family_config, model_info, print_info
+from dnalm.utils import atomic_file
+
+
+@dataclass
+class ModelInfoConfig:
+    model: str = "hyena"
+    preset: str = "tiny-1k"
+    checkpoint: str | None = None
+    seq_len: int | None = None
+    batch_size: int = 1
+    dtype: str = "bf16"
+    d_model: int | None = None
+    n_layer: int | None = None
+    d_inner: int | None = None
+    n_head: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    out: str | None = None
+
+
+def _checkpoint_config(path: str, overrides: dict[str, Any]):
+    from dnalm.models.io import CONFIG_FILE, is_hyenadna_config, load_hyenadna_config, read_pretrained_info
+
+    directory = Path(path)
+    file = directory / CONFIG_FILE if directory.is_dir() else directory
+    if not file.is_file():
+        raise InputError(f"{file}: no such model config")
+    raw = json.loads(file.read_text())
+    if is_hyenadna_config(raw):
+        return load_hyenadna_config(file, **overrides)
+    meta = read_pretrained_info(file)
+    family = meta.get("family")
+    if family not in FAMILIES:
+        raise InputError(f"{file}: unknown model family {family!r} (known: {', '.join(FAMILIES)})")
+    try:
+        return FAMILIES[family][0](**{**meta.get("config", {}), **overrides})
+    except TypeError as exc:
+        raise InputError(f"{file}: bad {family} config: {exc}") from None
+
+
+def main(cfg: DictConfig) -> int | None:
+    mc = to_dataclass(cfg, ModelInfoConfig, where="model_info")
+    overrides = {k: getattr(mc, k) for k in ("d_model", "n_layer", "d_inner", "n_head") if getattr(mc, k) is not None}
+    overrides.update(mc.overrides)
+    if mc.checkpoint:
+        config = _checkpoint_config(mc.checkpoint, overrides)
+        name = mc.checkpoint
+    else:
+        if mc.model == "hyena" and "n_head" in overrides:
+            raise ConfigError("model_info: n_head applies to model=transformer only")
+        config = family_config(mc.model, mc.preset, **overrides)
+        name = mc.preset
+    seq_len = mc.seq_len or getattr(config, "l_max", None) or config.max_len
+    info = model_info(config, seq_len, mc.batch_size, mc.dtype)
+    print_info(info, title=f"{info.family} {name}: L = {seq_len:,}, B = {mc.batch_size}, {mc.dtype} activations")
+    if mc.out:
+        with atomic_file(mc.out) as tmp:
+            tmp.write_text(json.dumps({"name": name, "config": vars(config), **info.to_dict()}, indent=2) + "\n")
+        print(f"model info: wrote {mc.out}")
+    return 0

@@ -1,0 +1,75 @@
+"""``dnalm predict input=FASTA|CSV checkpoint=CKPT output=FILE.parquet``: log-likelihoods, log-probabilities or logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from dnalm.config import to_dataclass
+from dnalm.errors import ConfigError
+
+OUTPUT_TYPES = ("loglik", "per_token", "logits")
+
+
+@dataclass
+class PredictConfig:
+    input: str | None = None
+    checkpoint: str | None = None
+    output: str | None = None
+    output_type: str = "loglik"
+    reduce: str = "sum"
+    tokens: str = "acgt"
+    prepend_bos: bool = False
+    uppercase: bool = True
+    batch_size: int = 16
+    max_tokens: int = 262144
+    chunk_size: int | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+
+
+def main(cfg: DictConfig) -> int | None:
+    pc = to_dataclass(cfg, PredictConfig, where="predict")
+    if not pc.input or not pc.checkpoint or not pc.output:
+        raise ConfigError("predict: set input=FILE (FASTA or CSV), checkpoint=CKPT and output=FILE.parquet")
+    if pc.output_type not in OUTPUT_TYPES:
+        raise ConfigError(f"predict: output_type={pc.output_type!r} must be one of {', '.join(OUTPUT_TYPES)}")
+    from dnalm.inference.api import load_model
+    from dnalm.inference.io import read_sequences, write_parquet
+    from dnalm.inference.scoring import REDUCTIONS, encode_sequence, logit_columns, reduce_log_probs, score_rows
+    from dnalm.utils import atomic_file
+
+    if pc.reduce not in REDUCTIONS:
+        raise ConfigError(f"predict: reduce={pc.reduce!r} must be one of {', '.join(REDUCTIONS)}")
+    seqs = read_sequences(pc.input, uppercase=pc.uppercase)
+    model, tokenizer = load_model(pc.checkpoint, pc.device, pc.dtype)
+    columns = logit_columns(model, pc.tokens, tokenizer) if pc.output_type == "logits" else None
+    rows = [encode_sequence(tokenizer, s.seq, pc.prepend_bos, where=s.where) for s in seqs]
+    scores = score_rows(model, rows, logits_columns=columns, batch_size=pc.batch_size, max_tokens=pc.max_tokens,
+                        chunk_size=pc.chunk_size, progress=True)
+    first = 0 if pc.prepend_bos else 1
+    table = {"id": [s.id for s in seqs], "length": np.array([len(s.seq) for s in seqs], dtype=np.int64),
+             "n_scored": np.array([r.log_probs.size for r in scores], dtype=np.int64)}
+    meta = {"command": "predict", "model": str(pc.checkpoint), "input": str(pc.input), "output_type": pc.output_type,
+            "prepend_bos": pc.prepend_bos, "first_position": first}
+    output = Path(pc.output)
+    if pc.output_type == "loglik":
+        table["log_likelihood"] = np.array([reduce_log_probs(r.log_probs, pc.reduce) for r in scores])
+        meta["reduce"] = pc.reduce
+    elif pc.output_type == "per_token":
+        table["log_probs"] = [r.log_probs for r in scores]
+    else:
+        npz = output.with_suffix(".npz")
+        keys = [f"seq{i}" for i in range(len(seqs))]
+        with atomic_file(npz) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{k: r.logits for k, r in zip(keys, scores, strict=True)})
+        table["key"] = keys
+        meta.update(npz=npz.name, tokens=pc.tokens, columns=[int(c) for c in columns])
+    write_parquet(output, table, metadata=meta)
+    total = int(table["n_scored"].sum())
+    print(f"predict: {len(seqs)} sequences, {total:,} scored tokens -> {output}"
+          + (f" (+ {output.with_suffix('.npz')})" if pc.output_type == "logits" else ""))
+    return 0

@@ -1,0 +1,510 @@
+"""``dnalm train [experiment=NAME] [data.prepared=DIR] [key=value ...]``: next-token pretraining.
+
+Setup -> fit -> save, on a prepared genome (``dnalm prepare``); with ``data.prepared=null`` the data
+group's ``source`` (a FASTA + GFF3 genome) or ``synthetic`` (a synthetic genome) is prepared first
+into ``data.cache`` and reused by later runs. Everything goes to the run directory ``out``
+(default ``runs/<name>``)::
+
+    config.yaml          the composed configuration
+    metrics.csv          per-step training and per-validation metrics (CSV logger)
+    tensorboard/         TensorBoard logs (logger list: csv, tensorboard, wandb)
+    checkpoints/         step-NNNNNNNN/ full checkpoints (newest checkpoint.keep) and a 'last' link
+    best/                the model with the best validation loss (dnalm format)
+    model/               the final model (dnalm format: model.safetensors, config.json, tokenizer.json)
+    metrics.json         final step, best and last validation (and test) metrics
+
+``resume=auto`` (default) continues from the newest complete checkpoint of the run directory, with
+the same data order, schedule and dropout masks; ``resume=never`` refuses a run directory that holds
+checkpoints; ``resume=PATH`` continues from that checkpoint. ``stages`` turn on sequence-length
+warm-up, ``global_batch_size`` gradient accumulation (see dnalm.training.schedules). Several GPUs:
+``trainer=ddp trainer.devices=N`` or ``trainer=fsdp`` (Lightning's strategies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dnalm.config import to_dataclass
+from dnalm.errors import ConfigError, InputError
+from dnalm.utils import atomic_file
+
+GROUPS = ("model", "data", "trainer", "optim")
+DATA_SOURCE_KEYS = ("prepared", "cache", "source", "synthetic")
+LOGGERS = ("csv", "tensorboard", "wandb")
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageConfig:
+    """One sequence-length warm-up stage (see dnalm.training.schedules.Stage)."""
+
+    length: int
+    batch_size: int
+    epochs: int | None = None
+    steps: int | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    """``every_n_steps``: full checkpoint period in optimizer steps (0: only at the end); ``keep``: full
+    checkpoints kept; ``save_best``: keep ``best/`` by ``monitor`` (lower is better)."""
+
+    every_n_steps: int = 500
+    keep: int = 1
+    save_best: bool = True
+    monitor: str = "val/loss"
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when ``checkpoint.monitor`` has not improved by ``min_delta`` for ``patience`` validations."""
+
+    enabled: bool = False
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Top-level keys of ``conf/train.yaml``."""
+
+    name: str = "dnalm"
+    out: str = "runs/dnalm"
+    seed: int = 0
+    data_root: str = "../shared/data"
+    resume: str = "auto"
+    init_from: str | None = None
+    global_batch_size: int | None = None
+    stages: list[StageConfig] = field(default_factory=list)
+    activation_checkpointing: bool = False
+    compile: bool = False
+    logger: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    test: bool = False
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class TrainerConfig:
+    """Options of ``lightning.Trainer`` (the ``trainer`` group). ``strategy``: auto, ddp, fsdp or any
+    strategy name Lightning knows; ``accumulate_grad_batches`` applies when ``global_batch_size`` is null."""
+
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = -1
+    max_epochs: int | None = None
+    val_check_interval: int | float | None = 1.0
+    check_val_every_n_epoch: int | None = 1
+    limit_val_batches: int | float = 1.0
+    log_every_n_steps: int = 50
+    num_sanity_val_steps: int = 0
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class GenomeSource:
+    """A genome to prepare when ``data.prepared`` is null: FASTA, optional GFF3, held-out records."""
+
+    fasta: str
+    annotation: str | None = None
+    name: str | None = None
+    val: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
+    promoter_window: int = 1000
+
+
+@dataclass
+class DataSource:
+    """Where the prepared genome comes from (the ``data`` keys besides the window options)."""
+
+    prepared: str | None = None
+    cache: str = "runs/prepared"
+    source: GenomeSource | None = None
+    synthetic: dict[str, Any] | None = None
+
+
+@dataclass
+class ParsedConfig:
+    top: TrainConfig
+    model: dict[str, Any]
+    source: DataSource
+    data: dict[str, Any]
+    trainer: TrainerConfig
+    optim: Any
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as plain containers with interpolations resolved."""
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"train: set {exc.full_key}=... (it has no default)") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"train: {str(exc).splitlines()[0]}") from None
+
+
+def parse(cfg: DictConfig | dict[str, Any]) -> ParsedConfig:
+    """Check and type every part of a composed ``train`` config (no file is touched)."""
+    from dnalm.data.datamodule import GenomeDataConfig
+    from dnalm.training.lightning import OptimConfig
+
+    node = resolved(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    top = to_dataclass({k: v for k, v in node.items() if k not in GROUPS}, TrainConfig, where="train")
+    for name in top.logger:
+        if name not in LOGGERS:
+            raise ConfigError(f"logger: unknown logger '{name}' (choose from {', '.join(LOGGERS)})")
+    if top.resume not in ("auto", "never") and not Path(top.resume).exists():
+        raise ConfigError(f"resume={top.resume}: no such checkpoint (use auto, never or a checkpoint directory)")
+    model = dict(node.get("model") or {})
+    if model.get("family") not in MODEL_FAMILIES:
+        raise ConfigError(f"model.family must be one of {', '.join(MODEL_FAMILIES)}, got {model.get('family')!r}")
+    data_node = dict(node.get("data") or {})
+    source = to_dataclass({k: data_node.pop(k) for k in DATA_SOURCE_KEYS if k in data_node}, DataSource,
+                          where="data")
+    to_dataclass({**data_node, "path": source.prepared or ""}, GenomeDataConfig, where="data")
+    trainer = to_dataclass(node.get("trainer"), TrainerConfig, where="trainer")
+    optim = to_dataclass(node.get("optim"), OptimConfig, where="optim")
+    return ParsedConfig(top, model, source, data_node, trainer, optim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+MODEL_FAMILIES = {
+    "hyena": ("dnalm.models.hyena", "HyenaConfig", "HyenaLM", "l_max"),
+    "transformer": ("dnalm.models.transformer", "TransformerConfig", "TransformerLM", "max_len"),
+}
+
+
+def model_config(node: dict[str, Any], max_length: int):
+    """The model family's frozen config from the ``model`` node; a null ``l_max``/``max_len`` becomes
+    ``max_length + 2`` (HyenaDNA: the training length + 2)."""
+    import importlib
+
+    node = dict(node)
+    family = node.pop("family", None)
+    if family not in MODEL_FAMILIES:
+        raise ConfigError(f"model.family must be one of {', '.join(MODEL_FAMILIES)}, got {family!r}")
+    module, cfg_name, _, length_key = MODEL_FAMILIES[family]
+    if node.get(length_key) is None:
+        node[length_key] = max_length + 2
+    config = to_dataclass(node, getattr(importlib.import_module(module), cfg_name), where="model")
+    if family == "hyena" and config.l_max < max_length:
+        raise ConfigError(f"model.l_max={config.l_max} is shorter than the longest training or evaluation window "
+                          f"({max_length}); set model.l_max={max_length + 2} (or null)")
+    return family, config
+
+
+def build_model(node: dict[str, Any], max_length: int, device: Any = None):
+    """Build the model of the ``model`` node (on ``device``, e.g. 'meta' to check a large config)."""
+    import importlib
+
+    family, config = model_config(node, max_length)
+    module, _, cls_name, _ = MODEL_FAMILIES[family]
+    return getattr(importlib.import_module(module), cls_name)(config, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_rank_zero() -> bool:
+    return all(int(os.environ.get(k, "0") or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _synthetic_dir(cache: Path, node: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(node, sort_keys=True).encode()).hexdigest()[:12]
+    return cache / f"synthetic-{digest}"
+
+
+def ensure_prepared(source: DataSource, data_root: str | None = None) -> Path:
+    """The prepared directory to train on, preparing ``source.source`` or ``source.synthetic`` into
+    ``source.cache`` when ``source.prepared`` is null (kept and reused by later runs)."""
+    from dnalm.data.prepare import GenomeSpec, default_genome_name, prepare
+    from dnalm.genome.splits import SplitSpec
+
+    if source.prepared:
+        path = Path(source.prepared)
+        if not (path / "manifest.json").is_file():
+            raise InputError(f"{path}: not a prepared dataset directory (no manifest.json; make one with "
+                             "'dnalm prepare')")
+        return path
+    cache = Path(source.cache)
+    if source.source is not None:
+        g = source.source
+        if not Path(g.fasta).is_file():
+            raise InputError(f"{g.fasta}: genome FASTA not found (data.source.fasta; real data lives in "
+                             f"{data_root or 'data_root'})")
+        name = g.name or default_genome_name(g.fasta)
+        out = cache / name
+        if not (out / "manifest.json").is_file() and _is_rank_zero():
+            print(f"train: preparing {g.fasta} into {out}", flush=True)
+            prepare([GenomeSpec(name, g.fasta, g.annotation)], out, SplitSpec(strategy="records", val=list(g.val),
+                    test=list(g.test)), promoter_window=g.promoter_window)
+        return out
+    if source.synthetic is not None:
+        from dnalm.genome.synth import SynthConfig, synthesize
+
+        node = dict(source.synthetic)
+        val, test = list(node.pop("val", []) or []), list(node.pop("test", []) or [])
+        synth = to_dataclass(node, SynthConfig, where="data.synthetic")
+        out = _synthetic_dir(cache, {**asdict(synth), "val": val, "test": test})
+        if not (out / "manifest.json").is_file() and _is_rank_zero():
+            print(f"train: writing a synthetic genome into {out}", flush=True)
+            files = synthesize(synth, out.with_name(out.name + "-genome"))
+            prepare([GenomeSpec("synthetic", str(files["fasta"]), str(files["gff3"]))], out,
+                    SplitSpec(strategy="records", val=val, test=test))
+        return out
+    raise ConfigError("train: set data.prepared=DIR (a directory made by 'dnalm prepare'), or data.source / "
+                      "data.synthetic to prepare one")
+
+
+def _tokenizer(prepared):
+    from dnalm.tokenizers import CharTokenizer, tokenizer_from_config
+
+    config = prepared.manifest.get("tokenizer")
+    return tokenizer_from_config(config) if isinstance(config, dict) and config.get("type") else \
+        CharTokenizer.hyenadna()
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class _NoTips(logging.Filter):
+    """Leave Lightning's advertising tips out of the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def _strategy(tc: TrainerConfig):
+    if tc.strategy == "fsdp":
+        from dnalm.models.blocks import Block
+        from dnalm.training.checkpoint import DirectoryFSDPStrategy
+
+        return DirectoryFSDPStrategy(auto_wrap_policy={Block})
+    return tc.strategy
+
+
+def _loggers(top: TrainConfig, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from dnalm.training.lightning import ResumableCSVLogger
+
+    out = []
+    for name in top.logger:
+        if name == "csv":
+            out.append(ResumableCSVLogger(run_dir))
+        elif name == "tensorboard":
+            out.append(TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False))
+        elif name == "wandb":
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                raise ConfigError("logger: wandb was asked for but is not installed (pip install wandb)") from None
+            from lightning.pytorch.loggers import WandbLogger
+
+            out.append(WandbLogger(name=top.name, save_dir=str(run_dir)))
+    return out
+
+
+def _resume_from(top: TrainConfig, run_dir: Path) -> Path | None:
+    from dnalm.training.checkpoint import find_resume_checkpoint, is_complete
+
+    if top.resume == "auto":
+        return find_resume_checkpoint(run_dir)
+    if top.resume == "never":
+        found = find_resume_checkpoint(run_dir)
+        if found is not None:
+            raise ConfigError(f"train: {run_dir} already holds checkpoints ({found.name}); use resume=auto to "
+                              "continue it, or another out=/name=")
+        return None
+    path = Path(top.resume)
+    if not is_complete(path):
+        raise InputError(f"{path}: not a complete checkpoint (model.safetensors, config.json, training_state.pt)")
+    return path
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run` returns."""
+
+    run_dir: Path
+    model_dir: Path | None
+    global_step: int
+    epoch: int
+    total_steps: int
+    resumed_from: Path | None
+    metrics: dict[str, Any]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """The recipe as a function (``callbacks`` are added to the Trainer)."""
+    p = parse(cfg)
+    top, tc = p.top, p.trainer
+
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from dnalm.data.datamodule import GenomeDataConfig
+    from dnalm.data.datasets import WindowDataset
+    from dnalm.data.prepared import PreparedGenome
+    from dnalm.models.io import load_pretrained
+    from dnalm.training.checkpoint import (
+        DirectoryCheckpointIO,
+        ResumableGenomeDataModule,
+        RunCheckpoints,
+        read_training_state,
+        recover_run_dir,
+    )
+    from dnalm.training.lightning import NextTokenLM, SeqLenWarmup, truncate_metrics
+    from dnalm.training.schedules import Stage, accumulation, plan_stages, steps_per_epoch
+
+    run_dir = Path(top.out)
+    if _is_rank_zero() and run_dir.is_dir():
+        recover_run_dir(run_dir)
+    resume = _resume_from(top, run_dir)
+    prepared_path = ensure_prepared(p.source, top.data_root)
+    prepared = PreparedGenome(prepared_path)
+    data = to_dataclass({**p.data, "path": str(prepared_path)}, GenomeDataConfig, where="data")
+    stages = [Stage(s.length, s.batch_size, s.epochs, s.steps) for s in top.stages]
+    if stages:
+        data = GenomeDataConfig(**{**asdict(data), "length": stages[0].length, "batch_size": stages[0].batch_size})
+    max_length = max([data.length, data.eval_length or 0] + [s.length for s in stages])
+    L.seed_everything(top.seed, workers=True, verbose=False)
+    if top.init_from:
+        model = load_pretrained(top.init_from).train()
+    else:
+        model = build_model(p.model, max_length)
+    tokenizer = _tokenizer(prepared)
+    if getattr(model.config, "vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size} tokens")
+
+    dm = ResumableGenomeDataModule(data, prepared)
+    ckpt = RunCheckpoints(run_dir, top.checkpoint.every_n_steps, top.checkpoint.keep, top.checkpoint.monitor,
+                          "min", top.checkpoint.save_best)
+    cbs: list[Any] = [ckpt]
+    if top.early_stopping.enabled:
+        cbs.append(EarlyStopping(monitor=top.checkpoint.monitor, mode="min", patience=top.early_stopping.patience,
+                                 min_delta=top.early_stopping.min_delta, check_finite=False,
+                                 check_on_train_epoch_end=False))
+    io = DirectoryCheckpointIO(model, tokenizer, extra={"run": top.name, "prepared": str(prepared_path.resolve()),
+                                                        "length": max_length})
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
+    trainer = L.Trainer(
+        accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, strategy=_strategy(tc),
+        precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
+        val_check_interval=tc.val_check_interval, check_val_every_n_epoch=tc.check_val_every_n_epoch,
+        limit_val_batches=0 if dm.dataset("val") is None else None if tc.limit_val_batches == 1.0 else
+        tc.limit_val_batches,
+        log_every_n_steps=tc.log_every_n_steps, num_sanity_val_steps=tc.num_sanity_val_steps,
+        gradient_clip_val=p.optim.grad_clip,
+        deterministic=tc.deterministic, enable_progress_bar=tc.progress_bar, enable_model_summary=False,
+        logger=_loggers(top, run_dir) or False, callbacks=cbs + list(callbacks), plugins=[io],
+        default_root_dir=str(run_dir), use_distributed_sampler=False,
+        reload_dataloaders_every_n_epochs=1 if len(stages) > 1 else 0)
+    world = trainer.world_size
+
+    if stages:
+        def default_samples(length: int) -> int:
+            if data.samples_per_epoch:
+                return data.samples_per_epoch
+            return len(WindowDataset(prepared, data.train_split, length, add_eos=data.add_eos))
+
+        plans = plan_stages(stages, world, top.global_batch_size, default_samples)
+        trainer.callbacks.insert(0, SeqLenWarmup(plans))
+        n_epochs = plans[-1].end_epoch
+        trainer.fit_loop.max_epochs = n_epochs if tc.max_epochs is None else min(n_epochs, tc.max_epochs)
+        total = sum(pl.steps for pl in plans if pl.first_epoch < trainer.fit_loop.max_epochs)
+    else:
+        acc = accumulation(top.global_batch_size, data.batch_size, world) if top.global_batch_size else \
+            tc.accumulate_grad_batches
+        trainer.accumulate_grad_batches = acc
+        per_epoch = steps_per_epoch(len(dm.dataset("train")), data.batch_size, world, acc)
+        if tc.max_epochs is None and tc.max_steps <= 0:
+            raise ConfigError("train: set trainer.max_steps or trainer.max_epochs (or stages)")
+        total = per_epoch * tc.max_epochs if tc.max_epochs is not None else tc.max_steps
+    if tc.max_steps > 0:
+        total = min(total, tc.max_steps)
+    if total < 1:
+        raise ConfigError("train: the run has no optimizer step (check trainer.max_steps, max_epochs, batch sizes)")
+
+    module = NextTokenLM(model, p.optim, total, region_classes=prepared.region_classes, seed=top.seed,
+                         activation_checkpointing=top.activation_checkpointing, compile=top.compile)
+    resumed_step = int(read_training_state(resume).get("global_step", 0)) if resume is not None else 0
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_file(run_dir / "config.yaml") as tmp:
+            OmegaConf.save(OmegaConf.create(resolved(cfg) if isinstance(cfg, DictConfig) else cfg), tmp)
+        if resume is not None:
+            truncate_metrics(run_dir / "metrics.csv", resumed_step)
+            print(f"train: resuming from {resume} (step {resumed_step})", flush=True)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume is not None else None)
+    metrics: dict[str, Any] = {"global_step": trainer.global_step, "epoch": trainer.current_epoch,
+                               "total_steps": total, "train_seconds": round(time.perf_counter() - start, 2),
+                               "resumed_from": str(resume) if resume else None,
+                               "best": {top.checkpoint.monitor: ckpt.best_score, "step": ckpt.best_step},
+                               "val": module.last_metrics.get("val")}
+    if trainer.interrupted:
+        return TrainResult(run_dir, None, trainer.global_step, trainer.current_epoch, total, resume, metrics)
+    ckpt.save_last(trainer)
+    model_dir = run_dir / "model"
+    trainer.save_checkpoint(model_dir, weights_only=True, storage_options={"extra": ckpt.best_extra()})
+    if top.test and dm.dataset("test") is not None:
+        # a fresh module around the saved final model: a sharded (FSDP) module is not reusable after fit
+        final = NextTokenLM(load_pretrained(model_dir), p.optim, total, region_classes=prepared.region_classes)
+        trainer.test(final, datamodule=dm, verbose=False)
+        metrics["test"] = final.last_metrics.get("test")
+    if trainer.is_global_zero:
+        with atomic_file(run_dir / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    return TrainResult(run_dir, model_dir, trainer.global_step, trainer.current_epoch, total, resume, metrics)
+
+
+def main(cfg: DictConfig) -> int | None:
+    result = run(cfg)
+    if not _is_rank_zero():
+        return 0
+    val = result.metrics.get("val") or {}
+    shown = f", val bits/base {val['bits_per_base']:.4f}" if val.get("bits_per_base") is not None else ""
+    if result.model_dir is None:
+        print(f"train: interrupted at step {result.global_step}; resume with resume=auto out={result.run_dir}")
+        return 130
+    print(f"train: {result.global_step} steps{shown} -> {result.model_dir}/")
+    return 0
