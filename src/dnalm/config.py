@@ -23,6 +23,20 @@ def config_name(command: str) -> str:
     return command.replace("-", "_").replace(" ", "_")
 
 
+# Plain keys of a command that share their name with a config group: Hydra would read ``model=x`` as
+# a group choice, so the command line spelling is mapped to the config key.
+KEY_ALIASES = {"model_info": {"model": "family"}}
+
+
+def _alias(name: str, overrides: list[str]) -> list[str]:
+    aliases = KEY_ALIASES.get(name, {})
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        out.append(f"{aliases[key]}={value}" if sep and key in aliases else item)
+    return out
+
+
 def compose(command: str, overrides: list[str], config_dir: str | None = None):
     """Compose ``conf/<command>.yaml`` with Hydra overrides; raise a one-line ConfigError."""
     from hydra import compose as hydra_compose
@@ -34,7 +48,7 @@ def compose(command: str, overrides: list[str], config_dir: str | None = None):
     name = config_name(command)
     if not (CONF_DIR / f"{name}.yaml").exists():
         raise ConfigError(f"command '{command}' has no config (expected conf/{name}.yaml)")
-    overrides = list(overrides)
+    overrides = _alias(name, list(overrides))
     user_dir: Path | None = None
     if config_dir is not None:
         user_dir = Path(config_dir).resolve()

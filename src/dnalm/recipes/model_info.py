@@ -17,7 +17,7 @@ from dnalm.utils import atomic_file
 
 @dataclass
 class ModelInfoConfig:
-    model: str = "hyena"
+    family: str = "hyena"
     preset: str = "tiny-1k"
     checkpoint: str | None = None
     seq_len: int | None = None
@@ -59,9 +59,9 @@ def main(cfg: DictConfig) -> int | None:
         config = _checkpoint_config(mc.checkpoint, overrides)
         name = mc.checkpoint
     else:
-        if mc.model == "hyena" and "n_head" in overrides:
+        if mc.family == "hyena" and "n_head" in overrides:
             raise ConfigError("model_info: n_head applies to model=transformer only")
-        config = family_config(mc.model, mc.preset, **overrides)
+        config = family_config(mc.family, mc.preset, **overrides)
         name = mc.preset
     seq_len = mc.seq_len or getattr(config, "l_max", None) or config.max_len
     info = model_info(config, seq_len, mc.batch_size, mc.dtype)
