@@ -167,7 +167,7 @@ def _trainer(tc: TrainerConfig, opt: OptimConfig, out: Path, callbacks: list, ha
     limit_val = (None if tc.limit_val_batches == 1.0 else tc.limit_val_batches) if has_dev else 0
     return L.Trainer(accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, strategy=_strategy(tc),
                      precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
-                     val_check_interval=tc.val_check_interval if has_dev else None,
+                     max_time=tc.max_time, val_check_interval=tc.val_check_interval if has_dev else None,
                      check_val_every_n_epoch=tc.check_val_every_n_epoch,
                      limit_val_batches=limit_val,
                      log_every_n_steps=tc.log_every_n_steps, num_sanity_val_steps=tc.num_sanity_val_steps,

@@ -111,6 +111,7 @@ class TrainerConfig:
     precision: str = "32-true"
     max_steps: int = -1
     max_epochs: int | None = None
+    max_time: str | None = None  # wall-clock limit "DD:HH:MM:SS" (training stops cleanly, best/ and model/ kept)
     val_check_interval: int | float | None = 1.0
     check_val_every_n_epoch: int | None = 1
     limit_val_batches: int | float = 1.0
@@ -428,7 +429,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
     trainer = L.Trainer(
         accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, strategy=_strategy(tc),
-        precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
+        precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs, max_time=tc.max_time,
         val_check_interval=tc.val_check_interval, check_val_every_n_epoch=tc.check_val_every_n_epoch,
         limit_val_batches=0 if dm.dataset("val") is None else None if tc.limit_val_batches == 1.0 else
         tc.limit_val_batches,

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One GPU session: yeast pretraining (tiny and small, side by side), GUE fine-tuning from scratch
+# (prom_core_all and tf/0, 3 seeds each), the genome benchmark and report of the yeast models, and the
+# inference benchmark. Results are packed into $OUT/results.tgz after every stage.
+#   DATA=dir-with-yeast_r64-and-gue OUT=dir bash benchmarks/gpu_yeast_gue.sh
+# Environment: TRAIN_TIME (DD:HH:MM:SS per yeast run), STEPS, GUE_TIME, GUE_EPOCHS, BENCH_BUDGET (s),
+# EXTRA (overrides for every train/finetune command, e.g. for a CPU smoke run), YEAST_EXTRA, GUE_EXTRA,
+# BENCH_EXTRA, INFER_ARGS.
+set -u
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-benchmarks/out}
+R=runs/gpu
+TRAIN_TIME=${TRAIN_TIME:-00:00:04:00}
+STEPS=${STEPS:-6000}
+GUE_TIME=${GUE_TIME:-00:00:04:00}
+GUE_EPOCHS=${GUE_EPOCHS:-8}
+EXTRA=${EXTRA:-}
+mkdir -p "$R" "$OUT"
+T0=$(date +%s)
+stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
+pack() { tar czf "$OUT/results.tgz.tmp" --exclude='*.ckpt' --exclude='checkpoints' --exclude='tensorboard' \
+           --exclude='tokens.u8' --exclude='regions.u8' -C "$R" . 2>/dev/null && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
+dnalm() { python3 -c 'import sys; from dnalm.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
+
+stamp prepare yeast
+dnalm prepare genome="$DATA/yeast_r64/GCA_000146045.2_R64_genomic.fna.gz" \
+  annotation="$DATA/yeast_r64/GCA_000146045.2_R64_genomic.gff.gz" name=yeast_r64 out=$R/yeast_prepared \
+  split.strategy=records 'split.val=[BK006947.3]' 'split.test=[BK006948.2,BK006949.2]' > $R/prepare.log 2>&1
+
+stamp train yeast tiny and small, GUE from scratch
+for size in tiny small; do
+  dnalm train experiment=yeast/hyena_$size data.prepared=$R/yeast_prepared out=$R/yeast_$size \
+    trainer.max_time=$TRAIN_TIME trainer.max_steps=$STEPS trainer.progress_bar=false optim.warmup_steps=300 \
+    $EXTRA ${YEAST_EXTRA:-} > $R/yeast_$size.log 2>&1 &
+done
+# a from-scratch HyenaDNA classifier backbone: 4 layers, width 256 (3.2M parameters), context 1026
+python3 - "$R/scratch" <<'EOF'
+import sys
+from dnalm.models.hyena import HyenaConfig, HyenaLM
+from dnalm.models.io import save_pretrained
+from dnalm.tokenizers import CharTokenizer
+save_pretrained(HyenaLM(HyenaConfig(d_model=256, n_layer=4, d_inner=1024, l_max=1026)), sys.argv[1],
+                tokenizer=CharTokenizer())
+EOF
+for task in gue_prom_core_all gue_tf0; do
+  for seed in 0 1 2; do
+    dnalm finetune checkpoint=$R/scratch task=$task data_root="$DATA" out=$R/$task/seed$seed seed=$seed \
+      trainer=gpu trainer.max_epochs=$GUE_EPOCHS trainer.max_time=$GUE_TIME trainer.progress_bar=false \
+      optim.lr=1e-3 optim.weight_decay=0.1 data.rc_aug=true task.patience=3 save_model=false \
+      $EXTRA ${GUE_EXTRA:-} > $R/${task}_seed$seed.log 2>&1 &
+  done
+done
+wait
+stamp trained
+pack
+
+stamp benchmark yeast models
+dnalm benchmark prepared=$R/yeast_prepared "models=[$R/yeast_small/model,$R/yeast_tiny/model]" out=$R/benchmark \
+  ${BENCH_EXTRA:-} > $R/benchmark.log 2>&1
+pack
+
+stamp inference benchmark
+python3 benchmarks/inference_bench.py --budget-s ${BENCH_BUDGET:-150} --out $R/inference.json ${INFER_ARGS:-} \
+  > $R/inference.log 2>&1
+pack
+stamp done

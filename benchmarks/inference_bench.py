@@ -1,0 +1,137 @@
+"""Inference speed at length: step-by-step generation against a full recompute, and chunked embedding.
+
+    python benchmarks/inference_bench.py [--preset large-1m] [--contexts 1024,8192,65536] [--batches 1,32]
+        [--new-tokens 64] [--embed-mb 1,10,100] [--budget-s 240] [--out results.json]
+
+Generation (dnalm.inference.generate, top-k sampling over A/C/G/T, fp32 weights): for every context c and
+batch B, a random prompt of c tokens is extended by N tokens. The decode rate is B * (N - 1) divided by the
+time of N tokens minus the time of 1 token (the prefill cancels); the naive rate is B divided by the time
+of one full forward over c tokens (what a recompute per new token costs at least).
+
+Embedding (dnalm.inference.embed.embed_pooled, chunks carrying the long-convolution history): one random
+sequence of 1, 10 and 100 Mb, mean-pooled final hidden state; bases/s and peak GPU memory. The table also
+gives the element count of the widest tensor an unchunked forward would need (d_inner x length), to show
+the runs past 2^31 elements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+from dnalm.inference.embed import embed_pooled
+from dnalm.inference.generate import GenerationOptions, generate
+from dnalm.models.hyena import HyenaConfig, HyenaLM
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def random_ids(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(7, 11, size=n, dtype=np.int64)  # A C G T of the character tokenizer
+
+
+def bench_generation(model: HyenaLM, device: torch.device, context: int, batch: int, new_tokens: int,
+                     rng: np.random.Generator) -> dict:
+    prompts = [random_ids(context, rng) for _ in range(batch)]
+
+    def run(n: int):
+        return lambda: generate(model, prompts, GenerationOptions(max_new_tokens=n, top_k=4, batch_size=batch))
+
+    run(2)()  # warm-up (filters, allocator, kernels)
+    t1 = _timed(run(1), device)
+    tn = _timed(run(new_tokens), device)
+    decode = batch * (new_tokens - 1) / max(tn - t1, 1e-9)
+    ids = torch.from_numpy(np.stack(prompts)).to(device)
+    with torch.inference_mode():
+        model(ids[:, :64])
+        t_full = _timed(lambda: model(ids), device)
+    return {"context": context, "batch": batch, "new_tokens": new_tokens, "prefill_s": round(t1, 4),
+            "decode_tok_s": round(decode, 1), "naive_tok_s": round(batch / t_full, 1),
+            "speedup": round(decode * t_full / batch, 1)}
+
+
+def bench_embedding(model: HyenaLM, device: torch.device, megabases: float, rng: np.random.Generator) -> dict:
+    n = int(megabases * 1_000_000)
+    seq = random_ids(n, rng)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t = _timed(lambda: embed_pooled(model, [seq], layer=-1, pool="mean"), device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    d_inner = model.backbone.layers[0].mlp.fc1.out_features
+    return {"megabases": megabases, "seconds": round(t, 2), "mb_per_s": round(megabases / t, 3),
+            "peak_gib": round(peak, 2), "unchunked_widest_elements": n * d_inner,
+            "exceeds_2_31": n * d_inner > 2**31}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="large-1m")
+    ap.add_argument("--n-layer", type=int, default=None, help="override the preset's depth (CPU smoke runs)")
+    ap.add_argument("--d-model", type=int, default=None)
+    ap.add_argument("--contexts", default="1024,8192,65536")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--embed-mb", default="1,10,100")
+    ap.add_argument("--budget-s", type=float, default=300.0, help="skip what starts after this many seconds")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=None, help="JSON file with every row (rewritten after each one)")
+    args = ap.parse_args(argv)
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    device = torch.device(args.device)
+    sizes = {k: v for k, v in (("n_layer", args.n_layer), ("d_model", args.d_model)) if v is not None}
+    if "d_model" in sizes:
+        sizes["d_inner"] = 4 * sizes["d_model"]
+    torch.manual_seed(0)
+    model = HyenaLM(HyenaConfig.preset(args.preset, **sizes), device=device).eval()
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "preset": args.preset, **sizes,
+            "params": sum(p.numel() for p in model.parameters())}
+    results: dict = {"info": info, "generation": [], "embedding": []}
+
+    def save() -> None:
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=2)
+
+    print(json.dumps(info), flush=True)
+    for context in (int(c) for c in args.contexts.split(",")):
+        for batch in (int(b) for b in args.batches.split(",")):
+            if time.perf_counter() - start > args.budget_s:
+                print(f"skipped generation c={context} B={batch}: budget", flush=True)
+                continue
+            row = bench_generation(model, device, context, batch, args.new_tokens, rng)
+            results["generation"].append(row)
+            print(json.dumps(row), flush=True)
+            save()
+    for mb in (float(m) for m in args.embed_mb.split(",")):
+        if time.perf_counter() - start > args.budget_s:
+            print(f"skipped embedding {mb} Mb: budget", flush=True)
+            continue
+        row = bench_embedding(model, device, mb, rng)
+        results["embedding"].append(row)
+        print(json.dumps(row), flush=True)
+        save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
