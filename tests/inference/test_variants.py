@@ -81,8 +81,8 @@ def test_deltas_equal_two_explicit_predict_calls(tmp_path, model_dirs, reduce):
     windows = [_windows(c, p, r, a, W) for c, p, r, a in VARIANTS]
     for name, k in (("ref", 0), ("alt", 1)):
         (tmp_path / f"{name}.fa").write_text("".join(f">w{i}\n{w[k]}\n" for i, w in enumerate(windows)))
-        run(["predict", f"input={tmp_path / f'{name}.fa'}", f"checkpoint={model}", f"output={tmp_path / f'{name}.parquet'}",
-             f"reduce={reduce}", "device=cpu"])
+        run(["predict", f"input={tmp_path / f'{name}.fa'}", f"checkpoint={model}",
+             f"output={tmp_path / f'{name}.parquet'}", f"reduce={reduce}", "device=cpu"])
     ref_ll = pq.read_table(tmp_path / "ref.parquet").column("log_likelihood").to_numpy()
     alt_ll = pq.read_table(tmp_path / "alt.parquet").column("log_likelihood").to_numpy()
     for i, (row, (c, p, r, a)) in enumerate(zip(rows, VARIANTS, strict=True)):

@@ -1,4 +1,4 @@
-"""``dnalm predict input=FASTA|CSV checkpoint=CKPT output=FILE.parquet``: log-likelihoods, log-probabilities or logits."""
+"""``dnalm predict input=FASTA|CSV checkpoint=CKPT output=FILE.parquet``: log-likelihoods, log-probs or logits."""
 
 from __future__ import annotations
 
