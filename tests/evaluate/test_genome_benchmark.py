@@ -332,6 +332,7 @@ def test_load_model_reads_markov_directories_and_refuses_kmer_models(hand, tmp_p
     bm = GB.load_model(tmp_path / "markov")
     assert bm.is_markov and bm.info["order"] == 3 and bm.context is None
     assert GB._model_names([str(tmp_path / "markov"), "a/x", "b/x/"]) == ["markov_model", "x", "x-2"]
+    assert GB._model_names(["runs/small/model", "runs/tiny/best/", "model"]) == ["small", "tiny", "model"]
     save_pretrained(HyenaLM(HyenaConfig(d_model=8, n_layer=1, d_inner=16, l_max=20, filter_order=4)),
                     tmp_path / "kmer", tokenizer=KmerTokenizer(k=3))
     with pytest.raises(ConfigError, match="KmerTokenizer"):

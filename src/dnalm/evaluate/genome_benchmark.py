@@ -1104,10 +1104,18 @@ def benchmark(out: str | os.PathLike, model_paths: Sequence[str], spec: Benchmar
     return out
 
 
+# directory names that a training run gives its exported weights: the run's name says more
+RUN_SUBDIRS = {"model", "best", "last"}
+
+
 def _model_names(paths: Sequence[str]) -> list[str]:
+    """Leaderboard names: the checkpoint's file or directory name, or its run's for ``<run>/model``."""
     out: list[str] = []
     for p in paths:
-        base = Path(str(p).rstrip("/")).name.removesuffix(".safetensors") or "model"
+        path = Path(str(p).rstrip("/"))
+        if path.name in RUN_SUBDIRS and path.parent.name:
+            path = path.parent
+        base = path.name.removesuffix(".safetensors") or "model"
         base = "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
         if base == MARKOV_NAME:
             base = "markov_model"
