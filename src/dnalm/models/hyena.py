@@ -246,12 +246,14 @@ class HyenaState:
 
     conv: (B, 3D, K-1) the last K-1 inputs of the short convolution (zeros before the start);
     z: (B, D, max_len) every input ``v * x1`` of the long convolution so far;
-    k: (D, max_len) the filter, computed once at the first use (shared by all rows).
+    k_rev: (D, max_len) the filter reversed in time (``k_rev[:, max_len - 1 - j] = h[j]``), computed
+    once at the first use and shared by all rows: the newest output of a step is then one
+    contiguous dot product of the history with ``k_rev[:, max_len - 1 - t:]``.
     """
 
     conv: Tensor
     z: Tensor
-    k: Tensor | None = field(default=None, init=False)
+    k_rev: Tensor | None = field(default=None, init=False)
 
 
 class HyenaOperator(nn.Module):
@@ -309,14 +311,15 @@ class HyenaOperator(nn.Module):
             y = fftconv_ref(z, self.filter_fn.filter(L), self.filter_fn.bias)
         else:
             state.z[..., offset:end] = z
-            y = fftconv_ref(state.z[..., :end].to(z.dtype), self._state_filter(state)[:, :end],
-                            self.filter_fn.bias)[..., offset:]
+            k = self._state_filter(state)[:, state.z.shape[-1] - end:].flip(-1)  # h[0 .. end-1]
+            y = fftconv_ref(state.z[..., :end].to(z.dtype), k, self.filter_fn.bias)[..., offset:]
         return self.out_proj((y * x0).transpose(1, 2))
 
     def _state_filter(self, state: HyenaState) -> Tensor:
-        if state.k is None:
-            state.k = self.filter_fn.filter(state.z.shape[-1])
-        return state.k
+        """The reversed filter ``k_rev`` (D, max_len) of the state (computed at the first use)."""
+        if state.k_rev is None:
+            state.k_rev = self.filter_fn.filter(state.z.shape[-1]).flip(-1).contiguous()
+        return state.k_rev
 
     def allocate_state(self, batch: int, max_len: int, device: torch.device | None = None,
                        dtype: torch.dtype | None = None) -> HyenaState:
@@ -344,10 +347,12 @@ class HyenaOperator(nn.Module):
         x0, x1, v = xz.split(self.d_model, dim=1)  # (B, D)
         z = self.dropout(v * x1)
         state.z[..., offset] = z
-        k = self._state_filter(state)
-        wide = torch.promote_types(k.dtype, torch.float32)
-        hist = state.z[..., : offset + 1].to(wide)  # (B, D, t+1)
-        y = (hist * k[:, : offset + 1].flip(-1).to(wide)).sum(-1) + z.float() * self.filter_fn.bias.float()
+        k_rev = self._state_filter(state)
+        wide = torch.promote_types(k_rev.dtype, torch.float32)
+        hist = state.z[..., : offset + 1].to(wide)  # (B, D, t+1): z_0 .. z_t
+        taps = k_rev[:, k_rev.shape[-1] - offset - 1:].to(wide)  # (D, t+1): h[t] .. h[0]
+        # one batched dot product per channel (no (B, D, t+1) temporary)
+        y = torch.einsum("bdt,dt->bd", hist, taps) + z.float() * self.filter_fn.bias.float()
         return self.out_proj((y.to(z.dtype) * x0)[:, None])
 
 
