@@ -61,6 +61,9 @@ def test_config_show_applies_overrides(capsys):
         (["config", "show", "synth", "no_such_key=1"], "no_such_key"),
         (["synth", "--bogus"], "unknown option '--bogus'"),
         (["cp", "config", "no/such/config", "x.yaml"], "no shipped config"),
+        (["config", "show", "train", "model=nope"],
+         "unknown option 'nope' for config group 'model' of 'train' (choose from: hyena/large-1m, "),
+        (["config", "show", "finetune", "task=nope"], "(choose from: classification, gue_prom_core_all, gue_tf0, lm,"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, needle, capsys):

@@ -85,6 +85,15 @@ def _explain(exc: BaseException, command: str) -> str:
     if m or "not in struct" in msg:
         key = m.group(1) if m else msg
         return f"unknown config key '{key}' for '{command}' (see: dnalm config show {command})"
+    m = re.search(r"Could not find '([^']+)'", " ".join(parts))
+    if m:
+        path = m.group(1)
+        for group in sorted({g for g, _ in groups_of(command)}, key=len, reverse=True):
+            if path.startswith(group + "/"):
+                options = ", ".join(list_options(group)) or "none"
+                return (f"unknown option '{path[len(group) + 1:]}' for config group '{group}' of '{command}' "
+                        f"(choose from: {options})")
+        return f"{command}: no config '{path}'"
     m = re.search(r"Could not load '([^']+)'", " ".join(parts))
     if m:
         group = m.group(1).rsplit("/", 1)[0]
