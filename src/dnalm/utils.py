@@ -79,7 +79,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 def track(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
           unit_scale: bool = False) -> Iterable[T]:
     """A tqdm progress bar with rate and ETA (disabled when stderr is not a terminal)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale, dynamic_ncols=True,
                 disable=None, leave=False)

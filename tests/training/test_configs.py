@@ -75,11 +75,11 @@ def test_model_option_lists_every_field_of_its_config(option):
 def test_trainer_options_compose_to_known_strategies(option):
     from lightning.pytorch.strategies import StrategyRegistry
 
-    from dnalm.recipes.train import _strategy
+    from dnalm.recipes.train import lightning_strategy
 
     p = parse(compose("train", [f"trainer={option}", "trainer.devices=4", "data.prepared=x"]))
     assert p.trainer.devices == 4
-    strategy = _strategy(p.trainer)
+    strategy = lightning_strategy(p.trainer)
     if option == "fsdp":
         from dnalm.training.checkpoint import DirectoryFSDPStrategy
 

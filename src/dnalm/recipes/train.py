@@ -304,7 +304,7 @@ class _NoTips(logging.Filter):
         return "Tip:" not in str(record.msg)
 
 
-def _strategy(tc: TrainerConfig):
+def lightning_strategy(tc: TrainerConfig):
     if tc.strategy == "fsdp":
         from dnalm.models.blocks import Block
         from dnalm.training.checkpoint import DirectoryFSDPStrategy
@@ -428,7 +428,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
                                                         "length": max_length})
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
     trainer = L.Trainer(
-        accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, strategy=_strategy(tc),
+        accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, strategy=lightning_strategy(tc),
         precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs, max_time=tc.max_time,
         val_check_interval=tc.val_check_interval, check_val_every_n_epoch=tc.check_val_every_n_epoch,
         limit_val_batches=0 if dm.dataset("val") is None else None if tc.limit_val_batches == 1.0 else
