@@ -167,8 +167,16 @@ def run(argv: list[str]) -> int:
     return int(result or 0)
 
 
+# Third-party deprecation notices that users cannot act on (Lightning's own use of torch's pytree API).
+QUIET_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    import warnings
+
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     try:
         code = run(argv)
     except DnalmError as exc:
