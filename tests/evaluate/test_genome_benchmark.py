@@ -398,7 +398,10 @@ def test_yeast_benchmark_cli(tmp_path):
          "promoters.window=200", "promoters.max_promoters=40", "probes.train_per_class=20", "probes.test_per_class=10",
          "probes.classes=[intergenic,CDS,promoter,repeat]", "generation.n_prompts=8", "generation.n_cds_prompts=8",
          "generation.prompt_length=64", "generation.length=60", "tsne_points=40"])
-    assert (out / "report.html").stat().st_size > 10_000
+    html = (out / "report.html").read_text()
+    assert len(html) > 10_000 and str(out.resolve()) in html and ".tmp" not in html  # the final location
+    sections = [html.index(f'<h2>{title}</h2>') for title in ("Leaderboard", "Figures", "Dataset card", "Metrics")]
+    assert sections == sorted(sections)
     with open(out / "leaderboard.csv") as fh:
         rows = {r["model"]: r for r in csv.DictReader(fh)}
     assert list(rows) == ["markov", "hyena_tiny"]

@@ -1037,9 +1037,10 @@ def evaluate_model(bm: BenchModel, prepared: PreparedGenome, data: TaskData, spe
 
 
 def run_benchmark(prepared: PreparedGenome, models: Sequence[BenchModel], spec: BenchmarkSpec,
-                  out_dir: str | os.PathLike) -> list[ModelResult]:
+                  out_dir: str | os.PathLike, shown_as: str | os.PathLike | None = None) -> list[ModelResult]:
     """Benchmark ``models`` (and the Markov baseline when ``spec.markov.enabled``) on ``prepared`` and write
-    every output into the existing directory ``out_dir`` (see :func:`write_outputs`)."""
+    every output into the existing directory ``out_dir`` (see :func:`write_outputs`); the report names
+    ``shown_as`` (default ``out_dir``) as the results' location."""
     spec.validate()
     device = resolve_device(spec.device)
     names = [m.name for m in models]
@@ -1061,7 +1062,7 @@ def run_benchmark(prepared: PreparedGenome, models: Sequence[BenchModel], spec: 
             markov_ll = raw["ll"]
         results.append(res)
         raws[bm.name] = raw
-    write_outputs(Path(out_dir), prepared, data, results, raws, spec)
+    write_outputs(Path(out_dir), prepared, data, results, raws, spec, shown_as)
     return results
 
 
@@ -1094,7 +1095,7 @@ def benchmark(out: str | os.PathLike, model_paths: Sequence[str], spec: Benchmar
         if prepared is None:
             prepared = prepare(list(genomes or []), tmp / ".prepared", split, promoter_window=promoter_window)
         pg = PreparedGenome(prepared)
-        run_benchmark(pg, models, spec, tmp)
+        run_benchmark(pg, models, spec, tmp, shown_as=out.resolve())
         if Path(prepared) == tmp / ".prepared":
             del pg
             if keep_prepared:
@@ -1274,8 +1275,9 @@ def _fasta(path: Path, names: Sequence[str], rows: np.ndarray) -> None:
 
 
 def write_outputs(out: Path, prepared: PreparedGenome, data: TaskData, results: Sequence[ModelResult],
-                  raws: Mapping[str, Mapping[str, np.ndarray]], spec: BenchmarkSpec) -> None:
-    """Write the benchmark's files into ``out``:
+                  raws: Mapping[str, Mapping[str, np.ndarray]], spec: BenchmarkSpec,
+                  shown_as: str | os.PathLike | None = None) -> None:
+    """Write the benchmark's files into ``out`` (``shown_as``: the location the report names):
 
     ``leaderboard.{csv,md,json}``, ``dataset_card.md``, ``models/<name>/metrics.json``,
     ``scores/promoter_scores.tsv``, ``generated/<name>.fa`` (+ ``real.fa``, ``cds_*.fa``), ``plots/*.png``
@@ -1333,7 +1335,8 @@ def write_outputs(out: Path, prepared: PreparedGenome, data: TaskData, results: 
 
     if spec.plots:
         _plots(out / "plots", prepared, data, results, raws, spec, P)
-    write_report(out, out / "report.html", title=f"dnalm genome benchmark: {_genome_names(prepared)}")
+    write_report(out, out / "report.html", title=f"dnalm genome benchmark: {_genome_names(prepared)}",
+                 location=shown_as)
 
 
 def _plots(pdir: Path, prepared: PreparedGenome, data: TaskData, results: Sequence[ModelResult],

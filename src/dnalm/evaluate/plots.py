@@ -786,6 +786,11 @@ def region_bars(values: Mapping[str, Mapping[str, float]] | pd.DataFrame, out: s
             ax.bar_label(bars, labels=["" if not np.isfinite(v) else f"{v:.3g}" for v in mat[i]], fontsize=7,
                          padding=1)
     ax.set_xticks(pos, regs, rotation=30 if r > 6 else 0, ha="right" if r > 6 else "center")
+    finite = mat[np.isfinite(mat)]
+    if finite.size and finite.min() > 0 and np.ptp(finite) < 0.25 * finite.min():
+        # close values (bits/base of 1.9 vs 2.0): start the axis near them so that differences show
+        ax.set_ylim(bottom=max(0.0, np.floor((finite.min() - 0.5 * max(np.ptp(finite), 0.05)) * 20) / 20))
+        ylabel += " (axis does not start at 0)"
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))

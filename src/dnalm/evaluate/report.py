@@ -266,8 +266,12 @@ def _captions(folder: Path) -> dict[str, str]:
 
 
 def write_report(results_dir: str | Path, out_html: str | Path | None = None,
-                 title: str = "dnalm report") -> Path:
+                 title: str = "dnalm report", location: str | Path | None = None) -> Path:
     """Write one self-contained HTML page summarising ``results_dir``; returns its path.
+
+    Sections: leaderboard, figures, cards (dataset, split, model), metrics. ``location`` is the path the
+    page names for the results (default ``results_dir``; a directory written under a temporary name
+    passes its final one).
 
     ``out_html`` defaults to ``results_dir/report.html``. Raises :class:`InputError` when the folder
     does not exist, holds nothing to report, or a file in it is malformed (naming the file).
@@ -347,7 +351,9 @@ def write_report(results_dir: str | Path, out_html: str | Path | None = None,
         sec.body.append("<ul>" + "".join(f"<li>{escape(s)}</li>" for s in skipped) + "</ul>")
         sections.append(sec)
 
-    html = _page(title, root, sections)
+    order = {"Leaderboard": 0, "Figures": 1, "Metrics": 3, "Skipped files": 4}
+    sections.sort(key=lambda sec: order.get(sec.title, 2))  # stable: cards keep their order
+    html = _page(title, Path(location) if location is not None else root, sections)
     with atomic_file(out) as tmp:
         tmp.write_text(html, encoding="utf-8")
     return out

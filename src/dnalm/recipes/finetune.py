@@ -165,7 +165,8 @@ def _trainer(tc: TrainerConfig, opt: OptimConfig, out: Path, callbacks: list, ha
     from dnalm.recipes.train import lightning_strategy
 
     limit_val = (None if tc.limit_val_batches == 1.0 else tc.limit_val_batches) if has_dev else 0
-    return L.Trainer(accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, strategy=lightning_strategy(tc),
+    return L.Trainer(accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
+                     strategy=lightning_strategy(tc),
                      precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs,
                      max_time=tc.max_time, val_check_interval=tc.val_check_interval if has_dev else None,
                      check_val_every_n_epoch=tc.check_val_every_n_epoch,
