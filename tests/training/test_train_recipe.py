@@ -198,12 +198,15 @@ def test_user_mistakes_fail_with_one_line(trained, prepared, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(prepared, tmp_path):
-    """Lightning's DDP strategy with two CPU processes (gloo) trains to the end; rank 0 alone writes the outputs."""
-    out = tmp_path / "ddp"
+    """Lightning's DDP strategy with two CPU processes (gloo) trains to the end, rank 0 alone writes the outputs,
+    and at the same global batch it takes the very steps of one process accumulating two micro-batches
+    (the ranks' batches are the micro-batches of the single process; dropout off so that both are deterministic)."""
+    same = ("global_batch_size=16", "trainer.max_steps=6", "trainer.val_check_interval=3", "checkpoint.every_n_steps=3",
+            "model.embed_dropout=0.0", "model.resid_dropout=0.0")
+    out, single = tmp_path / "ddp", tmp_path / "single"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     argv = [sys.executable, "-m", "dnalm.cli", "train",
-            *overrides(prepared, out, "trainer.strategy=ddp", "trainer.devices=2", "global_batch_size=16",
-                       "trainer.max_steps=6", "trainer.val_check_interval=3", "checkpoint.every_n_steps=3")]
+            *overrides(prepared, out, "trainer.strategy=ddp", "trainer.devices=2", *same)]
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("train: 6 steps") == 1
@@ -211,3 +214,12 @@ def test_two_process_ddp_on_cpu(prepared, tmp_path):
     assert summary["global_step"] == 6 and summary["total_steps"] == 6
     assert read_training_state(out / "checkpoints" / "last")["global_step"] == 6
     assert isinstance(load_pretrained(out / "model"), torch.nn.Module) and not leftovers(out)
+
+    assert cli_run(["train", *overrides(prepared, single, *same)]) == 0
+    ddp_weights, one_weights = (load_pretrained(d / "checkpoints" / "last").state_dict() for d in (out, single))
+    assert ddp_weights.keys() == one_weights.keys()
+    val = column(single, "val/loss")
+    assert sorted(val) == [2, 5] and val[5] != val[2]  # rows of steps 3 and 6 (0-based); the weights moved
+    assert column(out, "val/loss") == pytest.approx(val, rel=1e-5)  # the same validation losses
+    for key, value in one_weights.items():
+        torch.testing.assert_close(ddp_weights[key], value, rtol=1e-4, atol=1e-5, msg=key)

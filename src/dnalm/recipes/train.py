@@ -456,6 +456,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         acc = accumulation(top.global_batch_size, data.batch_size, world) if top.global_batch_size else \
             tc.accumulate_grad_batches
         trainer.accumulate_grad_batches = acc
+        if isinstance(tc.val_check_interval, int) and acc > 1:
+            # Lightning counts training batches; dnalm's interval is in optimizer steps
+            trainer.val_check_interval = tc.val_check_interval * acc
         per_epoch = steps_per_epoch(len(dm.dataset("train")), data.batch_size, world, acc)
         if tc.max_epochs is None and tc.max_steps <= 0:
             raise ConfigError("train: set trainer.max_steps or trainer.max_epochs (or stages)")
