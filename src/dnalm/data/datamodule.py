@@ -128,6 +128,8 @@ def _world(module: L.LightningDataModule) -> tuple[int, int]:
 
 
 def _loader(view: BatchedView, sampler: EpochBatchSampler, num_workers: int, pin_memory: bool) -> DataLoader:
+    # pinned host memory only helps copies to a GPU (and warns without one)
+    pin_memory = pin_memory and torch.cuda.is_available()
     return DataLoader(view, batch_size=None, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0)
 
