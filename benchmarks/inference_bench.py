@@ -4,9 +4,11 @@
         [--new-tokens 64] [--embed-mb 1,10,100] [--budget-s 240] [--out results.json]
 
 Generation (dnalm.inference.generate, top-k sampling over A/C/G/T, fp32 weights): for every context c and
-batch B, a random prompt of c tokens is extended by N tokens. The decode rate is B * (N - 1) divided by the
-time of N tokens minus the time of 1 token (the prefill cancels); the naive rate is B divided by the time
-of one full forward over c tokens (what a recompute per new token costs at least).
+batch B, a random prompt of c tokens is extended by N tokens. The decode rate is B * (N - 2) divided by the
+time of N tokens minus the time of 2 tokens (the prefill and, with ``graph``, the capture at the first step
+cancel), for each decoding mode of dnalm.inference.decode (``--modes``: eager steps, or the step replayed as
+a CUDA graph); the naive rate is B divided by the time of one full forward over c tokens (what a recompute
+per new token costs at least).
 
 Embedding (dnalm.inference.embed.embed_pooled, chunks carrying the long-convolution history): one random
 sequence of 1, 10 and 100 Mb, mean-pooled final hidden state; bases/s and peak GPU memory. The table also
@@ -47,23 +49,27 @@ def random_ids(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def bench_generation(model: HyenaLM, device: torch.device, context: int, batch: int, new_tokens: int,
-                     rng: np.random.Generator) -> dict:
+                     rng: np.random.Generator, modes: list[str]) -> dict:
     prompts = [random_ids(context, rng) for _ in range(batch)]
-
-    def run(n: int):
-        return lambda: generate(model, prompts, GenerationOptions(max_new_tokens=n, top_k=4, batch_size=batch))
-
-    run(2)()  # warm-up (filters, allocator, kernels)
-    t1 = _timed(run(1), device)
-    tn = _timed(run(new_tokens), device)
-    decode = batch * (new_tokens - 1) / max(tn - t1, 1e-9)
+    row: dict = {"context": context, "batch": batch, "new_tokens": new_tokens}
     ids = torch.from_numpy(np.stack(prompts)).to(device)
     with torch.inference_mode():
         model(ids[:, :64])
         t_full = _timed(lambda: model(ids), device)
-    return {"context": context, "batch": batch, "new_tokens": new_tokens, "prefill_s": round(t1, 4),
-            "decode_tok_s": round(decode, 1), "naive_tok_s": round(batch / t_full, 1),
-            "speedup": round(decode * t_full / batch, 1)}
+    row["naive_tok_s"] = round(batch / t_full, 1)
+    for mode in modes:
+        def run(n: int, mode: str = mode):
+            options = GenerationOptions(max_new_tokens=n, top_k=4, batch_size=batch, decode=mode)
+            return lambda: generate(model, prompts, options)
+
+        run(3)()  # warm-up (filters, allocator, kernels; a graph is captured once per generate call)
+        t2 = _timed(run(2), device)
+        tn = _timed(run(new_tokens), device)
+        decode = batch * (new_tokens - 2) / max(tn - t2, 1e-9)
+        row[f"prefill_s_{mode}"] = round(t2, 4)
+        row[f"decode_tok_s_{mode}"] = round(decode, 1)
+        row[f"speedup_{mode}"] = round(decode * t_full / batch, 1)
+    return row
 
 
 def bench_embedding(model: HyenaLM, device: torch.device, megabases: float, rng: np.random.Generator) -> dict:
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contexts", default="1024,8192,65536")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--modes", default="eager,graph", help="decoding modes (dnalm.inference.decode)")
     ap.add_argument("--embed-mb", default="1,10,100")
     ap.add_argument("--budget-s", type=float, default=300.0, help="skip what starts after this many seconds")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             if time.perf_counter() - start > args.budget_s:
                 print(f"skipped generation c={context} B={batch}: budget", flush=True)
                 continue
-            row = bench_generation(model, device, context, batch, args.new_tokens, rng)
+            row = bench_generation(model, device, context, batch, args.new_tokens, rng, args.modes.split(","))
             results["generation"].append(row)
             print(json.dumps(row), flush=True)
             save()

@@ -39,6 +39,8 @@ from torch import Tensor
 
 from dnalm.errors import ConfigError
 from dnalm.inference.chunked import context_length
+from dnalm.inference.decode import MODES as DECODE_MODES
+from dnalm.inference.decode import Stepper
 from dnalm.inference.scoring import encode_sequence
 from dnalm.models.blocks import CausalLM
 from dnalm.tokenizers import A_ID, C_ID, G_ID, T_ID
@@ -53,7 +55,8 @@ class GenerationOptions:
 
     ``max_new_tokens`` per sample; ``temperature`` >= 0 (0 = greedy); ``top_k`` (0 = off);
     ``top_p`` in (0, 1] (1 = off); ``n_samples`` per prompt; ``seed``; ``acgt_only``;
-    ``batch_size`` rows decoded together.
+    ``batch_size`` rows decoded together; ``decode``: how each step runs (:mod:`dnalm.inference.decode`:
+    auto, eager, static, graph).
     """
 
     max_new_tokens: int = 100
@@ -64,6 +67,7 @@ class GenerationOptions:
     seed: int = 0
     acgt_only: bool = True
     batch_size: int = 16
+    decode: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -74,6 +78,8 @@ class GenerationOptions:
             raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.decode not in DECODE_MODES:
+            raise ConfigError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.n_samples < 1 or self.batch_size < 1:
             raise ConfigError(f"n_samples and batch_size must be >= 1, got {self.n_samples} and {self.batch_size}")
 
@@ -174,6 +180,7 @@ def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequen
     generators = [row_generator(options.seed, p, s) for p, s in rows]
     state = model.allocate_state(B, end - 1)
     logits = model(torch.from_numpy(forced[:, :start]).to(device), state=state)[:, -1]  # (B, V)
+    step = Stepper(model, state, options.decode)
     tokens = forced.copy()
     log_probs = np.zeros((B, end), dtype=np.float32)
     for pos in range(start, end):
@@ -186,7 +193,7 @@ def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequen
         tokens[:, pos] = nxt
         log_probs[:, pos] = lp.gather(-1, torch.from_numpy(nxt)[:, None])[:, 0].numpy()
         if pos + 1 < end:
-            logits = model(torch.from_numpy(nxt[:, None]).to(device), state=state)[:, -1]
+            logits = step(torch.from_numpy(nxt[:, None]).to(device))
     out = []
     for b, (p, s) in enumerate(rows):
         new = slice(lengths[b], lengths[b] + options.max_new_tokens)

@@ -254,6 +254,10 @@ class HyenaState:
     conv: Tensor
     z: Tensor
     k_rev: Tensor | None = field(default=None, init=False)
+    # for steps at a tensor offset (static shapes, see HyenaOperator.step): the filter reversed and
+    # zero-padded to 2 max_len - 1 taps, and arange(max_len)
+    k_pad: Tensor | None = field(default=None, init=False)
+    lags: Tensor | None = field(default=None, init=False)
 
 
 class HyenaOperator(nn.Module):
@@ -332,20 +336,21 @@ class HyenaOperator(nn.Module):
         return HyenaState(conv=torch.zeros(batch, 3 * self.d_model, K - 1, device=device, dtype=dtype),
                           z=torch.zeros(batch, self.d_model, max_len, device=device, dtype=dtype))
 
-    def step(self, u: Tensor, state: HyenaState, offset: int) -> Tensor:
+    def step(self, u: Tensor, state: HyenaState, offset: int | Tensor) -> Tensor:
         """One token u (B, 1, D) at position ``offset`` -> (B, 1, D).
 
         The long convolution at t = offset is the dot product ``sum_{s<=t} h[t-s] z_s`` over the
         kept inputs z (O(t·D)), plus the skip term ``Dskip * z_t`` in float32.
+
+        ``offset`` may be a one-element int64 tensor on the state's device: the step then has the same
+        shapes and no host synchronisation at every position (it can be captured once as a CUDA graph
+        and replayed), at the price of a dot product over the whole state (``max_len`` positions, the
+        inputs not yet written being zeros) with the taps gathered from a zero-padded filter.
         """
+        if isinstance(offset, Tensor):
+            return self._step_at(u, state, offset)
         self._check_length(offset + 1)
-        xz = self.in_proj(u[:, 0])  # (B, 3D)
-        window = torch.cat([state.conv.to(xz.dtype), xz[..., None]], dim=-1)  # (B, 3D, K)
-        state.conv.copy_(window[..., 1:])
-        w = self.short_filter.weight[:, 0]  # (3D, K)
-        xz = (window * w).sum(-1) + self.short_filter.bias
-        x0, x1, v = xz.split(self.d_model, dim=1)  # (B, D)
-        z = self.dropout(v * x1)
+        x0, z = self._step_gates(u, state)
         state.z[..., offset] = z
         k_rev = self._state_filter(state)
         wide = torch.promote_types(k_rev.dtype, torch.float32)
@@ -353,6 +358,33 @@ class HyenaOperator(nn.Module):
         taps = k_rev[:, k_rev.shape[-1] - offset - 1:].to(wide)  # (D, t+1): h[t] .. h[0]
         # one batched dot product per channel (no (B, D, t+1) temporary)
         y = torch.einsum("bdt,dt->bd", hist, taps) + z.float() * self.filter_fn.bias.float()
+        return self.out_proj((y.to(z.dtype) * x0)[:, None])
+
+    def _step_gates(self, u: Tensor, state: HyenaState) -> tuple[Tensor, Tensor]:
+        """In-projection, short convolution (updating ``state.conv``) and gating of one token:
+        u (B, 1, D) -> (x0, z), each (B, D)."""
+        xz = self.in_proj(u[:, 0])  # (B, 3D)
+        window = torch.cat([state.conv.to(xz.dtype), xz[..., None]], dim=-1)  # (B, 3D, K)
+        state.conv.copy_(window[..., 1:])
+        w = self.short_filter.weight[:, 0]  # (3D, K)
+        xz = (window * w).sum(-1) + self.short_filter.bias
+        x0, x1, v = xz.split(self.d_model, dim=1)  # (B, D)
+        return x0, self.dropout(v * x1)
+
+    def _step_at(self, u: Tensor, state: HyenaState, offset: Tensor) -> Tensor:
+        """:meth:`step` at a tensor offset (shapes independent of the position)."""
+        x0, z = self._step_gates(u, state)
+        M = state.z.shape[-1]
+        state.z.index_copy_(2, offset, z[..., None].to(state.z.dtype))
+        if state.k_pad is None:
+            k_rev = self._state_filter(state)  # (D, M): h[M-1] .. h[0]
+            # k_pad[:, M - 1 - j] = h[j] for j >= 0, zeros after: the window k_pad[:, M-1-t : 2M-1-t]
+            # holds h[t - s] at s = 0..t and zeros at s > t (positions not written yet)
+            state.k_pad = torch.cat([k_rev, k_rev.new_zeros(k_rev.shape[0], M - 1)], dim=-1)
+            state.lags = torch.arange(M, device=k_rev.device)
+        wide = torch.promote_types(state.k_pad.dtype, torch.float32)
+        taps = state.k_pad.index_select(1, state.lags + (M - 1 - offset)).to(wide)  # (D, M)
+        y = torch.einsum("bdm,dm->bd", state.z.to(wide), taps) + z.float() * self.filter_fn.bias.float()
         return self.out_proj((y.to(z.dtype) * x0)[:, None])
 
 

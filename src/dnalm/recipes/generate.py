@@ -29,6 +29,7 @@ class GenerateConfig:
     include_prompt: bool = False
     uppercase: bool = True
     batch_size: int = 16
+    decode: str = "auto"
     device: str = "auto"
     dtype: str = "fp32"
 
@@ -46,7 +47,7 @@ def main(cfg: DictConfig) -> int | None:
 
     options = GenerationOptions(max_new_tokens=gc.max_new_tokens, temperature=gc.temperature, top_k=gc.top_k,
                                 top_p=gc.top_p, n_samples=gc.n_samples, seed=gc.seed, acgt_only=gc.acgt_only,
-                                batch_size=gc.batch_size)
+                                batch_size=gc.batch_size, decode=gc.decode)
     if gc.input:
         prompts = read_sequences(gc.input, uppercase=gc.uppercase)
     else:

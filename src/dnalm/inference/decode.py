@@ -1,0 +1,112 @@
+"""Single-token decoding steps: eager, at a tensor offset, or replayed as a CUDA graph.
+
+A decoding step of a small model at batch 1 is a few hundred tiny kernels; launched one by one from
+Python they cost far more than their arithmetic. For models whose every mixer is a Hyena operator the
+step can run at an offset held in a device tensor (:meth:`dnalm.models.hyena.HyenaOperator.step`):
+its shapes then do not depend on the position, so on CUDA it is captured once as a graph and replayed
+for every new token.
+
+Modes of :class:`Stepper` (``mode``):
+
+``eager``
+    ``model(ids, state=state)`` at the state's integer offset (the reference; every model family).
+``static``
+    the same step at a tensor offset without a graph: the CPU twin of ``graph``, compared with
+    ``eager`` in the tests.
+``graph``
+    ``static`` captured as a CUDA graph (CUDA only).
+``auto``
+    ``graph`` for Hyena models on CUDA, else ``eager``.
+
+All modes give the same logits up to float rounding (the tensor-offset step sums over the whole state,
+the positions not written yet being zeros, in another order).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dnalm.errors import ConfigError
+from dnalm.inference.state import InferenceState
+from dnalm.models.blocks import CausalLM
+
+MODES = ("auto", "eager", "static", "graph")
+
+
+def static_step_supported(model: CausalLM) -> bool:
+    """Whether every mixer of ``model`` steps at a tensor offset (Hyena operators do)."""
+    from dnalm.models.hyena import HyenaOperator
+
+    return len(model.mixers) > 0 and all(isinstance(m, HyenaOperator) for m in model.mixers)
+
+
+def step_logits_at(model: CausalLM, ids: Tensor, state: InferenceState, offset: Tensor) -> Tensor:
+    """Logits (B, V) of one token per row, ids (B, 1), at position ``offset`` (int64 tensor (1,)); the
+    layers' states are updated but ``state.offset`` is not advanced (the caller does that)."""
+    bb = model.backbone
+    x = bb.drop_emb(bb.embeddings(ids))
+    if bb.residual_in_fp32:
+        x = x.float()
+    for block, layer_state in zip(bb.layers, state.layers):
+        x = block.step(x, layer_state, offset)
+    h = bb.ln_f(x.to(bb.ln_f.weight.dtype))
+    return model.lm_head(h)[:, -1]
+
+
+class Stepper:
+    """``stepper(ids (B, 1)) -> logits (B, V)``: one decoding step on ``state`` (after its prefill),
+    advancing ``state.offset`` by one. See the module docstring for ``mode``."""
+
+    def __init__(self, model: CausalLM, state: InferenceState, mode: str = "auto"):
+        if mode not in MODES:
+            raise ConfigError(f"decoding mode must be one of {', '.join(MODES)}, got {mode!r}")
+        device = model.lm_head.weight.device
+        if mode == "auto":
+            mode = "graph" if device.type == "cuda" and static_step_supported(model) else "eager"
+        if mode in ("static", "graph") and not static_step_supported(model):
+            raise ConfigError(f"decoding mode '{mode}' needs a model whose every mixer is a Hyena operator")
+        if mode == "graph" and device.type != "cuda":
+            raise ConfigError("decoding mode 'graph' needs the model on a CUDA device")
+        if mode != "eager" and model.training:
+            raise ConfigError(f"decoding mode '{mode}' needs the model in eval mode")
+        self.model, self.state, self.mode = model, state, mode
+        self.offset = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.ids: Tensor | None = None
+        self.out: Tensor | None = None
+
+    def __call__(self, ids: Tensor) -> Tensor:
+        state = self.state
+        if self.mode == "eager":
+            return self.model(ids, state=state)[:, -1]
+        state.check_room(1, ids.shape[0])
+        self.offset.fill_(state.offset)
+        if self.mode == "static":
+            logits = step_logits_at(self.model, ids, state, self.offset)
+        else:
+            if self.graph is None:
+                self._capture(ids)
+            self.ids.copy_(ids)
+            self.graph.replay()
+            logits = self.out.clone()
+        state.advance(1)
+        return logits
+
+    def _capture(self, ids: Tensor) -> None:
+        """Capture the step as a CUDA graph. A warm-up run on a side stream first allocates what the
+        step keeps (the padded filter, cuBLAS workspaces); it writes the same input at the same
+        position as the first replay will, and the short-convolution states it shifted are restored."""
+        state, model = self.state, self.model
+        self.ids = ids.clone()
+        saved = [layer.conv.clone() for layer in state.layers]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step_logits_at(model, self.ids, state, self.offset)
+        torch.cuda.current_stream().wait_stream(side)
+        for layer, conv in zip(state.layers, saved):
+            layer.conv.copy_(conv)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = step_logits_at(model, self.ids, state, self.offset)
