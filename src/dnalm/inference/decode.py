@@ -14,7 +14,8 @@ Modes of :class:`Stepper` (``mode``):
     the same step at a tensor offset without a graph: the CPU twin of ``graph``, compared with
     ``eager`` in the tests.
 ``graph``
-    ``static`` captured as a CUDA graph (CUDA only).
+    ``static`` captured as a CUDA graph (CUDA only). The first step is also run eagerly and the replay
+    must agree with it; if capture fails or they disagree, decoding goes on eagerly with a warning.
 ``auto``
     ``graph`` for Hyena models on CUDA, else ``eager``.
 
@@ -84,29 +85,54 @@ class Stepper:
         self.offset.fill_(state.offset)
         if self.mode == "static":
             logits = step_logits_at(self.model, ids, state, self.offset)
+        elif self.graph is None:
+            logits = self._capture(ids)
+            if logits is None:  # the graph could not be used: this step and the next ones run eagerly
+                return self.model(ids, state=state)[:, -1]
         else:
-            if self.graph is None:
-                self._capture(ids)
             self.ids.copy_(ids)
             self.graph.replay()
             logits = self.out.clone()
         state.advance(1)
         return logits
 
-    def _capture(self, ids: Tensor) -> None:
-        """Capture the step as a CUDA graph. A warm-up run on a side stream first allocates what the
-        step keeps (the padded filter, cuBLAS workspaces); it writes the same input at the same
-        position as the first replay will, and the short-convolution states it shifted are restored."""
+    def _capture(self, ids: Tensor) -> Tensor | None:
+        """Capture the step as a CUDA graph and return the first step's logits, checked against the same
+        step run eagerly; None (with a warning, the state as before the step and ``mode`` eager) when
+        capture fails or the replay disagrees.
+
+        The eager run goes first, on a side stream: it also allocates what the step keeps (the padded
+        filter, cuBLAS workspaces). The short-convolution states it shifted are restored before the
+        replay; the input it wrote into the long-convolution state is written again, identically."""
+        import warnings
+
         state, model = self.state, self.model
         self.ids = ids.clone()
-        saved = [layer.conv.clone() for layer in state.layers]
+        before = [layer.conv.clone() for layer in state.layers]
+
+        def restore() -> None:
+            for layer, conv in zip(state.layers, before):
+                layer.conv.copy_(conv)
+
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            step_logits_at(model, self.ids, state, self.offset)
+            expected = step_logits_at(model, self.ids, state, self.offset).clone()
         torch.cuda.current_stream().wait_stream(side)
-        for layer, conv in zip(state.layers, saved):
-            layer.conv.copy_(conv)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = step_logits_at(model, self.ids, state, self.offset)
+        restore()
+        try:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = step_logits_at(model, self.ids, state, self.offset)
+            self.graph.replay()
+            logits = self.out.clone()
+            problem = None if torch.allclose(logits, expected, rtol=1e-3, atol=1e-3) else \
+                f"its logits differ from the eager step by {(logits - expected).abs().max().item():.3g}"
+        except RuntimeError as exc:
+            problem = f"capture failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        if problem is None:
+            return logits
+        warnings.warn(f"CUDA-graph decoding disabled ({problem}); decoding eagerly", RuntimeWarning, stacklevel=3)
+        self.graph, self.out, self.mode = None, None, "eager"
+        restore()
+        return None
