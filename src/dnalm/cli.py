@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import shutil
 import sys
 from dataclasses import dataclass
@@ -167,16 +168,31 @@ def run(argv: list[str]) -> int:
     return int(result or 0)
 
 
-# Third-party deprecation notices that users cannot act on (Lightning's own use of torch's pytree API).
+# Third-party notices that users cannot act on: Lightning's own use of torch's pytree API, its
+# advertising tips, and its note that an epoch-based validation interval validates once per epoch.
 QUIET_WARNINGS = (r".*isinstance\(treespec, LeafSpec\).*",)
+QUIET_LOG_LINES = ("Tip:", "was configured so validation will run at the end of the training epoch")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+class _Quiet(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not any(part in text for part in QUIET_LOG_LINES)
+
+
+def _quiet_third_parties() -> None:
     import warnings
 
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _Quiet) for f in logger.filters):
+        logger.addFilter(_Quiet())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _quiet_third_parties()
     try:
         code = run(argv)
     except DnalmError as exc:

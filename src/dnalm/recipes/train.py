@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import time
@@ -297,13 +296,6 @@ def _tokenizer(prepared):
 # ---------------------------------------------------------------------------------------------
 
 
-class _NoTips(logging.Filter):
-    """Leave Lightning's advertising tips out of the log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.msg)
-
-
 def lightning_strategy(tc: TrainerConfig):
     if tc.strategy == "fsdp":
         from dnalm.models.blocks import Block
@@ -426,7 +418,6 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
                                  check_on_train_epoch_end=False))
     io = DirectoryCheckpointIO(model, tokenizer, extra={"run": top.name, "prepared": str(prepared_path.resolve()),
                                                         "length": max_length})
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
     trainer = L.Trainer(
         accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, strategy=lightning_strategy(tc),
         precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs, max_time=tc.max_time,
