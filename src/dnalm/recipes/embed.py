@@ -9,23 +9,16 @@ from omegaconf import DictConfig
 
 from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError
+from dnalm.recipes import InferenceRun
 
 
 @dataclass
-class EmbedConfig:
+class EmbedConfig(InferenceRun):
     input: str | None = None
-    checkpoint: str | None = None
-    output: str | None = None
     layer: Any = "final"
     pool: str = "mean"
     save_dtype: str = "float32"
-    prepend_bos: bool = False
     uppercase: bool = True
-    batch_size: int = 16
-    max_tokens: int = 262144
-    chunk_size: int | None = None
-    device: str = "auto"
-    dtype: str = "fp32"
 
 
 def main(cfg: DictConfig) -> int | None:

@@ -10,25 +10,18 @@ from omegaconf import DictConfig
 
 from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError
+from dnalm.recipes import InferenceRun
 
 OUTPUT_TYPES = ("loglik", "per_token", "logits")
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(InferenceRun):
     input: str | None = None
-    checkpoint: str | None = None
-    output: str | None = None
     output_type: str = "loglik"
     reduce: str = "sum"
     tokens: str = "acgt"
-    prepend_bos: bool = False
     uppercase: bool = True
-    batch_size: int = 16
-    max_tokens: int = 262144
-    chunk_size: int | None = None
-    device: str = "auto"
-    dtype: str = "fp32"
 
 
 def main(cfg: DictConfig) -> int | None:

@@ -8,23 +8,16 @@ from omegaconf import DictConfig
 
 from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError
+from dnalm.recipes import InferenceRun
 
 
 @dataclass
-class ScoreVariantsConfig:
+class ScoreVariantsConfig(InferenceRun):
     variants: str | None = None
     reference: str | None = None
-    checkpoint: str | None = None
-    output: str | None = None
     window: int = 8192
     reduce: str = "sum"
     reverse_complement: bool = False
-    prepend_bos: bool = False
-    batch_size: int = 16
-    max_tokens: int = 262144
-    chunk_size: int | None = None
-    device: str = "auto"
-    dtype: str = "fp32"
 
 
 def main(cfg: DictConfig) -> int | None:
