@@ -93,7 +93,7 @@ from dnalm.genome.gff import CDS_TYPES, GENE_TYPES, Feature, is_transcript_type,
 from dnalm.genome.regions import CLASS_IDS, CLASS_MASK
 from dnalm.models.markov import MarkovModel, select_order
 from dnalm.tokenizers import A_ID, COMPLEMENT_IDS, CharTokenizer
-from dnalm.utils import atomic_dir, sha256_file, track
+from dnalm.utils import atomic_dir, json_safe, sha256_file, track
 
 MARKOV_NAME = "markov"
 _PROMOTER = CLASS_IDS["promoter"]
@@ -1182,23 +1182,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (np.floating,)):
-        return _json_safe(float(obj))
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(obj), indent=1) + "\n")
+    path.write_text(json.dumps(json_safe(obj), indent=1) + "\n")
 
 
 def _demote(markdown: str, levels: int = 2) -> str:

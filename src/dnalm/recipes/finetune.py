@@ -24,7 +24,6 @@ fine-tuning counts epochs and validates once per epoch unless told otherwise. ``
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -37,7 +36,7 @@ from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError, InputError
 from dnalm.recipes.train import TrainerConfig
 from dnalm.training.lightning import OptimConfig
-from dnalm.utils import atomic_file
+from dnalm.utils import atomic_file, json_safe
 
 TASK_KINDS = ("classification", "regression", "lm")
 
@@ -178,14 +177,6 @@ def _trainer(tc: TrainerConfig, opt: OptimConfig, out: Path, callbacks: list, ha
                      callbacks=callbacks, default_root_dir=str(out))
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     """The recipe: parse ``cfg``, fine-tune, evaluate, write ``out/``; ``callbacks`` are added to the Trainer."""
     cfg = resolved(cfg)
@@ -260,14 +251,14 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
         metrics["test"] = module.last_metrics.get("test", {})
     if trainer.is_global_zero:
         if top.save_model:
-            extra = {"metrics": _json_safe({"dev": best.best_metrics, "test": metrics.get("test")})}
+            extra = {"metrics": json_safe({"dev": best.best_metrics, "test": metrics.get("test")})}
             if lora.enabled:
                 save_adapter(model, out / "adapter", lora, base_model=str(checkpoint.resolve()),
                              head=model.head_config(classes), extra=extra, tokenizer=tokenizer)
             else:
                 save_classifier(model, out / "model", tokenizer=tokenizer, classes=classes, extra=extra)
         with atomic_file(out / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+            tmp.write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
     return FinetuneResult(monitor, mode, best.best_score, metrics, out)
 
 

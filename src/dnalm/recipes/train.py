@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError, InputError
-from dnalm.utils import atomic_file
+from dnalm.utils import atomic_file, json_safe
 
 GROUPS = ("model", "data", "trainer", "optim")
 DATA_SOURCE_KEYS = ("prepared", "cache", "source", "synthetic")
@@ -357,14 +356,6 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     """The recipe as a function (``callbacks`` are added to the Trainer)."""
     p = parse(cfg)
@@ -488,7 +479,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         metrics["test"] = final.last_metrics.get("test")
     if trainer.is_global_zero:
         with atomic_file(run_dir / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+            tmp.write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
     return TrainResult(run_dir, model_dir, trainer.global_step, trainer.current_epoch, total, resume, metrics)
 
 

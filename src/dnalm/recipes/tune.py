@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnalm.config import compose, to_dataclass
 from dnalm.errors import ConfigError, DnalmError
-from dnalm.utils import atomic_file, track
+from dnalm.utils import atomic_file, json_safe, track
 
 TUNABLE = ("finetune",)
 PARAM_TYPES = ("float", "int", "categorical")
@@ -295,10 +295,10 @@ def run(cfg: DictConfig, config_dir: str | None = None) -> Any:
         trial.set_user_attr("config", OmegaConf.to_container(trial_cfg, resolve=False))
         pruning = PruningCallback(trial, monitor)
         result = finetune.run(trial_cfg, callbacks=[pruning])
-        trial.set_user_attr("dev", finetune._json_safe(result.metrics.get("dev")))
+        trial.set_user_attr("dev", json_safe(result.metrics.get("dev")))
         if pruning.pruned:
             raise optuna.TrialPruned()
-        trial.set_user_attr("test", finetune._json_safe(result.metrics.get("test")))
+        trial.set_user_attr("test", json_safe(result.metrics.get("test")))
         if result.best_score is None or not math.isfinite(result.best_score):
             raise ConfigError(f"tune: trial {trial.number} produced no {monitor} (does the data have a dev split?)")
         return float(result.best_score)

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Sampler
 from dnalm.data.datamodule import GenomeDataModule
 from dnalm.errors import InputError
 from dnalm.models.io import WEIGHTS_FILE, load_pretrained, save_pretrained
-from dnalm.utils import atomic_dir
+from dnalm.utils import atomic_dir, json_safe
 
 TRAINING_STATE = "training_state.pt"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -96,16 +96,6 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 class DirectoryCheckpointIO(CheckpointIO):
     """Lightning ``CheckpointIO`` that writes and reads checkpoint directories (see the module docstring).
 
@@ -139,7 +129,7 @@ class DirectoryCheckpointIO(CheckpointIO):
             extra.update(storage_options.get("extra") or {})
         state = {k: v for k, v in checkpoint.items() if k != "state_dict"}
         with atomic_dir(path) as tmp:
-            save_pretrained(self._model_with(weights), tmp, tokenizer=self.tokenizer, extra=_json_safe(extra))
+            save_pretrained(self._model_with(weights), tmp, tokenizer=self.tokenizer, extra=json_safe(extra))
             if "optimizer_states" in checkpoint:
                 torch.save(state, tmp / TRAINING_STATE)
 
