@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dnalm.errors import ConfigError, InputError
+from dnalm.models.io import read_format_json
 
 POOLINGS = ("mean", "max", "last", "cls")
 TASKS = ("classification", "regression")
@@ -188,16 +189,7 @@ def save_classifier(model: SequenceClassifier, path: str | os.PathLike, tokenize
 
 def read_head_config(path: str | os.PathLike) -> dict[str, Any]:
     """``head.json`` of a saved classifier directory."""
-    file = Path(path) / HEAD_CONFIG
-    if not file.is_file():
-        raise InputError(f"{path}: no {HEAD_CONFIG} (not a saved sequence classifier)")
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{file}: cannot read ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != HEAD_FORMAT:
-        raise InputError(f"{file}: format is not {HEAD_FORMAT}")
-    return config
+    return read_format_json(Path(path) / HEAD_CONFIG, HEAD_FORMAT, "a saved sequence classifier")
 
 
 def load_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SequenceClassifier:

@@ -180,6 +180,18 @@ def _read_json(path: Path) -> Any:
         raise InputError(f"{path}: cannot read JSON ({exc})") from None
 
 
+def read_format_json(file: str | os.PathLike, fmt: str, what: str) -> dict[str, Any]:
+    """The JSON object in ``file``, which must exist and say ``"format": fmt``; ``what`` names the kind of
+    directory it belongs to in the error (e.g. 'a saved sequence classifier')."""
+    file = Path(file)
+    if not file.is_file():
+        raise InputError(f"{file.parent}: no {file.name} (not {what})")
+    config = _read_json(file)
+    if not isinstance(config, dict) or config.get("format") != fmt:
+        raise InputError(f"{file}: format is not {fmt}")
+    return config
+
+
 def _hyena_fields_from_original(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """HyenaDNA's own config.json (standalone constructor arguments, §5a).
 

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from dnalm.errors import ConfigError, InputError
+from dnalm.models.io import read_format_json
 
 ADAPTER_FORMAT = "dnalm-lora/1"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -195,14 +196,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, settings: LoraSettin
 def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
     """``adapter_config.json`` of an adapter directory, checked for its format."""
     file = Path(path) / ADAPTER_CONFIG
-    if not file.is_file():
-        raise InputError(f"{path}: no {ADAPTER_CONFIG} (not a dnalm LoRA adapter directory)")
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{file}: cannot read ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != ADAPTER_FORMAT:
-        raise InputError(f"{file}: format is not {ADAPTER_FORMAT}")
+    config = read_format_json(file, ADAPTER_FORMAT, "a dnalm LoRA adapter directory")
     for key in ("r", "alpha", "dropout", "target_modules", "trainable", "bias"):
         if key not in config:
             raise InputError(f"{file}: missing key '{key}'")
