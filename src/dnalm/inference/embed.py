@@ -88,7 +88,7 @@ def embed_pooled(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str =
     _check_pool(pool)
     if pool == "none":
         raise ConfigError("embed_pooled needs pool=mean, max or last (use embed_per_base for per-base output)")
-    index = resolve_layer(model, layer)
+    resolve_layer(model, layer)  # a bad layer fails before any work
     for i, r in enumerate(rows):
         if len(r) <= skip:
             raise ConfigError(f"sequence {i} has no base to embed")
@@ -96,21 +96,18 @@ def embed_pooled(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str =
     out = np.zeros((len(rows), D), dtype=np.float64)
     if pool == "max":
         out[:] = -np.inf
-    for batch in _batches(rows, batch_size, max_tokens, progress, "embedding"):
-        sub = [rows[i] for i in batch]
-        for start, hidden in _chunks(model, sub, index, chunk_size):
-            T = hidden.shape[1]
-            for b, i in enumerate(batch):
-                lo, hi = max(start, skip), min(start + T, len(sub[b]))
-                if hi <= lo:
-                    continue
-                block = hidden[b, lo - start: hi - start].astype(np.float64)
-                if pool == "mean":
-                    out[i] += block.sum(0)
-                elif pool == "max":
-                    np.maximum(out[i], block.max(0), out=out[i])
-                elif hi == len(sub[b]):
-                    out[i] = block[-1]
+
+    def accumulate(i: int, start: int, block: np.ndarray) -> None:
+        block = block.astype(np.float64)
+        if pool == "mean":
+            out[i] += block.sum(0)
+        elif pool == "max":
+            np.maximum(out[i], block.max(0), out=out[i])
+        elif start + len(block) == len(rows[i]) - skip:  # last: the block that ends the row
+            out[i] = block[-1]
+
+    embed_per_base(model, rows, layer, accumulate, skip=skip, batch_size=batch_size, max_tokens=max_tokens,
+                   chunk_size=chunk_size, progress=progress)
     if pool == "mean":
         out /= np.array([len(r) - skip for r in rows], dtype=np.float64)[:, None]
     return out.astype(np.float32)
