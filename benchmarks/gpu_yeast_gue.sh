@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session: yeast pretraining (tiny and small, side by side), GUE fine-tuning from scratch
+# One GPU session: yeast pretraining (tiny, small and a wider small, side by side), GUE fine-tuning from scratch
 # (prom_core_all and tf/0, 3 seeds each), the genome benchmark and report of the yeast models, and the
 # inference benchmark. Results are packed into $OUT/results.tgz after every stage.
 #   DATA=dir-with-yeast_r64-and-gue OUT=dir bash benchmarks/gpu_yeast_gue.sh
@@ -28,10 +28,13 @@ dnalm prepare genome="$DATA/yeast_r64/GCA_000146045.2_R64_genomic.fna.gz" \
   split.strategy=records 'split.val=[BK006947.3]' 'split.test=[BK006948.2,BK006949.2]' > $R/prepare.log 2>&1
 
 stamp train yeast tiny and small, GUE from scratch
-for size in tiny small; do
-  dnalm train experiment=yeast/hyena_$size data.prepared=$R/yeast_prepared out=$R/yeast_$size \
+# tiny, small, and small widened to 256 channels (3.3M parameters, more dropout), side by side
+for run in "tiny:hyena_tiny:" "small:hyena_small:" \
+           "wide:hyena_small:model.d_model=256 model.d_inner=1024 model.resid_dropout=0.2 model.embed_dropout=0.2"; do
+  IFS=: read -r name experiment sizes <<< "$run"
+  dnalm train experiment=yeast/$experiment data.prepared=$R/yeast_prepared out=$R/yeast_$name $sizes \
     trainer.max_time=$TRAIN_TIME trainer.max_steps=$STEPS trainer.progress_bar=false optim.warmup_steps=300 \
-    $EXTRA ${YEAST_EXTRA:-} > $R/yeast_$size.log 2>&1 &
+    $EXTRA ${YEAST_EXTRA:-} > $R/yeast_$name.log 2>&1 &
 done
 # a from-scratch HyenaDNA classifier backbone: 4 layers, width 256 (3.2M parameters), context 1026
 python3 - "$R/scratch" <<'EOF'
@@ -55,7 +58,7 @@ stamp trained
 pack
 
 stamp benchmark yeast models
-dnalm benchmark prepared=$R/yeast_prepared "models=[$R/yeast_small/model,$R/yeast_tiny/model]" out=$R/benchmark \
+dnalm benchmark prepared=$R/yeast_prepared "models=[$R/yeast_wide/model,$R/yeast_small/model,$R/yeast_tiny/model]" out=$R/benchmark \
   ${BENCH_EXTRA:-} > $R/benchmark.log 2>&1
 pack
 
