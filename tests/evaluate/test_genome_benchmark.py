@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -402,6 +403,7 @@ def test_yeast_benchmark_cli(tmp_path):
     assert len(html) > 10_000 and str(out.resolve()) in html and ".tmp" not in html  # the final location
     sections = [html.index(f'<h2>{title}</h2>') for title in ("Leaderboard", "Figures", "Dataset card", "Metrics")]
     assert sections == sorted(sections)
+    assert re.findall(r'<img [^>]*alt="([^"]*)"', html)[0].startswith("bits per base by region class")
     with open(out / "leaderboard.csv") as fh:
         rows = {r["model"]: r for r in csv.DictReader(fh)}
     assert list(rows) == ["markov", "hyena_tiny"]

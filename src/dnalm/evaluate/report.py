@@ -6,7 +6,8 @@
     markdown-it-py in CommonMark mode plus tables, with raw HTML escaped and relative images embedded);
   * metrics: ``metrics.json`` and ``*_metrics.json`` (nested objects become tables);
   * figures: every ``*.png``, grouped by folder, captioned from ``captions.json`` in that folder
-    (``{"file.png": "caption"}``) or else from the file name.
+    (``{"file.png": "caption"}``; figures follow its order, the others come after by name) or else
+    from the file name.
 
 The page has inline CSS and every image as a base64 ``data:`` URI: no scripts, fonts, style sheets or
 images are fetched from anywhere, and all text taken from the files is HTML-escaped.
@@ -325,7 +326,9 @@ def write_report(results_dir: str | Path, out_html: str | Path | None = None,
             label = "top level" if folder == root else rel(folder)
             sec.body.append(f"<h3>{escape(label)}</h3>")
             figs = []
-            for path in sorted(folders[folder], key=lambda p: p.name):
+            listed = {name: i for i, name in enumerate(captions)}  # captions.json's order, then by name
+            for path in sorted(folders[folder],
+                               key=lambda p: (listed.get(p.name, listed.get(p.stem, len(listed))), p.name)):
                 if path.stat().st_size > MAX_IMAGE_BYTES:
                     skipped.append(f"{rel(path)} (larger than {MAX_IMAGE_BYTES >> 20} MiB)")
                     continue
