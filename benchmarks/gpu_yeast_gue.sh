@@ -5,7 +5,8 @@
 #   DATA=dir-with-yeast_r64-and-gue OUT=dir bash benchmarks/gpu_yeast_gue.sh
 # Environment: TRAIN_TIME (DD:HH:MM:SS per yeast run), STEPS, GUE_TIME, GUE_EPOCHS, BENCH_BUDGET (s),
 # EXTRA (overrides for every train/finetune command, e.g. for a CPU smoke run), YEAST_EXTRA, GUE_EXTRA,
-# BENCH_EXTRA, INFER_ARGS.
+# BENCH_EXTRA, INFER_ARGS; STAGES (default "train,benchmark,inference": run them in separate calls when one
+# command may not outlast ~10 minutes; runs/gpu stays on the machine between calls while it is held).
 set -u
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-benchmarks/out}
@@ -17,11 +18,14 @@ GUE_EPOCHS=${GUE_EPOCHS:-8}
 EXTRA=${EXTRA:-}
 mkdir -p "$R" "$OUT"
 T0=$(date +%s)
+STAGES=${STAGES:-train,benchmark,inference}
 stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
+want() { [[ ",$STAGES," == *",$1,"* ]]; }
 pack() { tar czf "$OUT/results.tgz.tmp" --exclude='*.ckpt' --exclude='checkpoints' --exclude='tensorboard' \
            --exclude='tokens.u8' --exclude='regions.u8' -C "$R" . 2>/dev/null && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
 dnalm() { python3 -c 'import sys; from dnalm.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
 
+if want train; then
 stamp prepare yeast
 dnalm prepare genome="$DATA/yeast_r64/GCA_000146045.2_R64_genomic.fna.gz" \
   annotation="$DATA/yeast_r64/GCA_000146045.2_R64_genomic.gff.gz" name=yeast_r64 out=$R/yeast_prepared \
@@ -56,14 +60,19 @@ done
 wait
 stamp trained
 pack
+fi
 
+if want benchmark; then
 stamp benchmark yeast models
-dnalm benchmark prepared=$R/yeast_prepared "models=[$R/yeast_wide/model,$R/yeast_small/model,$R/yeast_tiny/model]" out=$R/benchmark \
-  ${BENCH_EXTRA:-} > $R/benchmark.log 2>&1
+dnalm benchmark prepared=$R/yeast_prepared "models=[$R/yeast_wide/model,$R/yeast_small/model,$R/yeast_tiny/model]" \
+  out=$R/benchmark ${BENCH_EXTRA:-} > $R/benchmark.log 2>&1
 pack
+fi
 
+if want inference; then
 stamp inference benchmark
 python3 benchmarks/inference_bench.py --budget-s ${BENCH_BUDGET:-150} --out $R/inference.json ${INFER_ARGS:-} \
   > $R/inference.log 2>&1
 pack
+fi
 stamp done
