@@ -47,6 +47,22 @@ def test_command_help_shows_groups(capsys):
     assert f"dnalm {name}" in out and "config show" in out
 
 
+def test_command_help_shows_usage_groups_and_documented_keys(capsys):
+    code, out, _ = _main(["train", "--help"], capsys)
+    assert code == 0
+    assert "dnalm train [experiment=NAME] [data.prepared=DIR]" in out  # the config's leading comment
+    assert "  trainer (default: cpu): cpu, ddp, fsdp, gpu" in out
+    keys = out.split("keys (key=value; default, then meaning):\n", 1)[1]
+    assert "  seed: 0 " in keys and "# model initialisation, data order and dropout masks" in keys
+    assert "- model:" not in out and "_self_" not in out  # the defaults list is shown as groups only
+
+
+def test_help_piped_into_a_reader_that_stops_is_not_an_error():
+    proc = subprocess.run(f"{sys.executable} -m dnalm.cli train --help | head -1", shell=True,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.startswith("usage: dnalm train") and "Traceback" not in proc.stderr
+
+
 def test_config_show_applies_overrides(capsys):
     code, out, _ = _main(["config", "show", "synth", "seed=123"], capsys)
     assert code == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -65,16 +66,44 @@ def _print_help() -> None:
 
 
 def _command_help(name: str) -> None:
-    from dnalm.config import groups_of, list_options
+    from dnalm.config import CONF_DIR, config_name, groups_of, list_options
 
     print(f"usage: dnalm {name} [--config-dir DIR] [key=value ...]\n\n{COMMANDS[name].help}\n")
+    header, keys = _config_text(CONF_DIR / f"{config_name(name)}.yaml")
+    if header:
+        print("\n".join(header) + "\n")
     groups = groups_of(name)
     if groups:
         print("config groups (choose with group=option):")
         for group, default in groups:
             opts = list_options(group)
             print(f"  {group} (default: {default}): {', '.join(opts) if opts else '-'}")
-    print(f"\nsee every key with: dnalm config show {name}")
+        print()
+    if keys:
+        print("keys (key=value; default, then meaning):")
+        print("\n".join(f"  {line}" for line in keys))
+    print(f"\nsee the fully composed config with: dnalm config show {name} [key=value ...]")
+
+
+def _config_text(path: Path) -> tuple[list[str], list[str]]:
+    """A shipped config's leading comment block and its lines after the defaults list, as written."""
+    if not path.is_file():
+        return [], []
+    lines = path.read_text().splitlines()
+    header = []
+    while lines and lines[0].startswith("#"):
+        header.append(lines.pop(0)[1:].removeprefix(" "))
+    keys, in_defaults = [], False
+    for line in lines:
+        if line.startswith("defaults:"):
+            in_defaults = True
+            continue
+        if in_defaults and (line.startswith((" ", "-")) or not line.strip()):
+            continue
+        in_defaults = False
+        if line.strip():
+            keys.append(line)
+    return header, keys
 
 
 def _split_command(args: list[str]) -> tuple[str, list[str]]:
@@ -201,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dnalm: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # output piped into a reader that stopped early (dnalm train --help | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     sys.exit(code)
 
 
