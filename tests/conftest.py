@@ -31,3 +31,14 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not found (real data lives in ../shared/data beside the repository)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one intra-op thread (tiny models: thread start-up costs more than it saves)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,13 +18,7 @@ from dnalm.training.lightning import NextTokenLM, OptimConfig, checkpoint_blocks
 from dnalm.training.losses import NextTokenMetrics, lm_loss
 from dnalm.training.schedules import Stage, accumulation, plan_stages, stage_at, warmup_cosine, warmup_cosine_scheduler
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models run faster on one thread
 
 
 # ---------------------------------------------------------------------------------------------- loss

@@ -32,12 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY, LR, WARMUP = 40, 10, 2e-3, 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models run faster on one thread
 
 
 @pytest.fixture(scope="module")
