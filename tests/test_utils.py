@@ -18,3 +18,24 @@ def test_json_safe_turns_non_finite_and_array_scalars_into_json():
     assert out == {"a": None, "2": [1.5, 3, 2.5], "b": [None, {"c": -1.0}], "d": None, "e": "text"}
     assert type(out["2"][1]) is int and type(out["2"][0]) is float
     json.dumps(out, allow_nan=False)  # strict JSON
+
+
+def test_open_text_reads_gzip_by_content_and_names_bad_paths(tmp_path):
+    import gzip
+
+    import pytest
+
+    from dnalm.errors import InputError
+    from dnalm.utils import open_text
+
+    (tmp_path / "plain.gff").write_bytes(b"a\r\nb\n")
+    (tmp_path / "packed.txt").write_bytes(gzip.compress(b"a\r\nb\n"))  # gzip without a .gz name
+    for name in ("plain.gff", "packed.txt"):
+        with open_text(tmp_path / name) as f:
+            assert f.read() == "a\r\nb\n"
+        with open_text(tmp_path / name, newline=None) as f:
+            assert f.read() == "a\nb\n"
+    with pytest.raises(InputError, match=r"missing\.csv: file not found"):
+        open_text(tmp_path / "missing.csv")
+    with pytest.raises(InputError, match="is a directory, not a GFF3 file"):
+        open_text(tmp_path, what="GFF3 file")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
 import os
 import shutil
@@ -98,3 +99,29 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def open_text(path: str | os.PathLike, what: str = "file", errors: str = "strict",
+              newline: str | None = "") -> io.TextIOWrapper:
+    """A UTF-8 text stream of ``path``, gunzipped when it starts with the gzip magic bytes (whatever its
+    name). A missing, unreadable or directory path is an InputError naming it (``what``: the kind of
+    file expected, for the message). ``newline=""`` keeps line endings as they are (what csv needs)."""
+    import gzip
+
+    from dnalm.errors import InputError
+
+    try:
+        raw = open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a {what}") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    magic = raw.read(2)
+    raw.seek(0)
+    stream = gzip.GzipFile(fileobj=raw, mode="rb") if magic == GZIP_MAGIC else raw
+    return io.TextIOWrapper(stream, encoding="utf-8", errors=errors, newline=newline)  # type: ignore[arg-type]

@@ -18,8 +18,6 @@ with a few vectorised numpy operations.
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -34,6 +32,7 @@ from dnalm.data.prepared import PreparedGenome
 from dnalm.errors import ConfigError, InputError
 from dnalm.genome.regions import CLASS_MASK
 from dnalm.tokenizers import A_ID, EOS_ID, N_ID, PAD_ID, T_ID
+from dnalm.utils import open_text
 
 IGNORE_REGION = -1
 """Region value of targets that are not bases (EOS, padding)."""
@@ -360,12 +359,6 @@ class _Row:
     where: str  # "file:line" or "file: record name", for error messages
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
 def _strip_gz(path: Path) -> str:
     return path.name[:-3].lower() if path.name.lower().endswith(".gz") else path.name.lower()
 
@@ -375,7 +368,7 @@ def read_csv_rows(path: Path, sequence_column: str = "sequence", label_column: s
     delimiter = "\t" if _strip_gz(path).endswith(".tsv") else ","
     rows = []
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             reader = csv.DictReader(f, delimiter=delimiter)
             columns = reader.fieldnames or []
             for col in (sequence_column, label_column):
@@ -418,12 +411,12 @@ def read_class_folders(root: Path) -> list[_Row]:
         if not files:
             raise InputError(f"{root / name}: class folder holds no files")
         for file in files:
-            with _open_text(file) as f:
+            with open_text(file) as f:
                 head = f.read(1)
             if head == ">":
                 rows.extend(_Row(r.sequence, name, r.where) for r in read_fasta_rows_unlabeled(file))
                 continue
-            with _open_text(file) as f:
+            with open_text(file) as f:
                 for line_no, line in enumerate(f, 1):
                     if line.strip():
                         rows.append(_Row(line.strip(), name, f"{file}:{line_no}"))

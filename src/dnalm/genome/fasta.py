@@ -52,6 +52,7 @@ from typing import BinaryIO
 import numpy as np
 
 from dnalm.errors import InputError
+from dnalm.utils import GZIP_MAGIC
 
 __all__ = ["IUPAC", "FastaIndex", "FastaRecord", "compression", "iter_records", "read_lengths"]
 
@@ -63,7 +64,6 @@ _ALLOWED = IUPAC + IUPAC.lower() + _WHITESPACE
 _VALID = np.zeros(256, dtype=bool)
 _VALID[np.frombuffer(_ALLOWED, dtype=np.uint8)] = True
 _BLOCK = 1 << 22
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,7 @@ def compression(path: str | os.PathLike) -> str:
     read from the first bytes of the file."""
     with _open_raw(path) as f:
         head = f.read(18)
-    if not head.startswith(_GZIP_MAGIC):
+    if not head.startswith(GZIP_MAGIC):
         return "plain"
     flags = head[3] if len(head) > 3 else 0
     if flags & 4 and len(head) >= 16 and head[12:14] == b"BC":
@@ -108,7 +108,7 @@ def _open_text_stream(path: str | os.PathLike) -> tuple[BinaryIO, bool]:
     raw = _open_raw(path)
     magic = raw.read(2)
     raw.seek(0)
-    if magic == _GZIP_MAGIC:
+    if magic == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=raw, mode="rb"), True  # type: ignore[return-value]
     return raw, False
 

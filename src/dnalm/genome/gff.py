@@ -54,8 +54,6 @@ so cross-seqid links behave as within one seqid.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 import tempfile
@@ -69,6 +67,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from dnalm.errors import InputError
+from dnalm.utils import open_text
 
 __all__ = [
     "CDS_TYPES", "EXON_TYPES", "GENE_TYPES", "INTRON_TYPES", "OTHER_KNOWN_TYPES", "PROMOTER_TYPES",
@@ -117,7 +116,6 @@ OTHER_KNOWN_TYPES = frozenset({
 
 _STRANDS = frozenset("+-.?")
 _PHASES = {".": None, "0": 0, "1": 1, "2": 2}
-_GZIP_MAGIC = b"\x1f\x8b"
 _PART_TYPES = CDS_TYPES | EXON_TYPES | UTR_TYPES
 _FRAGMENT_ROWS = 1 << 16
 _NO_LINE = np.iinfo(np.int64).max
@@ -560,21 +558,8 @@ class GffIndex:
         return f"Parent '{name}' of {described} is not defined (no feature has ID={name})"
 
 
-def _open_text(path: str | os.PathLike) -> io.TextIOBase:
-    try:
-        raw = open(path, "rb")
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a GFF3 file") from None
-    magic = raw.read(2)
-    raw.seek(0)
-    stream = gzip.GzipFile(fileobj=raw, mode="rb") if magic == _GZIP_MAGIC else raw
-    return io.TextIOWrapper(stream, encoding="utf-8", errors="replace")  # type: ignore[arg-type]
-
-
 def _lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    with _open_text(path) as f:
+    with open_text(path, what="GFF3 file", errors="replace", newline=None) as f:
         lineno = 0
         try:
             for lineno, line in enumerate(f, 1):  # noqa: B007

@@ -9,19 +9,17 @@
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
 from dnalm.errors import InputError
-from dnalm.utils import atomic_file
+from dnalm.utils import atomic_file, open_text
 
 #: Column names accepted for the sequence and the identifier in a CSV/TSV input.
 SEQUENCE_COLUMNS = ("sequence", "seq")
@@ -35,22 +33,6 @@ class NamedSequence:
     id: str
     seq: str
     where: str
-
-
-def open_text(path: str | os.PathLike) -> TextIO:
-    """A text stream of ``path``, decompressed when it starts with the gzip magic bytes."""
-    try:
-        raw = open(path, "rb")
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a file") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    magic = raw.read(2)
-    raw.seek(0)
-    stream = gzip.GzipFile(fileobj=raw, mode="rb") if magic == b"\x1f\x8b" else raw
-    return io.TextIOWrapper(stream, encoding="utf-8", errors="strict", newline="")  # type: ignore[arg-type]
 
 
 def _first_char(path: str | os.PathLike) -> str:
