@@ -64,7 +64,7 @@ def test_epoch_metrics_over_all_batches_without_padding_rows(C: int) -> None:
     else:
         auroc = skm.roc_auc_score(y, probs, multi_class="ovr")
     assert got["auroc"] == pytest.approx(auroc, abs=1e-6)
-    ce = torch.nn.functional.cross_entropy(logits, torch.as_tensor(y))
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor(y))
     assert got["loss"] == pytest.approx(float(ce), rel=1e-5)
     assert len({round(got[k], 6) for k in ("accuracy", "mcc", "auroc")}) == 3
 
@@ -191,20 +191,27 @@ FAST = ["trainer.progress_bar=false", "trainer.accelerator=cpu", "optim.weight_d
         "trainer.log_every_n_steps=1"]
 
 
-def _predict(model, csv_path, tokenizer) -> tuple[torch.Tensor, np.ndarray]:
+def _predict(model, csv_path, tokenizer, strand: str = "+") -> tuple[torch.Tensor, np.ndarray]:
     import pandas as pd
 
     from dnalm.data.datasets import LabeledCollator
 
     df = pd.read_csv(csv_path)
-    items = [{"input_ids": torch.as_tensor(tokenizer.encode(s)), "labels": torch.tensor(0)} for s in df["sequence"]]
+    seqs = list(df["sequence"])
+    if strand == "-":
+        seqs = [s.translate(str.maketrans("ACGT", "TGCA"))[::-1] for s in seqs]
+    items = [{"input_ids": torch.as_tensor(tokenizer.encode(s)), "labels": torch.tensor(0)} for s in seqs]
     batch = LabeledCollator()(items)
     with torch.no_grad():
         out = model.eval()(batch["input_ids"], batch["attention_mask"])
     return out, df["label"].to_numpy()
 
 
-def test_finetune_classification_reaches_mcc(tmp_path, tiny_checkpoint, motif_data) -> None:
+@pytest.mark.parametrize("rc_eval", [False, True])
+def test_finetune_classification_reaches_mcc(tmp_path, tiny_checkpoint, motif_data, rc_eval: bool) -> None:
+    """Test metrics of the saved model recomputed outside dnalm; with ``data.rc_eval`` dev and test are scored
+    on both strands (trained with reverse-complement augmentation): the mean of the two strands' class
+    log-probabilities."""
     import json
 
     from dnalm.cli import run
@@ -213,14 +220,22 @@ def test_finetune_classification_reaches_mcc(tmp_path, tiny_checkpoint, motif_da
 
     out = tmp_path / "run"
     assert run(["finetune", f"checkpoint={tiny_checkpoint}", f"data.path={motif_data}", f"out={out}",
-                "trainer.max_epochs=4", "optim.lr=5e-3", "data.batch_size=16", *FAST]) == 0
+                "trainer.max_epochs=4", "optim.lr=5e-3", "data.batch_size=16", f"data.rc_eval={rc_eval}",
+                f"data.rc_aug={rc_eval}", *FAST]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] <= 64 and metrics["monitor"] == "val/mcc"
     assert metrics["test"]["mcc"] > 0.5 and metrics["dev"]["mcc"] == pytest.approx(metrics["best_score"])
     assert metrics["classes"] == ["0", "1"] and metrics["test"]["n"] == 64
     # the saved model reproduces the reported test metrics (independent MCC and AUROC from scikit-learn)
     model = load_classifier(out / "model")
-    logits, y = _predict(model, motif_data / "test.csv", load_tokenizer(out / "model"))
+    tokenizer = load_tokenizer(out / "model")
+    logits, y = _predict(model, motif_data / "test.csv", tokenizer)
+    if rc_eval:
+        reverse, _ = _predict(model, motif_data / "test.csv", tokenizer, strand="-")
+        assert not torch.allclose(logits.log_softmax(-1), reverse.log_softmax(-1), atol=1e-3)
+        logits = (logits.log_softmax(-1) + reverse.log_softmax(-1)) / 2
+        ce = torch.nn.functional.cross_entropy(logits, torch.tensor(y))
+        assert metrics["test"]["loss"] == pytest.approx(float(ce), rel=1e-5)
     assert metrics["test"]["mcc"] == pytest.approx(skm.matthews_corrcoef(y, logits.argmax(1).numpy()), abs=1e-6)
     margin = (logits[:, 1] - logits[:, 0]).numpy()
     assert metrics["test"]["auroc"] == pytest.approx(skm.roc_auc_score(y, margin), abs=1e-5)

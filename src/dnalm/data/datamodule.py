@@ -277,6 +277,8 @@ class LabeledDataConfig:
     ``path`` is a folder with ``train``/``dev``/``test`` files (GUE: ``train.csv``, ``dev.csv``,
     ``test.csv``; ``val``/``valid`` count as dev; each may also be a labeled FASTA or a folder of
     class folders) or the training file itself, with ``dev``/``test`` given separately.
+    ``rc_eval``: dev and test batches also carry the reverse complements (``rc_input_ids``), which the
+    task module scores too and averages with the forward strand.
     """
 
     path: str
@@ -294,6 +296,7 @@ class LabeledDataConfig:
     max_length: int | None = None
     rc_aug: bool = False
     rc_prob: float = 0.5
+    rc_eval: bool = False
     shuffle: bool = True
     seed: int = 0
 
@@ -334,7 +337,7 @@ class LabeledDataModule(L.LightningDataModule):
             self._datasets[split] = None if path is None else LabeledSequenceDataset.from_path(
                 path, self.tokenizer, task=c.task, classes=classes, sequence_column=c.sequence_column,
                 label_column=c.label_column, rc_aug=c.rc_aug and split == "train", rc_prob=c.rc_prob,
-                seed=c.seed, max_length=c.max_length)
+                seed=c.seed, max_length=c.max_length, rc_both=c.rc_eval and split != "train")
         return self._datasets[split]
 
     @property

@@ -496,12 +496,14 @@ class LabeledSequenceDataset(torch.utils.data.Dataset):
 
     With ``rc_aug`` the sequence is reverse complemented (as a string, before tokenising, so it
     works with every tokenizer) with probability ``rc_prob``, a function of ``(seed, epoch, index)``.
+    With ``rc_both`` every item also carries ``rc_input_ids``, the tokens of its reverse complement, so that
+    a model can be scored on both strands (:class:`~dnalm.training.classify.SequenceTaskModule`).
     """
 
     def __init__(self, sequences: Sequence[str], labels: np.ndarray, tokenizer: SequenceTokenizer,
                  task: str = "classification", classes: Sequence[str] | None = None, rc_aug: bool = False,
                  rc_prob: float = 0.5, seed: int = 0, max_length: int | None = None,
-                 where: Sequence[str] | None = None):
+                 where: Sequence[str] | None = None, rc_both: bool = False):
         if task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         if len(sequences) != len(labels):
@@ -511,7 +513,7 @@ class LabeledSequenceDataset(torch.utils.data.Dataset):
         self.tokenizer, self.task = tokenizer, task
         self.classes = list(classes) if classes is not None else None
         self.rc_aug, self.rc_prob, self.seed, self.epoch = rc_aug, float(rc_prob), int(seed), 0
-        self.max_length = max_length
+        self.max_length, self.rc_both = max_length, bool(rc_both)
         self.where = list(where) if where is not None else [f"sequence {i}" for i in range(len(self.sequences))]
         for seq, w in zip(self.sequences, self.where):
             if not seq:
@@ -553,13 +555,19 @@ class LabeledSequenceDataset(torch.utils.data.Dataset):
             epoch = self.epoch if epoch is None else epoch
             if hash_uniform(self.seed, epoch, 2, index) < self.rc_prob:
                 seq = reverse_complement(seq)
+        item = {"input_ids": self._encode(seq, index), "labels": torch.tensor(self.labels[index])}
+        if self.rc_both:
+            item["rc_input_ids"] = self._encode(reverse_complement(seq), index)
+        return item
+
+    def _encode(self, seq: str, index: int) -> torch.Tensor:
         try:
             ids = np.asarray(self.tokenizer.encode(seq), dtype=np.int64)
         except InputError as exc:
             raise InputError(f"{self.where[index]}: {exc}") from None
         if self.max_length is not None:
             ids = ids[: self.max_length]
-        return {"input_ids": torch.from_numpy(ids), "labels": torch.tensor(self.labels[index])}
+        return torch.from_numpy(ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.item(int(index))
@@ -574,7 +582,8 @@ class LabeledCollator:
     Returns ``input_ids`` ``(B, T)`` int64 padded with ``pad_id`` on ``padding_side``,
     ``attention_mask`` ``(B, T)`` int64 (1 on tokens), ``labels`` ``(B,)`` (int64 classes or float32
     targets) and ``lengths`` ``(B,)`` int64. ``T`` is the longest item, rounded up to
-    ``pad_to_multiple_of``.
+    ``pad_to_multiple_of``. Items with ``rc_input_ids`` add ``rc_input_ids`` and ``rc_attention_mask``,
+    padded alike.
     """
 
     def __init__(self, pad_id: int = PAD_ID, padding_side: str = "right", pad_to_multiple_of: int | None = None):
@@ -582,20 +591,27 @@ class LabeledCollator:
             raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.pad_id, self.padding_side, self.multiple = pad_id, padding_side, pad_to_multiple_of
 
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        lengths = torch.tensor([len(it["input_ids"]) for it in items], dtype=torch.int64)
-        T = int(lengths.max()) if len(items) else 0
+    def _pad(self, seqs: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+        T = int(lengths.max()) if len(seqs) else 0
         if self.multiple:
             T = -(-T // self.multiple) * self.multiple
-        ids = torch.full((len(items), T), self.pad_id, dtype=torch.int64)
-        mask = torch.zeros((len(items), T), dtype=torch.int64)
-        for i, it in enumerate(items):
+        ids = torch.full((len(seqs), T), self.pad_id, dtype=torch.int64)
+        mask = torch.zeros((len(seqs), T), dtype=torch.int64)
+        for i, s in enumerate(seqs):
             n = int(lengths[i])
             cols = slice(0, n) if self.padding_side == "right" else slice(T - n, T)
-            ids[i, cols] = torch.as_tensor(it["input_ids"])
+            ids[i, cols] = torch.as_tensor(s)
             mask[i, cols] = 1
+        return ids, mask, lengths
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids, mask, lengths = self._pad([it["input_ids"] for it in items])
         labels = torch.stack([torch.as_tensor(it["labels"]) for it in items])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "lengths": lengths}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "lengths": lengths}
+        if items and "rc_input_ids" in items[0]:
+            batch["rc_input_ids"], batch["rc_attention_mask"], _ = self._pad([it["rc_input_ids"] for it in items])
+        return batch
 
 
 def iter_split_files(root: str | os.PathLike) -> Iterator[tuple[str, Path]]:

@@ -63,6 +63,19 @@ def regression_metrics(preds: Tensor, targets: Tensor) -> dict[str, float]:
     return out
 
 
+def both_strands(forward: Tensor, reverse: Tensor, task: str) -> Tensor:
+    """Combine a model's outputs on a sequence and on its reverse complement.
+
+    Classification: the mean of the two strands' class log-probabilities (a normalised geometric mean of
+    the probabilities; returned as logits, so that softmax and cross-entropy apply unchanged); regression:
+    the mean of the outputs. Scoring both strands of a model trained with reverse-complement augmentation
+    is the "post-hoc conjoining" of Schiff et al. 2024 (Caduceus).
+    """
+    if task == "classification":
+        return 0.5 * (forward.float().log_softmax(-1) + reverse.float().log_softmax(-1))
+    return 0.5 * (forward + reverse)
+
+
 def finetune_param_groups(model: SequenceClassifier, lr: float, weight_decay: float, head_lr: float | None = None,
                           filter_lr: float | None = None, filter_weight_decay: float = 0.0,
                           layer_decay: float = 1.0) -> list[dict[str, Any]]:
@@ -104,6 +117,8 @@ class SequenceTaskModule(L.LightningModule):
     """Lightning shell around a :class:`SequenceClassifier` (see the module docstring).
 
     Batches: ``input_ids`` (B, T), ``attention_mask`` (B, T), ``labels`` (B,) and optionally ``padding`` (B,).
+    Validation and test batches with ``rc_input_ids`` (and ``rc_attention_mask``) are scored on both
+    strands (:func:`both_strands`).
     ``optimizer_factory(model)`` returns what ``configure_optimizers`` should return; the default is
     AdamW over :func:`finetune_param_groups` with lr 1e-3 and no weight decay.
     After each validation/test epoch the metrics are in ``self.last_metrics[stage]``.
@@ -144,6 +159,8 @@ class SequenceTaskModule(L.LightningModule):
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         out = self.model(batch["input_ids"], batch.get("attention_mask"))
+        if "rc_input_ids" in batch:
+            out = both_strands(out, self.model(batch["rc_input_ids"], batch.get("rc_attention_mask")), self.task)
         labels = batch["labels"]
         keep = self._keep(batch)
         if keep is not None:
