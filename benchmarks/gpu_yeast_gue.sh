@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session: yeast pretraining (tiny, small and a wider small, side by side), GUE fine-tuning from scratch
-# (prom_core_all and tf/0, 3 seeds each), the genome benchmark and report of the yeast models, and the
+# (prom_core_all and tf/0, 3 seeds each, scored on both strands), the genome benchmark and report of the yeast models, and the
 # inference benchmark. Results are packed into $OUT/results.tgz after every stage.
 #   DATA=dir-with-yeast_r64-and-gue OUT=dir bash benchmarks/gpu_yeast_gue.sh
 # Environment: TRAIN_TIME (DD:HH:MM:SS per yeast run), STEPS, GUE_TIME, GUE_EPOCHS, BENCH_BUDGET (s),
@@ -14,7 +14,7 @@ R=runs/gpu
 TRAIN_TIME=${TRAIN_TIME:-00:00:04:00}
 STEPS=${STEPS:-6000}
 GUE_TIME=${GUE_TIME:-00:00:04:00}
-GUE_EPOCHS=${GUE_EPOCHS:-8}
+GUE_EPOCHS=${GUE_EPOCHS:-10}
 EXTRA=${EXTRA:-}
 mkdir -p "$R" "$OUT"
 T0=$(date +%s)
@@ -53,7 +53,7 @@ for task in gue_prom_core_all gue_tf0; do
   for seed in 0 1 2; do
     dnalm finetune checkpoint=$R/scratch task=$task data_root="$DATA" out=$R/$task/seed$seed seed=$seed \
       trainer=gpu trainer.max_epochs=$GUE_EPOCHS trainer.max_time=$GUE_TIME trainer.progress_bar=false \
-      optim.lr=1e-3 optim.weight_decay=0.1 data.rc_aug=true task.patience=3 save_model=false \
+      optim.lr=1e-3 optim.weight_decay=0.1 data.rc_aug=true data.rc_eval=true task.patience=3 save_model=false \
       $EXTRA ${GUE_EXTRA:-} > $R/${task}_seed$seed.log 2>&1 &
   done
 done
