@@ -162,7 +162,9 @@ def test_sequence_length_warmup_switches_windows_and_accumulation(prepared, tmp_
     lr = column(tmp_path / "staged", "train/lr")
     assert lr[4] == pytest.approx(LR * warmup_cosine(4, 5, WARMUP, 0.1), rel=1e-6)
     assert read_pretrained_info(result.model_dir)["config"]["l_max"] == 130
-    test = json.loads((tmp_path / "staged" / "metrics.json").read_text())["test"]
+    metrics = json.loads((tmp_path / "staged" / "metrics.json").read_text())
+    test = metrics["test"]
+    assert metrics["test_model"] == "best" and metrics["best"]["step"] is not None
     assert test["bits_per_base"] == pytest.approx(test["loss"] / math.log(2)) and 0 < test["acc"] < 1
 
 

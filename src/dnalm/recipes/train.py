@@ -11,7 +11,8 @@ into ``data.cache`` and reused by later runs. Everything goes to the run directo
     checkpoints/         step-NNNNNNNN/ full checkpoints (newest checkpoint.keep) and a 'last' link
     best/                the model with the best validation loss (dnalm format)
     model/               the final model (dnalm format: model.safetensors, config.json, tokenizer.json)
-    metrics.json         final step, best and last validation (and test) metrics
+    metrics.json         final step, best and last validation metrics; with ``test=true`` the test metrics
+                         of best/ (the checkpoint chosen on validation; model/ without one), ``test_model``
 
 ``resume=auto`` (default) continues from the newest complete checkpoint of the run directory, with
 the same data order, schedule and dropout masks; ``resume=never`` refuses a run directory that holds
@@ -473,10 +474,13 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     model_dir = run_dir / "model"
     trainer.save_checkpoint(model_dir, weights_only=True, storage_options={"extra": ckpt.best_extra()})
     if top.test and dm.dataset("test") is not None:
-        # a fresh module around the saved final model: a sharded (FSDP) module is not reusable after fit
-        final = NextTokenLM(load_pretrained(model_dir), p.optim, total, region_classes=prepared.region_classes)
+        # the model chosen on validation (best/), else the final one; a fresh module around the saved
+        # weights: a sharded (FSDP) module is not reusable after fit
+        tested = run_dir / "best" if ckpt.best_step is not None and (run_dir / "best").is_dir() else model_dir
+        final = NextTokenLM(load_pretrained(tested), p.optim, total, region_classes=prepared.region_classes)
         trainer.test(final, datamodule=dm, verbose=False)
         metrics["test"] = final.last_metrics.get("test")
+        metrics["test_model"] = tested.name
     if trainer.is_global_zero:
         with atomic_file(run_dir / "metrics.json") as tmp:
             tmp.write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
