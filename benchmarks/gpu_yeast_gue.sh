@@ -64,7 +64,7 @@ fi
 
 if want benchmark; then
 stamp benchmark yeast models
-dnalm benchmark prepared=$R/yeast_prepared "models=[$R/yeast_wide/best,$R/yeast_small/best,$R/yeast_tiny/best]" \
+dnalm benchmark prepared=$R/yeast_prepared "models=[$R/yeast_wide/model,$R/yeast_small/model,$R/yeast_tiny/model]" \
   out=$R/benchmark ${BENCH_EXTRA:-} > $R/benchmark.log 2>&1
 pack
 fi

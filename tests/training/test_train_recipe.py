@@ -94,17 +94,29 @@ def test_validation_loss_falls_and_outputs_are_complete(trained, prepared):
     for name in ("model", "best", "checkpoints/last"):
         assert isinstance(load_pretrained(trained / name), torch.nn.Module)
         assert (trained / name / "tokenizer.json").is_file()
-    final = load_pretrained(trained / "model").state_dict()
-    last = load_pretrained(trained / "checkpoints" / "last").state_dict()
-    assert all(torch.equal(final[k], last[k]) for k in final)
+    # model/ holds the weights chosen on validation (a copy of best/); the final ones are checkpoints/last
+    model = load_pretrained(trained / "model").state_dict()
+    best = load_pretrained(trained / "best").state_dict()
+    assert all(torch.equal(model[k], best[k]) for k in model)
     info = read_pretrained_info(trained / "best")["extra"]
     assert info["best"]["val/loss"] == pytest.approx(min(losses), rel=1e-6)
-    assert read_pretrained_info(trained / "model")["extra"]["global_step"] == STEPS
+    assert read_pretrained_info(trained / "model")["extra"] == info
     summary = json.loads((trained / "metrics.json").read_text())
     assert summary["global_step"] == STEPS and summary["total_steps"] == STEPS
+    assert summary["model"] == f"best (step {info['best']['step']})"
+    assert read_pretrained_info(trained / "checkpoints" / "last")["extra"]["global_step"] == STEPS
     config = (trained / "config.yaml").read_text()
     assert f"prepared: {prepared}" in config and "name: hyena_demo" in config
     assert (trained / "metrics.csv").is_file() and not (trained / "tensorboard").exists()
+
+
+def test_without_best_the_model_is_the_final_weights(prepared, tmp_path):
+    out = tmp_path / "nobest"
+    assert cli_run(["train", *overrides(prepared, out, "checkpoint.save_best=false", "trainer.max_steps=4")]) == 0
+    model = load_pretrained(out / "model").state_dict()
+    last = load_pretrained(out / "checkpoints" / "last").state_dict()
+    assert all(torch.equal(model[k], last[k]) for k in model) and not (out / "best").exists()
+    assert json.loads((out / "metrics.json").read_text())["model"] == "final (step 4)"
 
 
 def test_killed_run_resumes_to_the_same_model(trained, prepared, tmp_path):
@@ -164,7 +176,7 @@ def test_sequence_length_warmup_switches_windows_and_accumulation(prepared, tmp_
     assert read_pretrained_info(result.model_dir)["config"]["l_max"] == 130
     metrics = json.loads((tmp_path / "staged" / "metrics.json").read_text())
     test = metrics["test"]
-    assert metrics["test_model"] == "best" and metrics["best"]["step"] is not None
+    assert metrics["model"] == f"best (step {metrics['best']['step']})"
     assert test["bits_per_base"] == pytest.approx(test["loss"] / math.log(2)) and 0 < test["acc"] < 1
 
 

@@ -10,9 +10,10 @@ into ``data.cache`` and reused by later runs. Everything goes to the run directo
     tensorboard/         TensorBoard logs (logger list: csv, tensorboard, wandb)
     checkpoints/         step-NNNNNNNN/ full checkpoints (newest checkpoint.keep) and a 'last' link
     best/                the model with the best validation loss (dnalm format)
-    model/               the final model (dnalm format: model.safetensors, config.json, tokenizer.json)
-    metrics.json         final step, best and last validation metrics; with ``test=true`` the test metrics
-                         of best/ (the checkpoint chosen on validation; model/ without one), ``test_model``
+    model/               the model to use (dnalm format: model.safetensors, config.json, tokenizer.json):
+                         a copy of best/, or the final weights when nothing was validated
+    metrics.json         final step, best and last validation metrics, which weights model/ holds
+                         (``model``) and, with ``test=true``, the test metrics of model/
 
 ``resume=auto`` (default) continues from the newest complete checkpoint of the run directory, with
 the same data order, schedule and dropout masks; ``resume=never`` refuses a run directory that holds
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError, InputError
-from dnalm.utils import atomic_file, json_safe
+from dnalm.utils import atomic_dir, atomic_file, json_safe
 
 GROUPS = ("model", "data", "trainer", "optim")
 DATA_SOURCE_KEYS = ("prepared", "cache", "source", "synthetic")
@@ -472,15 +474,22 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         return TrainResult(run_dir, None, trainer.global_step, trainer.current_epoch, total, resume, metrics)
     ckpt.save_last(trainer)
     model_dir = run_dir / "model"
-    trainer.save_checkpoint(model_dir, weights_only=True, storage_options={"extra": ckpt.best_extra()})
+    best_dir = run_dir / "best"
+    if ckpt.best_step is not None and best_dir.is_dir():
+        # the model to use is the one chosen on validation; the final weights stay in checkpoints/last
+        if trainer.is_global_zero:
+            with atomic_dir(model_dir) as tmp:
+                shutil.copytree(best_dir, tmp, dirs_exist_ok=True)
+        trainer.strategy.barrier("model")
+        metrics["model"] = f"best (step {ckpt.best_step})"
+    else:
+        trainer.save_checkpoint(model_dir, weights_only=True, storage_options={"extra": ckpt.best_extra()})
+        metrics["model"] = f"final (step {trainer.global_step})"
     if top.test and dm.dataset("test") is not None:
-        # the model chosen on validation (best/), else the final one; a fresh module around the saved
-        # weights: a sharded (FSDP) module is not reusable after fit
-        tested = run_dir / "best" if ckpt.best_step is not None and (run_dir / "best").is_dir() else model_dir
-        final = NextTokenLM(load_pretrained(tested), p.optim, total, region_classes=prepared.region_classes)
+        # a fresh module around the saved model: a sharded (FSDP) module is not reusable after fit
+        final = NextTokenLM(load_pretrained(model_dir), p.optim, total, region_classes=prepared.region_classes)
         trainer.test(final, datamodule=dm, verbose=False)
         metrics["test"] = final.last_metrics.get("test")
-        metrics["test_model"] = tested.name
     if trainer.is_global_zero:
         with atomic_file(run_dir / "metrics.json") as tmp:
             tmp.write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
