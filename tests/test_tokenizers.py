@@ -32,6 +32,7 @@ from dnalm.tokenizers import (
     bases_to_ids,
     build_tokenizer,
     load_tokenizer,
+    reverse_complement,
     reverse_complement_ids,
     tokenizer_from_config,
 )
@@ -296,6 +297,15 @@ def test_reverse_complement_ids():
     batch = np.array([[7, 8], [9, 10]], dtype=np.uint8)
     assert reverse_complement_ids(batch).tolist() == [[9, 10], [7, 8]]
     assert reverse_complement_ids(batch).dtype == np.uint8
+
+
+def test_reverse_complement_string_agrees_with_ids():
+    assert reverse_complement("AcgTNryU") == "AryNAcgT"  # IUPAC codes complemented, case kept, U as T
+    rng = np.random.default_rng(0)
+    tok = CharTokenizer(add_eos=False)
+    for n in (1, 7, 100):
+        seq = "".join(rng.choice(list("ACGTN"), n))
+        assert tok.encode(reverse_complement(seq)).tolist() == reverse_complement_ids(tok.encode(seq)).tolist()
 
 
 # ------------------------------------------------------------------------------------------ k-mers

@@ -179,6 +179,14 @@ def bases_to_ids(raw: str | bytes | np.ndarray, where: str = "sequence") -> tupl
     return ids, _translate(codes, _LOWERCASE, None, where).view(bool)
 
 
+_COMPLEMENT_CHARS = str.maketrans("ACGTUNRYSWKMBDHVacgtunryswkmbdhv", "TGCAANYRSWMKVHDBtgcaanyrswmkvhdb")
+
+
+def reverse_complement(seq: str) -> str:
+    """Reverse complement of a DNA string (IUPAC codes complemented, U read as T, case kept)."""
+    return seq.translate(_COMPLEMENT_CHARS)[::-1]
+
+
 def reverse_complement_ids(ids: np.ndarray) -> np.ndarray:
     """Reverse complement of character-level ids ``(..., L)`` (specials keep their id)."""
     return COMPLEMENT_IDS[np.asarray(ids)[..., ::-1]].astype(np.asarray(ids).dtype)

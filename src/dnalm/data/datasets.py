@@ -31,7 +31,7 @@ import torch
 from dnalm.data.prepared import PreparedGenome
 from dnalm.errors import ConfigError, InputError
 from dnalm.genome.regions import CLASS_MASK
-from dnalm.tokenizers import A_ID, EOS_ID, N_ID, PAD_ID, T_ID
+from dnalm.tokenizers import A_ID, EOS_ID, N_ID, PAD_ID, T_ID, reverse_complement
 from dnalm.utils import open_text
 
 IGNORE_REGION = -1
@@ -341,15 +341,9 @@ class SequenceTokenizer(Protocol):
     def encode(self, seq: str) -> Any: ...
 
 
-_COMPLEMENT_CHARS = str.maketrans("ACGTUNRYSWKMBDHVacgtunryswkmbdhv", "TGCAANYRSWMKVHDBtgcaanyrswmkvhdb")
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fas")
 CSV_SUFFIXES = (".csv", ".tsv")
 TASKS = ("classification", "regression")
-
-
-def reverse_complement(seq: str) -> str:
-    """Reverse complement of a DNA string (IUPAC codes complemented, case kept)."""
-    return seq.translate(_COMPLEMENT_CHARS)[::-1]
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,10 @@ from dnalm.errors import ConfigError, InputError
 from dnalm.genome.fasta import FastaIndex
 from dnalm.inference.io import data_lines
 from dnalm.inference.scoring import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, encode_sequence, score_sequences
+from dnalm.tokenizers import reverse_complement
 from dnalm.utils import atomic_file
 
 _ALLELE = re.compile(r"^[ACGTNacgtn]+$")
-_COMPLEMENT = str.maketrans("ACGTNacgtn", "TGCANtgcan")
 #: Mismatches listed in the error message.
 SHOWN_MISMATCHES = 5
 
@@ -220,11 +220,6 @@ def variant_windows(variant: Variant, genome: FastaIndex, window: int) -> tuple[
     right = genome.fetch(variant.chrom, after, min(after + max(need, 0), length)).upper()
     alt_window = (left + variant.alt + right)[:W]
     return start, ref_window, alt_window
-
-
-def reverse_complement(seq: str) -> str:
-    """Reverse complement of an A/C/G/T/N string."""
-    return seq.translate(_COMPLEMENT)[::-1]
 
 
 def score_variants(model, tokenizer, variants: Sequence[Variant], genome: FastaIndex, window: int = 8192,
