@@ -25,6 +25,16 @@ pack() { tar czf "$OUT/results.tgz.tmp" --exclude='*.ckpt' --exclude='checkpoint
            --exclude='tokens.u8' --exclude='regions.u8' -C "$R" . 2>/dev/null && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
 dnalm() { python3 -c 'import sys; from dnalm.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
 
+# every module the stages import, checked before the GPU time is spent
+python3 - <<'PREFLIGHT' || exit 1
+import importlib.util
+need = ["hydra", "omegaconf", "lightning", "torchmetrics", "pyfaidx", "sklearn", "scipy", "pandas", "pyarrow",
+        "matplotlib", "logomaker", "optuna", "safetensors", "tokenizers"]
+missing = [m for m in need if importlib.util.find_spec(m) is None]
+if missing:
+    raise SystemExit(f"missing Python modules: {', '.join(missing)} (bring them as wheels)")
+PREFLIGHT
+
 if want train; then
 stamp prepare yeast
 dnalm prepare genome="$DATA/yeast_r64/GCA_000146045.2_R64_genomic.fna.gz" \

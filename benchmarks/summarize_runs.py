@@ -15,24 +15,32 @@ import statistics
 import sys
 from pathlib import Path
 
+import torch
+
 from dnalm.models.blocks import count_parameters
-from dnalm.models.io import load_pretrained
+from dnalm.models.hyena import HyenaConfig, HyenaLM
+from dnalm.models.io import read_pretrained_info
+
+
+def _shell(model_dir: Path) -> HyenaLM:
+    """The saved Hyena model's architecture, without its weights (which need not have been kept)."""
+    return HyenaLM(HyenaConfig(**read_pretrained_info(model_dir)["config"]), device=torch.device("meta"))
 
 
 def yeast_table(root: Path) -> list[str]:
-    rows = ["| run | parameters | steps | training s | best step | val bits/base (best) | test bits/base | tested |",
+    rows = ["| run | parameters | steps | training s | best step | val bits/base (best) | test bits/base | model/ holds |",
             "|---|---|---|---|---|---|---|---|"]
     for path in sorted(root.glob("yeast_*/metrics.json")):
         m = json.loads(path.read_text())
         model = path.parent / "model"
-        params = f"{count_parameters(load_pretrained(model)):,}" if model.is_dir() else ""
+        params = f"{count_parameters(_shell(model)):,}" if (model / "config.json").is_file() else ""
         best = m.get("best", {})
         val_bpb = best.get("val/loss")
         val_bpb = f"{val_bpb / 0.6931471805599453:.4f}" if val_bpb is not None else "-"
         test = (m.get("test") or {}).get("bits_per_base")
         rows.append(f"| {path.parent.name.removeprefix('yeast_')} | {params} | {m['global_step']} | "
                     f"{m['train_seconds']:.0f} | {best.get('step')} | {val_bpb} | "
-                    f"{'-' if test is None else f'{test:.4f}'} | {m.get('test_model', 'model')} |")
+                    f"{'-' if test is None else f'{test:.4f}'} | {m.get('model', '-')} |")
     return rows
 
 
