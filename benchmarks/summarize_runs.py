@@ -28,8 +28,8 @@ def _shell(model_dir: Path) -> HyenaLM:
 
 
 def yeast_table(root: Path) -> list[str]:
-    rows = ["| run | parameters | steps | training s | best step | val bits/base (best) | test bits/base | model/ holds |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | parameters | steps | training s | best step | val bits/base (best) | test bits/base "
+            "| model/ holds |", "|---|---|---|---|---|---|---|---|"]
     for path in sorted(root.glob("yeast_*/metrics.json")):
         m = json.loads(path.read_text())
         model = path.parent / "model"
