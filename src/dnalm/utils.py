@@ -104,6 +104,21 @@ def json_safe(obj: Any) -> Any:
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+def open_binary(path: str | os.PathLike, what: str = "file") -> io.BufferedReader:
+    """``open(path, "rb")`` whose failures (missing, a directory, unreadable) are one-line InputErrors naming
+    the path (``what``: the kind of file expected, for the message)."""
+    from dnalm.errors import InputError
+
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a {what}") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+
+
 def open_text(path: str | os.PathLike, what: str = "file", errors: str = "strict",
               newline: str | None = "") -> io.TextIOWrapper:
     """A UTF-8 text stream of ``path``, gunzipped when it starts with the gzip magic bytes (whatever its
@@ -111,16 +126,7 @@ def open_text(path: str | os.PathLike, what: str = "file", errors: str = "strict
     file expected, for the message). ``newline=""`` keeps line endings as they are (what csv needs)."""
     import gzip
 
-    from dnalm.errors import InputError
-
-    try:
-        raw = open(path, "rb")
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a {what}") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
+    raw = open_binary(path, what)
     magic = raw.read(2)
     raw.seek(0)
     stream = gzip.GzipFile(fileobj=raw, mode="rb") if magic == GZIP_MAGIC else raw

@@ -52,7 +52,7 @@ from typing import BinaryIO
 import numpy as np
 
 from dnalm.errors import InputError
-from dnalm.utils import GZIP_MAGIC
+from dnalm.utils import GZIP_MAGIC, open_binary
 
 __all__ = ["IUPAC", "FastaIndex", "FastaRecord", "compression", "iter_records", "read_lengths"]
 
@@ -93,14 +93,7 @@ def compression(path: str | os.PathLike) -> str:
 
 
 def _open_raw(path: str | os.PathLike) -> BinaryIO:
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a FASTA file") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
+    return open_binary(path, "FASTA file")
 
 
 def _open_text_stream(path: str | os.PathLike) -> tuple[BinaryIO, bool]:
