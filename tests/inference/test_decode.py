@@ -40,6 +40,29 @@ def test_operator_step_at_a_tensor_offset_equals_the_reference_step(model, promp
     torch.testing.assert_close(new_state.conv, ref_state.conv, **TOL)
 
 
+@pytest.mark.parametrize("tensor_offset", [False, True])
+def test_steps_after_a_prompt_use_its_precomputed_contribution(model, tensor_offset):
+    """After a forward with a state, a step adds the prompt's contribution computed once by FFT
+    (``HyenaState.pre``) to a sum over the positions written since; a second forward chunk recomputes
+    it. Outputs equal the stateless forward over the whole input (random inputs)."""
+    op = model.mixers[1]
+    u = torch.randn(2, 120, op.d_model, generator=torch.Generator().manual_seed(5))
+
+    def at(t: int):
+        return torch.tensor([t]) if tensor_offset else t
+
+    with torch.no_grad():
+        full = op(u)
+        state = op.allocate_state(2, 120)
+        outs = [op(u[:, :30], state, 0)]
+        assert state.prefix == 30 and state.pre.shape == (2, op.d_model, 90)
+        outs += [op.step(u[:, t:t + 1], state, at(t)) for t in range(30, 70)]
+        outs.append(op(u[:, 70:100], state, 70))
+        assert state.prefix == 100 and state.pre.shape == (2, op.d_model, 20)
+        outs += [op.step(u[:, t:t + 1], state, at(t)) for t in range(100, 120)]
+    torch.testing.assert_close(torch.cat(outs, 1), full, **TOL)
+
+
 def test_model_step_at_offset_equals_full_forward(model):
     """The step at position t consumes token t: its logits are the full forward's at t."""
     ids = torch.randint(0, 12, (2, 60), generator=torch.Generator().manual_seed(1))

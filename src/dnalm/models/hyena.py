@@ -248,12 +248,19 @@ class HyenaState:
     z: (B, D, max_len) every input ``v * x1`` of the long convolution so far;
     k_rev: (D, max_len) the filter reversed in time (``k_rev[:, max_len - 1 - j] = h[j]``), computed
     once at the first use and shared by all rows: the newest output of a step is then one
-    contiguous dot product of the history with ``k_rev[:, max_len - 1 - t:]``.
+    contiguous dot product of the history with ``k_rev[:, max_len - 1 - t:]``;
+    prefix, pre: the positions ``0 .. prefix-1`` written by the last full forward (the prompt) and
+    ``pre`` (B, D, max_len - prefix) float32, their contribution ``sum_{s<prefix} h[t-s] z_s`` to every
+    later position t, computed by one FFT after that forward: a step then sums over the positions
+    written since (O((t - prefix)·D)) instead of the whole history.
     """
 
     conv: Tensor
     z: Tensor
     k_rev: Tensor | None = field(default=None, init=False)
+    # per row (batch first, so that InferenceState.select keeps them with their rows); set by forward
+    prefix: int = 0
+    pre: Tensor | None = None
     # for steps at a tensor offset (static shapes, see HyenaOperator.step): the filter reversed and
     # zero-padded to 2 max_len - 1 taps, and arange(max_len)
     k_pad: Tensor | None = field(default=None, init=False)
@@ -317,7 +324,21 @@ class HyenaOperator(nn.Module):
             state.z[..., offset:end] = z
             k = self._state_filter(state)[:, state.z.shape[-1] - end:].flip(-1)  # h[0 .. end-1]
             y = fftconv_ref(state.z[..., :end].to(z.dtype), k, self.filter_fn.bias)[..., offset:]
+            self._set_prefix(state, end)
         return self.out_proj((y * x0).transpose(1, 2))
+
+    def _set_prefix(self, state: HyenaState, end: int) -> None:
+        """After a forward that wrote positions up to ``end``: the contribution of ``z_0 .. z_{end-1}``
+        to the positions ``end .. max_len-1`` (``state.pre``), by one FFT of size 2 max_len."""
+        M = state.z.shape[-1]
+        state.prefix, state.pre = end, None
+        if end >= M:
+            return
+        h = self._state_filter(state).flip(-1)  # h[0 .. M-1]
+        wide = torch.promote_types(h.dtype, torch.float32)
+        u = F.pad(state.z[..., :end].to(wide), (0, M - end))
+        y = fftconv_ref(u, h.to(wide), torch.zeros_like(self.filter_fn.bias, dtype=wide))
+        state.pre = y[..., end:].contiguous()
 
     def _state_filter(self, state: HyenaState) -> Tensor:
         """The reversed filter ``k_rev`` (D, max_len) of the state (computed at the first use)."""
@@ -354,10 +375,13 @@ class HyenaOperator(nn.Module):
         state.z[..., offset] = z
         k_rev = self._state_filter(state)
         wide = torch.promote_types(k_rev.dtype, torch.float32)
-        hist = state.z[..., : offset + 1].to(wide)  # (B, D, t+1): z_0 .. z_t
-        taps = k_rev[:, k_rev.shape[-1] - offset - 1:].to(wide)  # (D, t+1): h[t] .. h[0]
+        c = state.prefix if state.pre is not None and offset >= state.prefix else 0
+        hist = state.z[..., c: offset + 1].to(wide)  # (B, D, t+1-c): z_c .. z_t
+        taps = k_rev[:, k_rev.shape[-1] - (offset + 1 - c):].to(wide)  # (D, t+1-c): h[t-c] .. h[0]
         # one batched dot product per channel (no (B, D, t+1) temporary)
         y = torch.einsum("bdt,dt->bd", hist, taps) + z.float() * self.filter_fn.bias.float()
+        if c:
+            y = y + state.pre[..., offset - c]
         return self.out_proj((y.to(z.dtype) * x0)[:, None])
 
     def _step_gates(self, u: Tensor, state: HyenaState) -> tuple[Tensor, Tensor]:
@@ -383,8 +407,11 @@ class HyenaOperator(nn.Module):
             state.k_pad = torch.cat([k_rev, k_rev.new_zeros(k_rev.shape[0], M - 1)], dim=-1)
             state.lags = torch.arange(M, device=k_rev.device)
         wide = torch.promote_types(state.k_pad.dtype, torch.float32)
-        taps = state.k_pad.index_select(1, state.lags + (M - 1 - offset)).to(wide)  # (D, M)
-        y = torch.einsum("bdm,dm->bd", state.z.to(wide), taps) + z.float() * self.filter_fn.bias.float()
+        c = state.prefix if state.pre is not None else 0  # fixed for the life of a captured step
+        taps = state.k_pad.index_select(1, state.lags[c:] + (M - 1 - offset)).to(wide)  # (D, M - c)
+        y = torch.einsum("bdm,dm->bd", state.z[..., c:].to(wide), taps) + z.float() * self.filter_fn.bias.float()
+        if c:
+            y = y + state.pre.index_select(2, offset - c)[..., 0]
         return self.out_proj((y.to(z.dtype) * x0)[:, None])
 
 
