@@ -3,7 +3,8 @@
 # (prom_core_all and tf/0, 3 seeds each, scored on both strands), the genome benchmark and report of the yeast models, and the
 # inference benchmark. Results are packed into $OUT/results.tgz after every stage.
 #   DATA=dir-with-yeast_r64-and-gue OUT=dir bash benchmarks/gpu_yeast_gue.sh
-# Environment: TRAIN_TIME (DD:HH:MM:SS per yeast run), STEPS, GUE_TIME, GUE_EPOCHS, BENCH_BUDGET (s),
+# Environment: YEAST_RUNS (some of tiny,small,wide), GUE_TASKS (some of gue_prom_core_all,gue_tf0; empty: none),
+# TRAIN_TIME (DD:HH:MM:SS per yeast run), STEPS, GUE_TIME, GUE_EPOCHS, BENCH_BUDGET (s),
 # EXTRA (overrides for every train/finetune command, e.g. for a CPU smoke run), YEAST_EXTRA, GUE_EXTRA,
 # BENCH_EXTRA, INFER_ARGS; STAGES (default "train,benchmark,inference": run them in separate calls when one
 # command may not outlast ~10 minutes; runs/gpu stays on the machine between calls while it is held).
@@ -15,6 +16,8 @@ TRAIN_TIME=${TRAIN_TIME:-00:00:04:00}
 STEPS=${STEPS:-6000}
 GUE_TIME=${GUE_TIME:-00:00:04:00}
 GUE_EPOCHS=${GUE_EPOCHS:-10}
+YEAST_RUNS=${YEAST_RUNS:-tiny,small,wide}
+GUE_TASKS=${GUE_TASKS-gue_prom_core_all,gue_tf0}
 EXTRA=${EXTRA:-}
 mkdir -p "$R" "$OUT"
 T0=$(date +%s)
@@ -46,6 +49,7 @@ stamp train yeast tiny and small, GUE from scratch
 for run in "tiny:hyena_tiny:" "small:hyena_small:" \
            "wide:hyena_small:model.d_model=256 model.d_inner=1024 model.resid_dropout=0.2 model.embed_dropout=0.2"; do
   IFS=: read -r name experiment sizes <<< "$run"
+  [[ ",$YEAST_RUNS," == *",$name,"* ]] || continue
   dnalm train experiment=yeast/$experiment data.prepared=$R/yeast_prepared out=$R/yeast_$name $sizes \
     trainer.max_time=$TRAIN_TIME trainer.max_steps=$STEPS trainer.progress_bar=false optim.warmup_steps=300 \
     $EXTRA ${YEAST_EXTRA:-} > $R/yeast_$name.log 2>&1 &
@@ -59,7 +63,7 @@ from dnalm.tokenizers import CharTokenizer
 save_pretrained(HyenaLM(HyenaConfig(d_model=256, n_layer=4, d_inner=1024, l_max=1026)), sys.argv[1],
                 tokenizer=CharTokenizer())
 EOF
-for task in gue_prom_core_all gue_tf0; do
+for task in ${GUE_TASKS//,/ }; do
   for seed in 0 1 2; do
     dnalm finetune checkpoint=$R/scratch task=$task data_root="$DATA" out=$R/$task/seed$seed seed=$seed \
       trainer=gpu trainer.max_epochs=$GUE_EPOCHS trainer.max_time=$GUE_TIME trainer.progress_bar=false \
@@ -74,7 +78,8 @@ fi
 
 if want benchmark; then
 stamp benchmark yeast models
-dnalm benchmark prepared=$R/yeast_prepared "models=[$R/yeast_wide/model,$R/yeast_small/model,$R/yeast_tiny/model]" \
+models=$(for name in ${YEAST_RUNS//,/ }; do [[ -d $R/yeast_$name/model ]] && printf '%s,' "$R/yeast_$name/model"; done)
+dnalm benchmark prepared=$R/yeast_prepared "models=[${models%,}]" \
   out=$R/benchmark ${BENCH_EXTRA:-} > $R/benchmark.log 2>&1
 pack
 fi
