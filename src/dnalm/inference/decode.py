@@ -19,8 +19,8 @@ Modes of :class:`Stepper` (``mode``):
 ``auto``
     ``graph`` for Hyena models on CUDA, else ``eager``.
 
-All modes give the same logits up to float rounding (the tensor-offset step sums over the whole state,
-the positions not written yet being zeros, in another order).
+All modes give the same logits up to float rounding (the tensor-offset step sums over the whole state
+after the prompt, the positions not written yet being zeros, in another order).
 """
 
 from __future__ import annotations

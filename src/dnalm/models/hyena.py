@@ -322,23 +322,23 @@ class HyenaOperator(nn.Module):
             y = fftconv_ref(z, self.filter_fn.filter(L), self.filter_fn.bias)
         else:
             state.z[..., offset:end] = z
-            k = self._state_filter(state)[:, state.z.shape[-1] - end:].flip(-1)  # h[0 .. end-1]
-            y = fftconv_ref(state.z[..., :end].to(z.dtype), k, self.filter_fn.bias)[..., offset:]
-            self._set_prefix(state, end)
+            y = self._state_conv(state, end)[..., offset:end].to(z.dtype)
         return self.out_proj((y * x0).transpose(1, 2))
 
-    def _set_prefix(self, state: HyenaState, end: int) -> None:
-        """After a forward that wrote positions up to ``end``: the contribution of ``z_0 .. z_{end-1}``
-        to the positions ``end .. max_len-1`` (``state.pre``), by one FFT of size 2 max_len."""
+    def _state_conv(self, state: HyenaState, end: int) -> Tensor:
+        """The long convolution (float32, with the skip term) of the kept inputs ``z_0 .. z_{end-1}``,
+        zero after them, at every position of the state (B, D, max_len), by one FFT of size 2 max_len.
+
+        Positions before ``end`` are the forward's outputs; from ``end`` on (where the skip term is
+        zero) they are the contribution of those inputs to later positions, kept as ``state.pre`` for
+        the steps that follow (``state.prefix = end``)."""
         M = state.z.shape[-1]
-        state.prefix, state.pre = end, None
-        if end >= M:
-            return
         h = self._state_filter(state).flip(-1)  # h[0 .. M-1]
         wide = torch.promote_types(h.dtype, torch.float32)
         u = F.pad(state.z[..., :end].to(wide), (0, M - end))
-        y = fftconv_ref(u, h.to(wide), torch.zeros_like(self.filter_fn.bias, dtype=wide))
-        state.pre = y[..., end:].contiguous()
+        y = fftconv_ref(u, h.to(wide), self.filter_fn.bias)
+        state.prefix, state.pre = end, (y[..., end:].contiguous() if end < M else None)
+        return y
 
     def _state_filter(self, state: HyenaState) -> Tensor:
         """The reversed filter ``k_rev`` (D, max_len) of the state (computed at the first use)."""
@@ -360,13 +360,16 @@ class HyenaOperator(nn.Module):
     def step(self, u: Tensor, state: HyenaState, offset: int | Tensor) -> Tensor:
         """One token u (B, 1, D) at position ``offset`` -> (B, 1, D).
 
-        The long convolution at t = offset is the dot product ``sum_{s<=t} h[t-s] z_s`` over the
-        kept inputs z (O(t·D)), plus the skip term ``Dskip * z_t`` in float32.
+        The long convolution at t = offset is ``sum_{s<=t} h[t-s] z_s`` plus the skip term
+        ``Dskip * z_t``, in float32: after a forward with the state, the prompt's part of the sum is
+        ``state.pre`` and the step sums over the positions written since (O((t - prefix)·D));
+        without one, over all kept inputs (O(t·D)).
 
         ``offset`` may be a one-element int64 tensor on the state's device: the step then has the same
         shapes and no host synchronisation at every position (it can be captured once as a CUDA graph
-        and replayed), at the price of a dot product over the whole state (``max_len`` positions, the
-        inputs not yet written being zeros) with the taps gathered from a zero-padded filter.
+        and replayed), at the price of a dot product over the whole state after the prompt (``max_len -
+        prefix`` positions, the inputs not yet written being zeros) with the taps gathered from a
+        zero-padded filter.
         """
         if isinstance(offset, Tensor):
             return self._step_at(u, state, offset)
