@@ -12,8 +12,8 @@ set -u
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-benchmarks/out}
 R=runs/gpu
-TRAIN_TIME=${TRAIN_TIME:-00:00:04:00}
-STEPS=${STEPS:-6000}
+TRAIN_TIME=${TRAIN_TIME:-00:00:09:00}
+STEPS=${STEPS:-200000}
 GUE_TIME=${GUE_TIME:-00:00:04:00}
 GUE_EPOCHS=${GUE_EPOCHS:-10}
 YEAST_RUNS=${YEAST_RUNS:-tiny,small,wide}
@@ -24,8 +24,12 @@ T0=$(date +%s)
 STAGES=${STAGES:-train,benchmark,inference}
 stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
+# metrics, logs and reports in one archive; each trained model's weights (at most ~13 MB) beside it, one file each
 pack() { tar czf "$OUT/results.tgz.tmp" --exclude='*.ckpt' --exclude='checkpoints' --exclude='tensorboard' \
-           --exclude='tokens.u8' --exclude='regions.u8' -C "$R" . 2>/dev/null && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
+           --exclude='tokens.u8' --exclude='regions.u8' --exclude='*.safetensors' -C "$R" . 2>/dev/null \
+         && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"
+         for m in "$R"/yeast_*/model; do [[ -d $m ]] && mkdir -p "$OUT/models/$(basename "$(dirname "$m")")" \
+           && cp "$m"/* "$OUT/models/$(basename "$(dirname "$m")")/"; done; }
 dnalm() { python3 -c 'import sys; from dnalm.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
 
 # every module the stages import, checked before the GPU time is spent

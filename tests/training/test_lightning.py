@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 
 import numpy as np
 import pytest
@@ -126,6 +127,45 @@ def test_scheduler_sets_every_group_per_step():
         assert b == pytest.approx(2e-3 * warmup_cosine(s, 20, 4, 0.0))
     with pytest.raises(ConfigError):
         warmup_cosine_scheduler(opt, total_steps=0)
+
+
+def test_time_horizon_decays_by_the_budget_spent():
+    """horizon=time: t = max(step progress, fraction of max_time spent); warm-up stays per step."""
+    f = lambda s, p: warmup_cosine(s, total_steps=1000, warmup_steps=10, min_lr_ratio=0.1, progress=p)  # noqa: E731
+    assert f(4, 0.9) == pytest.approx(0.5)                      # warm-up ignores the clock
+    assert f(60, 0.5) == pytest.approx(0.1 + 0.9 * 0.5)          # half the time spent, 5% of the steps
+    assert f(60, 0.0) == pytest.approx(warmup_cosine(60, 1000, 10, 0.1))
+    assert f(760, 0.25) == pytest.approx(warmup_cosine(760, 1000, 10, 0.1))  # steps ahead of the clock
+    assert f(20, 1.0) == pytest.approx(0.1)
+    p1 = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([p1], lr=1e-3)
+    spent = [0.0]
+    sched = warmup_cosine_scheduler(opt, total_steps=10**6, warmup_steps=2, min_lr_ratio=0.0,
+                                    time_fraction=lambda: spent[0])
+    for s, frac in enumerate([0.0, 0.1, 0.25, 0.5, 0.75, 1.0]):
+        spent[0] = frac
+        opt.step()
+        sched.step()
+        step = s + 1
+        want = (step + 1) / 2 if step < 2 else 0.5 * (1 + math.cos(math.pi * frac))
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * want, abs=1e-9)
+
+
+def test_time_budget_fraction_reads_the_trainers_timer():
+    from lightning.pytorch.callbacks import Timer
+
+    from dnalm.training.lightning import time_budget_fraction
+
+    assert time_budget_fraction(None) == 0.0
+    timer = Timer(duration="00:00:01:40")  # 100 s
+    trainer = types.SimpleNamespace(callbacks=[timer])
+    timer.time_elapsed = lambda stage="train": 25.0
+    assert time_budget_fraction(trainer) == pytest.approx(0.25)
+    timer.time_elapsed = lambda stage="train": 250.0
+    assert time_budget_fraction(trainer) == 1.0
+    assert time_budget_fraction(types.SimpleNamespace(callbacks=[])) == 0.0
+    with pytest.raises(ConfigError, match="horizon"):
+        OptimConfig(horizon="epochs")
 
 
 def test_hyenadna_warmup_stages_keep_the_global_batch():

@@ -180,6 +180,22 @@ def test_sequence_length_warmup_switches_windows_and_accumulation(prepared, tmp_
     assert test["bits_per_base"] == pytest.approx(test["loss"] / math.log(2)) and 0 < test["acc"] < 1
 
 
+def test_time_horizon_anneals_within_max_time(prepared, tmp_path):
+    """optim.horizon=time with a step budget far beyond what 3 s allow: the lr still decays to its floor
+    by the time limit, never above the step-based schedule, and never rises after the warm-up."""
+    out = tmp_path / "timed"
+    assert cli_run(["train", *overrides(prepared, out, "trainer.max_steps=1000000", "trainer.max_time=00:00:00:03",
+                                        "optim.horizon=time", "trainer.val_check_interval=1000000",
+                                        "checkpoint.every_n_steps=1000000", "test=false")]) == 0
+    lr = column(out, "train/lr")
+    steps = sorted(lr)
+    assert len(steps) > WARMUP + 5
+    after = [lr[s] for s in steps if s >= WARMUP]
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(after, after[1:]))
+    assert all(lr[s] <= LR * warmup_cosine(s, 1000000, WARMUP, 0.1) * (1 + 1e-6) for s in steps)  # float32 log
+    assert after[-1] < 0.5 * LR  # the step-based schedule would still be at 1.0 * LR
+
+
 def test_init_from_starts_from_the_given_weights(trained, prepared, tmp_path):
     """With lr 0 (and so no decay either) one step leaves the initial weights: they must be the given ones."""
     out = tmp_path / "continued"

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError, InputError
 from dnalm.recipes.train import TrainerConfig
-from dnalm.training.lightning import OptimConfig
+from dnalm.training.lightning import OptimConfig, time_budget_fraction
 from dnalm.utils import atomic_file, json_safe
 
 TASK_KINDS = ("classification", "regression", "lm")
@@ -78,7 +78,7 @@ class FinetuneResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _optimizer_factory(opt: OptimConfig, task: TaskConfig, total_steps: int):
+def _optimizer_factory(opt: OptimConfig, task: TaskConfig, total_steps: int, clock=None):
     import torch
 
     from dnalm.training.classify import finetune_param_groups
@@ -89,7 +89,8 @@ def _optimizer_factory(opt: OptimConfig, task: TaskConfig, total_steps: int):
                                        filter_lr=opt.filter_lr, filter_weight_decay=opt.filter_weight_decay,
                                        layer_decay=task.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
-        scheduler = warmup_cosine_scheduler(optimizer, total_steps, opt.warmup_steps, opt.min_lr_ratio)
+        scheduler = warmup_cosine_scheduler(optimizer, total_steps, opt.warmup_steps, opt.min_lr_ratio,
+                                            clock if opt.horizon == "time" else None)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     return build
@@ -230,7 +231,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     total = per_epoch * tc.max_epochs if tc.max_epochs is not None else tc.max_steps
     if tc.max_steps > 0:
         total = min(total, tc.max_steps)
-    module = SequenceTaskModule(model, _optimizer_factory(optim, task, max(1, total)))
+    module = SequenceTaskModule(model, _optimizer_factory(optim, task, max(1, total),
+                                                          lambda: time_budget_fraction(trainer)))
     OmegaConf.save(cfg, out / "config.yaml")
     start = time.time()
     trainer.fit(module, datamodule=dm)

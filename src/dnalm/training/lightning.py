@@ -36,6 +36,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from torch import Tensor, nn
 
+from dnalm.errors import ConfigError
 from dnalm.genome.regions import REGION_CLASSES
 from dnalm.training.losses import LMLoss, NextTokenMetrics, lm_loss
 from dnalm.training.optim import param_groups
@@ -51,7 +52,9 @@ class OptimConfig:
 
     ``filter_lr`` / ``filter_weight_decay``: Hyena's implicit filters (HyenaDNA gives them weight
     decay 0); ``grad_clip``: maximum gradient norm (None: no clipping); ``warmup_steps`` and
-    ``min_lr_ratio`` shape the schedule (see :mod:`dnalm.training.schedules`).
+    ``min_lr_ratio`` shape the schedule (see :mod:`dnalm.training.schedules`); ``horizon``: ``steps``
+    (the cosine spans ``max_steps``) or ``time`` (it ends at ``max_steps`` or ``trainer.max_time``,
+    whichever comes first).
     """
 
     lr: float = 6e-4
@@ -63,6 +66,26 @@ class OptimConfig:
     grad_clip: float | None = 1.0
     filter_lr: float | None = None
     filter_weight_decay: float = 0.0
+    horizon: str = "steps"
+
+    def __post_init__(self) -> None:
+        if self.horizon not in HORIZONS:
+            raise ConfigError(f"optim.horizon must be one of {', '.join(HORIZONS)}, got '{self.horizon}'")
+
+
+HORIZONS = ("steps", "time")
+
+
+def time_budget_fraction(trainer: L.Trainer | None) -> float:
+    """The fraction of ``trainer.max_time`` spent in training so far (0 without a time limit)."""
+    if trainer is None:
+        return 0.0
+    from lightning.pytorch.callbacks import Timer
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, Timer) and callback._duration:
+            return min(1.0, callback.time_elapsed("train") / callback._duration)
+    return 0.0
 
 
 def step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
@@ -138,7 +161,8 @@ class NextTokenLM(L.LightningModule):
         o = self.optim
         groups = param_groups(self.model, o.weight_decay, o.lr, o.filter_lr, o.filter_weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        scheduler = warmup_cosine_scheduler(optimizer, self.total_steps, o.warmup_steps, o.min_lr_ratio)
+        clock = (lambda: time_budget_fraction(self._trainer)) if o.horizon == "time" else None
+        scheduler = warmup_cosine_scheduler(optimizer, self.total_steps, o.warmup_steps, o.min_lr_ratio, clock)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,

@@ -9,6 +9,11 @@ Learning rate of optimizer step ``s = 0, 1, ...`` (the lr that step ``s`` uses) 
 (linear warm-up, Goyal et al. 2017; cosine decay, Loshchilov & Hutter 2017, "SGDR"), applied per
 optimizer step; HyenaDNA decays to ``0.1 * lr`` (``shared/reference/hyenadna.md`` §9).
 
+A run limited by wall-clock time (``trainer.max_time``) rather than steps does not know ``T`` in
+advance: with ``optim.horizon=time`` the decay follows ``t = max(t_steps, elapsed / max_time)``, so
+the rate reaches its floor at whichever of the two budgets runs out first (the elapsed training
+time is Lightning's ``Timer``'s, which a resumed run carries over).
+
 Sequence-length warm-up (Nguyen et al. 2023, "HyenaDNA", section 3.2; the repository's
 ``hg38_hyena_seqlen_warmup_reload.yaml``: 1k/bs256 -> 2k/128 -> 4k/64 -> 8k/32 -> 16k/16 -> 32k/8 with a
 global batch of 256): training runs through :class:`Stage` s of growing window length and shrinking
@@ -27,16 +32,24 @@ from dataclasses import dataclass
 from dnalm.errors import ConfigError
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0) -> float:
-    """The factor ``lr_s / lr`` of optimizer step ``step`` (see the module docstring)."""
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0,
+                  progress: float = 0.0) -> float:
+    """The factor ``lr_s / lr`` of optimizer step ``step`` (see the module docstring).
+
+    ``progress``: a floor on the decay's progress ``t`` in [0, 1] (the fraction of a time budget spent).
+    """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    t = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+    t = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps), progress))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def warmup_cosine_scheduler(optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0):
-    """A per-step ``LambdaLR`` following :func:`warmup_cosine` (every group keeps its own base lr)."""
+def warmup_cosine_scheduler(optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0,
+                            time_fraction: Callable[[], float] | None = None):
+    """A per-step ``LambdaLR`` following :func:`warmup_cosine` (every group keeps its own base lr).
+
+    ``time_fraction``: called at every step, the fraction of the time budget spent (``horizon=time``).
+    """
     import torch
 
     if total_steps < 1:
@@ -47,7 +60,8 @@ def warmup_cosine_scheduler(optimizer, total_steps: int, warmup_steps: int = 0, 
         raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
 
     def factor(step: int) -> float:
-        return warmup_cosine(step, total_steps, warmup_steps, min_lr_ratio)
+        progress = float(time_fraction()) if time_fraction is not None else 0.0
+        return warmup_cosine(step, total_steps, warmup_steps, min_lr_ratio, progress)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
