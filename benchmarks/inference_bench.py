@@ -8,7 +8,8 @@ batch B, a random prompt of c tokens is extended by N tokens. The decode rate is
 time of N tokens minus the time of 2 tokens (the prefill and, with ``graph``, the capture at the first step
 cancel), for each decoding mode of dnalm.inference.decode (``--modes``: eager steps, or the step replayed as
 a CUDA graph); the naive rate is B divided by the time of one full forward over c tokens (what a recompute
-per new token costs at least).
+per new token costs at least). ``step_ms`` is the time of one decoding step alone (no sampling, no copies to
+the host), the device's share of the decode time.
 
 Embedding (dnalm.inference.embed.embed_pooled, chunks carrying the long-convolution history): one random
 sequence of 1, 10 and 100 Mb, mean-pooled final hidden state; bases/s and peak GPU memory. The table also
@@ -26,6 +27,7 @@ import time
 import numpy as np
 import torch
 
+from dnalm.inference.decode import Stepper
 from dnalm.inference.embed import embed_pooled
 from dnalm.inference.generate import GenerationOptions, generate
 from dnalm.models.hyena import HyenaConfig, HyenaLM
@@ -69,7 +71,22 @@ def bench_generation(model: HyenaLM, device: torch.device, context: int, batch: 
         row[f"prefill_s_{mode}"] = round(t2, 4)
         row[f"decode_tok_s_{mode}"] = round(decode, 1)
         row[f"speedup_{mode}"] = round(decode * t_full / batch, 1)
+        row[f"step_ms_{mode}"] = round(1e3 * bench_steps(model, ids, new_tokens, mode, device), 3)
     return row
+
+
+def bench_steps(model: HyenaLM, ids: torch.Tensor, n: int, mode: str, device: torch.device) -> float:
+    """Seconds per decoding step alone (the model's step, no sampling or host copies): the part of the
+    decode time that is the device's."""
+    with torch.inference_mode():
+        state = model.allocate_state(ids.shape[0], ids.shape[1] + n)
+        model(ids, state=state)
+        step = Stepper(model, state, mode)
+        tok = ids[:, -1:].clone()
+        for _ in range(3):
+            step(tok)
+        t = _timed(lambda: [step(tok) for _ in range(n - 3)], device)
+    return t / (n - 3)
 
 
 def bench_embedding(model: HyenaLM, device: torch.device, megabases: float, rng: np.random.Generator) -> dict:

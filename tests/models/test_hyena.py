@@ -101,16 +101,17 @@ def test_filter_by_hand():
     np.testing.assert_allclose(k, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_fftconv_matches_direct_convolution():
+@pytest.mark.parametrize("L", [37, 64, 1031])  # 37 and 1031 (primes) take an FFT of a larger smooth size
+def test_fftconv_matches_direct_convolution(L):
     g = torch.Generator().manual_seed(1)
-    u = torch.randn(2, 3, 37, generator=g)
-    k = torch.randn(3, 37, generator=g)
+    u = torch.randn(2, 3, L, generator=g)
+    k = torch.randn(3, L, generator=g)
     D = torch.randn(3, generator=g)
     y = fftconv_ref(u, k, D).numpy()
     un, kn, Dn = u.double().numpy(), k.double().numpy(), D.double().numpy()
     for b in range(2):
         for c in range(3):
-            expected = np.convolve(un[b, c], kn[c])[:37] + Dn[c] * un[b, c]
+            expected = np.convolve(un[b, c], kn[c])[:L] + Dn[c] * un[b, c]
             np.testing.assert_allclose(y[b, c], expected, atol=1e-4, rtol=1e-5)
 
 

@@ -184,11 +184,12 @@ def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequen
     tokens = forced.copy()
     log_probs = np.zeros((B, end), dtype=np.float32)
     for pos in range(start, end):
-        lp = logits.float().log_softmax(-1).cpu()  # (B, V), unmodified distribution
+        host = logits.float().cpu()  # (B, V): the one device-to-host copy of a step
+        lp = host.log_softmax(-1)  # unmodified distribution
         nxt = forced[:, pos].copy()
         free = np.flatnonzero([pos >= n for n in lengths])  # rows past their prompt draw a token
         if free.size:
-            picked = logits[torch.from_numpy(free).to(logits.device)]
+            picked = host if free.size == B else host[torch.from_numpy(free)]
             nxt[free] = sample_next(picked, options, [generators[b] for b in free]).numpy()
         tokens[:, pos] = nxt
         log_probs[:, pos] = lp.gather(-1, torch.from_numpy(nxt)[:, None])[:, 0].numpy()

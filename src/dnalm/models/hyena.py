@@ -129,11 +129,16 @@ def fftconv_ref(u: Tensor, k: Tensor, D: Tensor) -> Tensor:
     """Causal long convolution with skip term: ``y[t] = sum_{s<=t} k[t-s] u[s] + D u[t]``.
 
     u: (B, C, L); k: (C, L); D: (C,). Returns (B, C, L) in ``u.dtype``.
-    Zero-padded FFT of size 2L as in HyenaDNA's ``fftconv`` (§3.3), computed in float32 (float64
-    for a float64 filter) whatever the input dtype, the skip term in float32.
+    Zero-padded FFT as in HyenaDNA's ``fftconv`` (§3.3), of size 2L where L has only the prime
+    factors 2, 3, 5, 7 and otherwise of the next such size (zeros after the inputs change none of
+    the L outputs; a length like 2 x 65599 would make cuFFT fall back to an algorithm that needs
+    several times the memory), computed in float32 (float64 for a float64 filter) whatever the
+    input dtype, the skip term in float32.
     """
+    from dnalm.kernels.hyena_block import fft_size
+
     L = u.shape[-1]
-    n = 2 * L
+    n = fft_size(L)
     k = k.to(torch.promote_types(k.dtype, torch.float32))
     k_f = torch.fft.rfft(k, n=n) / n
     u_f = torch.fft.rfft(u.to(k.dtype), n=n)
