@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contexts", default="1024,8192,65536")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--modes", default="eager,graph", help="decoding modes (dnalm.inference.decode)")
+    ap.add_argument("--modes", default="eager,graph,compiled", help="decoding modes (dnalm.inference.decode)")
     ap.add_argument("--embed-mb", default="1,10,100")
     ap.add_argument("--budget-s", type=float, default=300.0, help="skip what starts after this many seconds")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -77,7 +77,7 @@ def test_model_step_at_offset_equals_full_forward(model):
     torch.testing.assert_close(torch.stack(outs, 1), full, **TOL)
 
 
-@pytest.mark.parametrize("mode", ["eager", "static"])
+@pytest.mark.parametrize("mode", ["eager", "static", "compiled"])
 def test_stepper_modes_advance_the_state_like_the_model(model, mode):
     ids = torch.randint(7, 11, (2, 30), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
