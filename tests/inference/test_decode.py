@@ -92,9 +92,13 @@ def test_stepper_modes_advance_the_state_like_the_model(model, mode):
         step(ids[:, :1])
 
 
-def test_generation_is_the_same_in_every_cpu_mode(model):
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.0}, {"top_p": 0.8, "top_k": 3, "temperature": 0.7}])
+def test_generation_is_the_same_in_every_cpu_mode(model, sampling):
+    """eager: host-side sampling per step (the reference); static: sampling on the device from uniform numbers
+    drawn beforehand (the loop of the graph modes): the same tokens and log-probs."""
     prompts = [np.array([7, 8, 9, 10, 7, 7]), np.array([9, 9, 10])]
-    runs = {mode: generate(model, prompts, GenerationOptions(max_new_tokens=25, n_samples=2, seed=3, decode=mode))
+    runs = {mode: generate(model, prompts, GenerationOptions(max_new_tokens=25, n_samples=2, seed=3, decode=mode,
+                                                             **sampling))
             for mode in ("auto", "eager", "static")}
     for mode in ("eager", "static"):
         for a, b in zip(runs["auto"], runs[mode]):

@@ -21,10 +21,13 @@ are prefilled up to the shortest prompt; longer prompts then feed their remainin
 through the same steps (teacher forcing) while shorter ones already sample. Each row draws its
 uniform numbers from its own generator seeded by ``(seed, prompt index, sample index)``, so a
 sample does not depend on which other prompts share its batch, and a fixed seed reproduces the
-output. Prompt plus new tokens must fit the model's context (HyenaDNA's ``l_max``).
+output. Prompt plus new tokens must fit the model's context (HyenaDNA's ``l_max``). With a
+static-shape decoding step (``decode`` static, graph or compiled) the sampling itself runs on the
+model's device from uniform numbers drawn beforehand from the same generators, so that no step
+waits for the host; the host loop of the eager mode is its reference (the same tokens on the CPU).
 
 API: ``generate(model, prompts, options) -> list[Generation]``; ``sample_next(logits, options,
-generators)``; :class:`GenerationOptions`; ``prompt_ids(tokenizer, prompt, prepend_bos)``;
+generators)``; ``sample_at(logits, options, u)``; :class:`GenerationOptions`; ``prompt_ids(tokenizer, prompt, prepend_bos)``;
 ``check_acgt_tokenizer(tokenizer, acgt_only)``.
 """
 
@@ -56,7 +59,7 @@ class GenerationOptions:
     ``max_new_tokens`` per sample; ``temperature`` >= 0 (0 = greedy); ``top_k`` (0 = off);
     ``top_p`` in (0, 1] (1 = off); ``n_samples`` per prompt; ``seed``; ``acgt_only``;
     ``batch_size`` rows decoded together; ``decode``: how each step runs (:mod:`dnalm.inference.decode`:
-    auto, eager, static, graph).
+    auto, eager, static, graph, compiled).
     """
 
     max_new_tokens: int = 100
@@ -109,9 +112,9 @@ def filter_logits(logits: Tensor, options: GenerationOptions) -> Tensor:
     """Steps 1-4 of the module docstring on logits (B, V) float32 -> masked, scaled logits (B, V)."""
     out = logits.clone()
     if options.acgt_only:
-        keep = torch.zeros(out.shape[-1], dtype=torch.bool, device=out.device)
+        keep = torch.zeros(out.shape[-1], dtype=torch.bool)
         keep[list(ACGT_IDS)] = True
-        out = out.masked_fill(~keep, float("-inf"))
+        out = out.masked_fill(~keep.to(out.device, non_blocking=True), float("-inf"))
     if options.temperature > 0:
         out = out / options.temperature
     if options.top_k > 0 and options.top_k < out.shape[-1]:
@@ -133,12 +136,20 @@ def sample_next(logits: Tensor, options: GenerationOptions, generators: Sequence
     Greedy for ``temperature == 0``; otherwise the inverse CDF of the filtered distribution at
     one uniform number drawn from the row's own generator.
     """
-    filtered = filter_logits(logits.float().cpu(), options)
+    u = None
+    if options.temperature != 0:
+        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    return sample_at(logits.float().cpu(), options, u)
+
+
+def sample_at(logits: Tensor, options: GenerationOptions, u: Tensor | None) -> Tensor:
+    """Next token of every row from logits (B, V) float32 and uniform numbers u (B,) float64 (None when
+    greedy), on the logits' device: steps 1-5 of the module docstring."""
+    filtered = filter_logits(logits, options)
     if options.temperature == 0:
         return filtered.argmax(-1)
     probs = filtered.softmax(-1).double()
     cdf = probs.cumsum(-1)
-    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
     ids = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
     last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.int8).argmax(-1)  # last id with p > 0
     return torch.minimum(ids, last)
@@ -181,6 +192,8 @@ def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequen
     state = model.allocate_state(B, end - 1)
     logits = model(torch.from_numpy(forced[:, :start]).to(device), state=state)[:, -1]  # (B, V)
     step = Stepper(model, state, options.decode)
+    if step.mode != "eager":
+        return _device_loop(step, logits, prompts, rows, forced, lengths, generators, options)
     tokens = forced.copy()
     log_probs = np.zeros((B, end), dtype=np.float32)
     for pos in range(start, end):
@@ -200,6 +213,41 @@ def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequen
         new = slice(lengths[b], lengths[b] + options.max_new_tokens)
         out.append(Generation(p, s, np.asarray(prompts[p], dtype=np.int64), tokens[b, new].copy(),
                               log_probs[b, new].copy()))
+    return out
+
+
+def _device_loop(step: Stepper, logits: Tensor, prompts: Sequence[np.ndarray], rows: Sequence[tuple[int, int]],
+                 forced: np.ndarray, lengths: list[int], generators: Sequence[torch.Generator],
+                 options: GenerationOptions) -> list[Generation]:
+    """The loop of :func:`_generate_batch` with sampling on the model's device: each row's uniform numbers
+    are drawn beforehand (one per position past its prompt, in order: the numbers the host loop would
+    draw), so no step waits for the host and the tokens and log-probs are copied back once at the end."""
+    device = logits.device
+    B, end = forced.shape
+    start = min(lengths)
+    free = np.arange(end)[None, :] >= np.asarray(lengths)[:, None]  # (B, end): positions a row samples
+    u = np.zeros((B, end), dtype=np.float64)
+    if options.temperature != 0:
+        for b, g in enumerate(generators):
+            n = int(free[b].sum())
+            u[b, free[b]] = torch.rand(n, generator=g, dtype=torch.float64).numpy() if n else []
+    forced_d = torch.from_numpy(forced).to(device)
+    free_d, u_d = torch.from_numpy(free).to(device), torch.from_numpy(u).to(device)
+    tokens = forced_d.clone()
+    log_probs = torch.zeros(B, end, dtype=torch.float32, device=device)
+    for pos in range(start, end):
+        logits = logits.float()
+        nxt = torch.where(free_d[:, pos], sample_at(logits, options, u_d[:, pos]), forced_d[:, pos])
+        tokens[:, pos] = nxt
+        log_probs[:, pos] = logits.log_softmax(-1).gather(-1, nxt[:, None])[:, 0]
+        if pos + 1 < end:
+            logits = step(nxt[:, None])
+    tokens_h, log_probs_h = tokens.cpu().numpy(), log_probs.cpu().numpy()
+    out = []
+    for b, (p, s) in enumerate(rows):
+        new = slice(lengths[b], lengths[b] + options.max_new_tokens)
+        out.append(Generation(p, s, np.asarray(prompts[p], dtype=np.int64), tokens_h[b, new].copy(),
+                              log_probs_h[b, new].copy()))
     return out
 
 
