@@ -27,8 +27,8 @@ model's device from uniform numbers drawn beforehand from the same generators, s
 waits for the host; the host loop of the eager mode is its reference (the same tokens on the CPU).
 
 API: ``generate(model, prompts, options) -> list[Generation]``; ``sample_next(logits, options,
-generators)``; ``sample_at(logits, options, u)``; :class:`GenerationOptions`; ``prompt_ids(tokenizer, prompt, prepend_bos)``;
-``check_acgt_tokenizer(tokenizer, acgt_only)``.
+generators)``; ``sample_at(logits, options, u)``; :class:`GenerationOptions`;
+``prompt_ids(tokenizer, prompt, prepend_bos)``; ``check_acgt_tokenizer(tokenizer, acgt_only)``.
 """
 
 from __future__ import annotations
