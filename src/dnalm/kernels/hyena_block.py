@@ -247,7 +247,8 @@ class FusedCarry:
     xz: (B, K-1, 3D) the last K-1 rows of the in-projection output (compute dtype; None before the
     first chunk: zeros, the short convolution's causal padding); z: (B, D, H) float32, the last
     ``H <= l_max - 1`` long-convolution inputs ``v * x1``; spectra: the filter's real spectrum (with
-    the 1/n of the inverse transform) per FFT length n, computed once per length.
+    the 1/n of the inverse transform) for the last FFT length n, (D, n/2 + 1) complex64, computed once
+    per length (4 GiB per layer for HyenaDNA-large's default chunks of l_max tokens, n ~ 4.2M).
     """
 
     xz: Tensor | None = None
@@ -313,6 +314,7 @@ def hyena_block_chunk(block: nn.Module, x: Tensor, carry: FusedCarry, ops=TorchO
         del hist
         kf = carry.spectra.get(n)
         if kf is None:
+            carry.spectra.clear()  # one length kept: every chunk but the first few and the last has the same n
             kf = carry.spectra[n] = _filter_spectrum(f, ops, n, m.l_max, x.device)
         c = _packed_fft(buf)  # (B, D, n/2)
         del buf
