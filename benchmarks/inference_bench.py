@@ -1,7 +1,7 @@
 """Inference speed at length: step-by-step generation against a full recompute, and chunked embedding.
 
     python benchmarks/inference_bench.py [--preset large-1m] [--contexts 1024,8192,65536] [--batches 1,32]
-        [--new-tokens 64] [--embed-mb 1,10,100] [--budget-s 240] [--out results.json]
+        [--new-tokens 64] [--embed-mb 1,10,100] [--precisions 32,bf16] [--budget-s 240] [--out results.json]
 
 Generation (dnalm.inference.generate, top-k sampling over A/C/G/T, fp32 weights): for every context c and
 batch B, a random prompt of c tokens is extended by N tokens. The decode rate is B * (N - 2) divided by the
@@ -12,7 +12,9 @@ per new token costs at least). ``step_ms`` is the time of one decoding step alon
 the host), the device's share of the decode time.
 
 Embedding (dnalm.inference.embed.embed_pooled, chunks carrying the long-convolution history): one random
-sequence of 1, 10 and 100 Mb, mean-pooled final hidden state; bases/s and peak GPU memory. The table also
+sequence of 1, 10 and 100 Mb, mean-pooled final hidden state, in each ``--precisions`` (``32``: float32;
+``bf16``: the chunks under bf16 autocast), after an untimed warm-up on 50 kb; bases/s and peak GPU memory.
+The table also
 gives the element count of the widest tensor an unchunked forward would need (d_inner x length), to show
 the runs past 2^31 elements.
 """
@@ -89,15 +91,18 @@ def bench_steps(model: HyenaLM, ids: torch.Tensor, n: int, mode: str, device: to
     return t / (n - 3)
 
 
-def bench_embedding(model: HyenaLM, device: torch.device, megabases: float, rng: np.random.Generator) -> dict:
+def bench_embedding(model: HyenaLM, device: torch.device, megabases: float, rng: np.random.Generator,
+                    precision: str = "32") -> dict:
     n = int(megabases * 1_000_000)
     seq = random_ids(n, rng)
+    embed_pooled(model, [seq[:50_000]], layer=-1, pool="mean", precision=precision)  # kernels compiled, not timed
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t = _timed(lambda: embed_pooled(model, [seq], layer=-1, pool="mean"), device)
+    t = _timed(lambda: embed_pooled(model, [seq], layer=-1, pool="mean", precision=precision), device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     d_inner = model.backbone.layers[0].mlp.fc1.out_features
-    return {"megabases": megabases, "seconds": round(t, 2), "mb_per_s": round(megabases / t, 3),
+    return {"megabases": megabases, "precision": precision, "seconds": round(t, 2),
+            "mb_per_s": round(megabases / t, 3),
             "peak_gib": round(peak, 2), "unchunked_widest_elements": n * d_inner,
             "exceeds_2_31": n * d_inner > 2**31}
 
@@ -112,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--modes", default="eager,graph,compiled", help="decoding modes (dnalm.inference.decode)")
     ap.add_argument("--embed-mb", default="1,10,100")
+    ap.add_argument("--precisions", default="32,bf16", help="embedding precisions (32 | bf16), each size in each")
+    ap.add_argument("--fast-path", default="auto", help="Hyena fast_path: auto | fused | reference")
     ap.add_argument("--budget-s", type=float, default=300.0, help="skip what starts after this many seconds")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None, help="JSON file with every row (rewritten after each one)")
@@ -123,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     if "d_model" in sizes:
         sizes["d_inner"] = 4 * sizes["d_model"]
     torch.manual_seed(0)
-    model = HyenaLM(HyenaConfig.preset(args.preset, **sizes), device=device).eval()
+    model = HyenaLM(HyenaConfig.preset(args.preset, **sizes, fast_path=args.fast_path), device=device).eval()
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "preset": args.preset, **sizes,
+            "torch": torch.__version__, "preset": args.preset, "fast_path": args.fast_path, **sizes,
             "params": sum(p.numel() for p in model.parameters())}
     results: dict = {"info": info, "generation": [], "embedding": []}
 
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(results, f, indent=2)
 
     print(json.dumps(info), flush=True)
-    for context in (int(c) for c in args.contexts.split(",")):
+    for context in (int(c) for c in args.contexts.split(",") if c):
         for batch in (int(b) for b in args.batches.split(",")):
             if time.perf_counter() - start > args.budget_s:
                 print(f"skipped generation c={context} B={batch}: budget", flush=True)
@@ -146,14 +153,15 @@ def main(argv: list[str] | None = None) -> int:
             results["generation"].append(row)
             print(json.dumps(row), flush=True)
             save()
-    for mb in (float(m) for m in args.embed_mb.split(",")):
-        if time.perf_counter() - start > args.budget_s:
-            print(f"skipped embedding {mb} Mb: budget", flush=True)
-            continue
-        row = bench_embedding(model, device, mb, rng)
-        results["embedding"].append(row)
-        print(json.dumps(row), flush=True)
-        save()
+    for mb in (float(m) for m in args.embed_mb.split(",") if m):
+        for precision in args.precisions.split(","):
+            if time.perf_counter() - start > args.budget_s:
+                print(f"skipped embedding {mb} Mb {precision}: budget", flush=True)
+                continue
+            row = bench_embedding(model, device, mb, rng, precision)
+            results["embedding"].append(row)
+            print(json.dumps(row), flush=True)
+            save()
     return 0
 
 

@@ -3,12 +3,15 @@ independent references of the model beyond its context (truncated filter, slidin
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from _inference_helpers import (  # noqa: F401 (fixtures)
     ATTENTION_WINDOW,
     HYENA_L_MAX,
+    _perturb,
     saved_models_fixture,
     sliding_window_reference,
     tiny_hyena,
@@ -18,6 +21,7 @@ from _inference_helpers import (  # noqa: F401 (fixtures)
 )
 
 from dnalm.errors import ConfigError
+from dnalm.inference import chunked
 from dnalm.inference.chunked import (
     MAX_ELEMENTS,
     chunked_forward,
@@ -26,6 +30,8 @@ from dnalm.inference.chunked import (
     iter_chunks,
     max_chunk_tokens,
 )
+from dnalm.kernels import hyena_block
+from dnalm.models.hyena import HyenaConfig, HyenaLM
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 rng = np.random.default_rng(7)
@@ -151,3 +157,99 @@ def test_chunks_reproduce_the_hyenadna_reference_fixture(hyena_fixture, chunk):
     logits, (hidden,) = chunked_forward(model, ids, chunk, [-1])
     torch.testing.assert_close(logits, torch.load(hyena_fixture / "logits.pt", weights_only=True), **TOL)
     torch.testing.assert_close(hidden, torch.load(hyena_fixture / "hidden_states.pt", weights_only=True), **TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused block (dnalm.kernels.hyena_block.hyena_block_chunk) against the reference chunks
+# ---------------------------------------------------------------------------------------------
+
+
+def _with_fast_path(model, fast_path: str):
+    """A copy of ``model`` (same weights) whose Hyena blocks run through ``fast_path``."""
+    out = copy.deepcopy(model)
+    for op in out.mixers:
+        op.fast_path = fast_path
+    return out
+
+
+def _hyena_k(K: int, l_max: int, seed: int = 11):
+    torch.manual_seed(seed)
+    cfg = HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=l_max, filter_order=16, short_filter_order=K,
+                      embed_dropout=0.0)
+    return _perturb(HyenaLM(cfg), seed)
+
+
+def _forbid_reference_mixer(monkeypatch) -> None:
+    """From here on, a chunk that fell back to the reference Hyena mixer fails."""
+    def fail(*args, **kwargs):
+        raise AssertionError("the reference chunk function ran instead of the fused block")
+    monkeypatch.setattr(chunked, "hyena_chunk", fail)
+
+
+def _assert_outputs_close(got, want, **tol):
+    torch.testing.assert_close(got[0], want[0], **tol)
+    for a, b in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("length, chunk", CASES + [(200, 3), (129, 128), (5, 1)])
+def test_fused_chunks_equal_reference_chunks_and_unchunked(hyena, monkeypatch, length, chunk):
+    B = 3 if length % 2 else 2
+    ids = _ids(B, length, seed=length + chunk)
+    layers = [0, 1, 2, -1]
+    reference = _with_fast_path(hyena, "reference")
+    fused = _with_fast_path(hyena, "fused")
+    want_plain = _plain(truncated_filter_reference(reference, length), ids, layers)
+    want_chunks = chunked_forward(reference, ids, chunk, layers)
+    _forbid_reference_mixer(monkeypatch)
+    got = chunked_forward(fused, ids, chunk, layers)
+    _assert_outputs_close(got, want_chunks, **TOL)
+    _assert_outputs_close(got, want_plain, **TOL)
+    if length <= HYENA_L_MAX:  # the unchunked fused forward (hyena_block_forward) too
+        _assert_outputs_close(got, _plain(fused, ids, layers), **TOL)
+
+
+@pytest.mark.parametrize("K, l_max", [(4, 40), (1, 40), (3, 2), (4, 1)])
+def test_fused_chunks_other_short_filters_and_tiny_contexts(monkeypatch, K, l_max):
+    """Short filters of 1 and 4 taps (0 and 3 carried rows), and a history shorter than the carried rows."""
+    model = _hyena_k(K, l_max)
+    length = 3 * l_max + 11
+    ids = _ids(2, length, seed=K)
+    layers = [1, -1]
+    want = _plain(truncated_filter_reference(_with_fast_path(model, "reference"), length), ids, layers)
+    _forbid_reference_mixer(monkeypatch)
+    fused = _with_fast_path(model, "fused")
+    for chunk in (1, 2, l_max, 2 * l_max + 1):
+        # float rounding of these weights reaches 1.5e-5 between the reference chunks and the plain forward too
+        _assert_outputs_close(chunked_forward(fused, ids, chunk, layers), want, atol=4e-5, rtol=1e-5)
+
+
+def test_fused_chunks_compute_the_filter_once_per_fft_length(hyena, monkeypatch):
+    calls = []
+    spectrum = hyena_block._filter_spectrum
+    monkeypatch.setattr(hyena_block, "_filter_spectrum", lambda *a: calls.append(a[2]) or spectrum(*a))
+    fused = _with_fast_path(hyena, "fused")
+    ids = _ids(1, 20 * HYENA_L_MAX + 7, seed=2)
+    chunks = list(iter_chunks(fused, ids, HYENA_L_MAX, layers=[-1], logits=False))
+    assert len(chunks) == 21
+    # per layer: the first chunk (no history), the full ones, the short last one (one length kept at a time)
+    n_layer = len(fused.mixers)
+    assert len(calls) <= 3 * n_layer
+    for layer in range(n_layer):
+        lengths = calls[layer::n_layer]
+        assert all(a != b for a, b in zip(lengths, lengths[1:])), lengths
+
+
+def test_fused_chunks_under_bf16_autocast_stay_close_to_float32(hyena):
+    fused = _with_fast_path(hyena, "fused")
+    ids = _ids(2, 3 * HYENA_L_MAX + 5, seed=8)
+    want = chunked_forward(fused, ids, 50, [1, -1])
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = chunked_forward(fused, ids, 50, [1, -1])
+    except RuntimeError as exc:  # an op without a CPU bf16 kernel
+        pytest.skip(f"bf16 autocast on CPU: {exc}")
+    assert got[1][0].dtype == torch.float32  # the residual stream stays float32 (logits: bf16, the LM head's)
+    for a, b in zip([got[0], *got[1]], [want[0], *want[1]], strict=True):
+        err = (a.float() - b).norm() / b.norm()
+        assert 1e-5 < err < 2e-2, err  # rounded to bf16 somewhere, but only that

@@ -90,6 +90,28 @@ def test_pooled_directory_and_float16(tmp_path, hyena):
     np.testing.assert_allclose(vectors.astype(np.float32), ref, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("fast_path", ["reference", "fused"])
+def test_bf16_precision_stays_close_to_float32(tmp_path, hyena, model_dirs, fast_path):
+    model = tiny_hyena()
+    for op in model.mixers:
+        op.fast_path = fast_path
+    rows = _rows(3, 100, 200)
+    want = embed_pooled(model, rows, 1, "mean", chunk_size=70)
+    got = embed_pooled(model, rows, 1, "mean", chunk_size=70, precision="bf16")
+    err = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert 1e-6 < err < 2e-2, err  # bf16 products somewhere, and no more than that
+    out = embed_to_directory(model, rows, list("abc"), tmp_path / "b", layer=1, chunk_size=70, precision="bf16")
+    assert json.loads((out / "embed.json").read_text())["precision"] == "bf16"
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy"), got)
+    with pytest.raises(ConfigError, match="precision='fp8'"):
+        embed_pooled(model, rows, 1, "mean", precision="fp8")
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">one\nACGTAGGA\n")
+    run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'e'}", "precision=bf16",
+         "device=cpu"])
+    assert json.loads((tmp_path / "e" / "embed.json").read_text())["precision"] == "bf16"
+
+
 def test_npy_stream_writes_blocks(tmp_path):
     s = NpyStream(tmp_path / "x.npy", (10, 3))
     s.write(4, np.ones((6, 3)))

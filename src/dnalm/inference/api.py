@@ -164,10 +164,11 @@ class DnaLM:
         return out
 
     def embed(self, seqs: str | Sequence[str], layer: int | str = -1, pool: str = "mean",
-              prepend_bos: bool = False) -> np.ndarray | list[np.ndarray]:
+              prepend_bos: bool = False, precision: str | int = "32") -> np.ndarray | list[np.ndarray]:
         """Embeddings of layer ``layer`` (0 = embedding, i = after block i, -1/'final' = after the final
         norm): (N, D) float32 for pool mean|max|last; for ``pool='none'`` a list of (n_i, D) per-base
-        arrays (held in memory: use :func:`dnalm.inference.embed.embed_to_directory` for chromosomes)."""
+        arrays (held in memory: use :func:`dnalm.inference.embed.embed_to_directory` for chromosomes).
+        ``precision``: ``'32'`` or ``'bf16'`` (the chunks under bf16 autocast)."""
         single = isinstance(seqs, str)
         rows = self._rows([seqs] if single else seqs, prepend_bos)
         skip = int(prepend_bos)
@@ -178,9 +179,10 @@ class DnaLM:
             def write(i: int, start: int, block: np.ndarray) -> None:
                 outs[i][start: start + len(block)] = block
 
-            embed_per_base(self.model, rows, resolve_layer(self.model, layer), write, skip=skip, **self._kw())
+            embed_per_base(self.model, rows, resolve_layer(self.model, layer), write, skip=skip,
+                           precision=precision, **self._kw())
             return outs[0] if single else outs
-        out = embed_pooled(self.model, rows, layer, pool, skip=skip, **self._kw())
+        out = embed_pooled(self.model, rows, layer, pool, skip=skip, precision=precision, **self._kw())
         return out[0] if single else out
 
 

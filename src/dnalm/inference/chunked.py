@@ -21,12 +21,21 @@ attention the analogue is a sliding window: the query at position ``t`` attends 
 Other mixers are run through their own :mod:`dnalm.inference.state` (prefill of one chunk after
 another at increasing ``offset``), which bounds the length by what their state holds.
 
+Two twins compute a Hyena block on a chunk: :func:`hyena_chunk` inside :func:`_block_chunk` (the
+reference, plain PyTorch) and :func:`dnalm.kernels.hyena_block.hyena_block_chunk`, the fused block
+of training (Triton kernels on CUDA, their PyTorch twins elsewhere) with the same history carried.
+The mixer's ``fast_path`` picks one as for the unchunked forward (:func:`dnalm.kernels.select_ops`:
+``auto`` is fused on CUDA, ``fused`` everywhere, ``reference`` never). Both compute the filter once
+per sequence (the fused one once per FFT length), in float32 even under autocast. ``precision='bf16'``
+runs each chunk under bf16 autocast: the matrix products in bf16, the residual stream, LayerNorm
+statistics and FFTs in float32.
+
 API
 ---
-``iter_chunks(model, input_ids (B, L), chunk_size=None, layers=(), logits=True)``
+``iter_chunks(model, input_ids (B, L), chunk_size=None, layers=(), logits=True, precision='32')``
     yields :class:`ChunkOutput` (``start``, logits (B, T, V), hidden states (B, T, D) of the
     requested layers) for consecutive chunks.
-``chunked_forward(model, input_ids, chunk_size=None, layers=())`` -> (logits (B, L, V), hidden)
+``chunked_forward(model, input_ids, chunk_size=None, layers=(), precision='32')`` -> (logits (B, L, V), hidden)
     the chunks concatenated (for tests and short inputs; holds everything in memory).
 ``context_length(model)``, ``default_chunk_size(model, batch)``, ``max_chunk_tokens(model, batch)``.
 
@@ -39,6 +48,7 @@ The model must be in eval mode (dropout would make chunks differ).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,12 +59,16 @@ from scipy.fft import next_fast_len
 from torch import Tensor, nn
 
 from dnalm.errors import ConfigError
+from dnalm.kernels import select_ops
+from dnalm.kernels.hyena_block import FusedCarry, hyena_block_chunk
 from dnalm.models.blocks import Block, CausalLM
 from dnalm.models.hyena import HyenaOperator, fftconv_ref
 from dnalm.models.transformer import CausalSelfAttention
 
 #: Largest number of elements any tensor of one chunk may have (32-bit indexing limit).
 MAX_ELEMENTS = 2**31 - 1
+#: Precision settings of :func:`iter_chunks`.
+PRECISIONS = ("32", "bf16")
 #: Default chunk size of long-convolution models: tokens x d_model per row (at least l_max tokens).
 HYENA_CHUNK_ELEMENTS = 1 << 20
 
@@ -86,7 +100,8 @@ def max_chunk_tokens(model: CausalLM, batch: int = 1) -> int:
 
     Per token and row, the widest activations are the short-convolution input (3D), the MLP
     hidden layer (d_inner), the logits (V), the long convolution's complex FFT of size 2N over
-    D channels (4D reals per position of N = history + T), and for attention the scores of one
+    D channels (4D reals per position of N = history + T; the fused block's FFT buffers (B, D, n) have
+    n ~ 2N, half of that), and for attention the scores of one
     query against ``W`` cached keys plus the chunk (n_head * (W + T)).
     """
     backbone = model.backbone
@@ -177,7 +192,8 @@ def hyena_chunk(op: HyenaOperator, u: Tensor, carry: HyenaCarry) -> Tensor:
     x0, x1, v = xz.split(D, dim=1)
     z = op.dropout(v * x1)  # (B, D, T)
     if carry.k is None:
-        carry.k = op.filter_fn.filter(op.l_max)  # (D, l_max)
+        with torch.autocast(u.device.type, enabled=False):  # once per sequence: in float32 even under autocast
+            carry.k = op.filter_fn.filter(op.l_max)  # (D, l_max)
     zz = z if carry.z is None else torch.cat([carry.z.to(z.dtype), z], dim=-1)  # (B, D, H+T)
     H, N = zz.shape[-1] - T, zz.shape[-1]
     # zeros after the window change none of its causal outputs; they give the FFT a length with small
@@ -232,6 +248,15 @@ def _block_chunk(block: Block, x: Tensor, mixer_fn: Callable[[Tensor], Tensor]) 
     return x + block.dropout(block.mlp(block._norm(block.norm2, x)))
 
 
+def _fused_ops(block: Block, device: torch.device):
+    """The elementwise ops of the fused block (:func:`dnalm.kernels.hyena_block.hyena_block_chunk`) for a
+    Hyena block's ``fast_path`` on ``device``, or None (the reference path: active dropout, or the setting)."""
+    mixer = block.mixer
+    if mixer.training and (mixer.dropout.p > 0 or block.dropout.p > 0):
+        return None
+    return select_ops(mixer.fast_path, torch.empty(0, device=device))
+
+
 def _as_ids(input_ids: Tensor | np.ndarray, start: int, end: int, device: torch.device) -> Tensor:
     piece = input_ids[:, start:end]
     if isinstance(piece, np.ndarray):
@@ -239,15 +264,27 @@ def _as_ids(input_ids: Tensor | np.ndarray, start: int, end: int, device: torch.
     return piece.to(device=device, dtype=torch.long)
 
 
+def check_precision(precision: str | int) -> str:
+    """``'32'`` or ``'bf16'`` from a precision setting (see :func:`iter_chunks`)."""
+    text = str(precision).strip().lower()
+    if text not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r} must be one of {', '.join(PRECISIONS)}")
+    return text
+
+
 def iter_chunks(model: CausalLM, input_ids: Tensor | np.ndarray, chunk_size: int | None = None,
-                layers: Sequence[int] = (), logits: bool = True) -> Iterator[ChunkOutput]:
+                layers: Sequence[int] = (), logits: bool = True, precision: str | int = "32"
+                ) -> Iterator[ChunkOutput]:
     """Run ``model`` over input_ids (B, L) in chunks of ``chunk_size`` tokens; yield each chunk's outputs.
 
     ``input_ids`` may be a tensor or a numpy array of any integer type (converted one chunk at a
     time, so a whole chromosome can stay uint8). ``layers``: hidden-state indices to return
     (see the module docstring); ``logits=False`` skips the LM head. Outputs equal one unchunked
-    pass of the model as defined in the module docstring.
+    pass of the model as defined in the module docstring. ``precision``: ``'32'`` (the model's
+    dtype) or ``'bf16'``: each chunk runs under ``torch.autocast(bfloat16)`` (matrix products in
+    bf16; the residual stream, the LayerNorm statistics and the FFTs stay float32, as in training).
     """
+    amp = check_precision(precision) == "bf16"
     if input_ids.ndim != 2:
         raise ConfigError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
     B, L = int(input_ids.shape[0]), int(input_ids.shape[1])
@@ -262,9 +299,15 @@ def iter_chunks(model: CausalLM, input_ids: Tensor | np.ndarray, chunk_size: int
     backbone = model.backbone
     n = len(backbone.layers)
     device = model.lm_head.weight.device
+    fp32 = backbone.residual_in_fp32 or backbone.embeddings.word_embeddings.weight.dtype == torch.float32
     carries: list[Any] = []
-    for mixer in model.mixers:
-        if isinstance(mixer, HyenaOperator):
+    fused: list[Any] = []  # the fused block's ops per layer (None: the reference path)
+    for block in backbone.layers:
+        mixer = block.mixer
+        fused.append(_fused_ops(block, device) if fp32 and isinstance(mixer, HyenaOperator) else None)
+        if fused[-1] is not None:
+            carries.append(FusedCarry())
+        elif isinstance(mixer, HyenaOperator):
             carries.append(HyenaCarry())
         elif isinstance(mixer, CausalSelfAttention):
             carries.append(AttentionCarry())
@@ -285,28 +328,33 @@ def iter_chunks(model: CausalLM, input_ids: Tensor | np.ndarray, chunk_size: int
             return mixer(h, state=carry.state, offset=start)
         return run
 
-    with torch.inference_mode():
-        for start in range(0, L, T):
+    for start in range(0, L, T):
+        # entered per chunk, so that neither mode stays on in the caller's code between chunks
+        with torch.inference_mode(), (torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()):
             ids = _as_ids(input_ids, start, min(start + T, L), device)
             x = backbone.drop_emb(backbone.embeddings(ids))
             if backbone.residual_in_fp32:
                 x = x.float()
             kept: dict[int, Tensor] = {0: x} if 0 in keep else {}
             for i, block in enumerate(backbone.layers):
-                x = _block_chunk(block, x, mixer_fn(i, start))
+                if fused[i] is not None:
+                    x = hyena_block_chunk(block, x, carries[i], fused[i])
+                else:
+                    x = _block_chunk(block, x, mixer_fn(i, start))
                 if i + 1 in keep:
                     kept[i + 1] = x
             h = backbone.ln_f(x.to(backbone.ln_f.weight.dtype))
             if n + 1 in keep:
                 kept[n + 1] = h
-            yield ChunkOutput(start, model.lm_head(h) if logits else None, [kept[i] for i in keep])
+            out = ChunkOutput(start, model.lm_head(h) if logits else None, [kept[i] for i in keep])
+        yield out
 
 
 def chunked_forward(model: CausalLM, input_ids: Tensor | np.ndarray, chunk_size: int | None = None,
-                    layers: Sequence[int] = ()) -> tuple[Tensor, list[Tensor]]:
+                    layers: Sequence[int] = (), precision: str | int = "32") -> tuple[Tensor, list[Tensor]]:
     """All chunks of :func:`iter_chunks` concatenated: logits (B, L, V) and hidden states (B, L, D)."""
     logits, hidden = [], []
-    for out in iter_chunks(model, input_ids, chunk_size, layers):
+    for out in iter_chunks(model, input_ids, chunk_size, layers, precision=precision):
         logits.append(out.logits)
         hidden.append(out.hidden)
     cat_hidden = [torch.cat([h[j] for h in hidden], dim=1) for j in range(len(hidden[0]))] if hidden else []

@@ -16,7 +16,8 @@ whole chromosome never sits in memory.
 API
 ---
 ``resolve_layer(model, layer) -> int``
-``embed_pooled(model, rows, layer=-1, pool='mean', skip=0, ...) -> (N, D) float32``
+``embed_pooled(model, rows, layer=-1, pool='mean', skip=0, ..., precision='32') -> (N, D) float32``
+    (``precision='bf16'``: the chunks run under bf16 autocast, about twice as fast on a GPU)
 ``embed_per_base(model, rows, layer, write, skip=0, ...)``: calls ``write(row, start, block)``
     with blocks (T, D) of consecutive positions.
 ``NpyStream(path, shape, dtype)``: a ``.npy`` file filled by ``write(start, block)``.
@@ -35,7 +36,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from dnalm.errors import ConfigError
-from dnalm.inference.chunked import iter_chunks
+from dnalm.inference.chunked import check_precision, iter_chunks
 from dnalm.inference.scoring import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, bucket_batches, pad_rows
 from dnalm.models.blocks import CausalLM
 from dnalm.utils import atomic_dir, track
@@ -71,21 +72,24 @@ def _batches(rows: Sequence[np.ndarray], batch_size: int, max_tokens: int, progr
     return track(batches, total=len(batches), desc=desc, unit="batch") if progress else batches
 
 
-def _chunks(model: CausalLM, rows: Sequence[np.ndarray], layer: int, chunk_size: int | None):
+def _chunks(model: CausalLM, rows: Sequence[np.ndarray], layer: int, chunk_size: int | None,
+            precision: str | int = "32"):
     """(ids (B, L), iterator over (start, hidden (B, T, D) float32 numpy)) of one batch."""
     ids = pad_rows(rows)
-    for chunk in iter_chunks(model, ids, chunk_size, layers=[layer], logits=False):
+    for chunk in iter_chunks(model, ids, chunk_size, layers=[layer], logits=False, precision=precision):
         yield chunk.start, chunk.hidden[0].float().cpu().numpy()
 
 
 def embed_pooled(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str = -1, pool: str = "mean",
                  skip: int = 0, batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
-                 chunk_size: int | None = None, progress: bool = False) -> np.ndarray:
+                 chunk_size: int | None = None, progress: bool = False, precision: str | int = "32") -> np.ndarray:
     """One vector per row: rows are N id arrays (n_i,); returns (N, D) float32.
 
     Positions ``skip .. n_i-1`` are pooled (``skip=1`` leaves out a prepended ``[BOS]``).
+    ``precision``: ``'32'`` or ``'bf16'`` (bf16 autocast, see :func:`dnalm.inference.chunked.iter_chunks`).
     """
     _check_pool(pool)
+    check_precision(precision)
     if pool == "none":
         raise ConfigError("embed_pooled needs pool=mean, max or last (use embed_per_base for per-base output)")
     resolve_layer(model, layer)  # a bad layer fails before any work
@@ -107,7 +111,7 @@ def embed_pooled(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str =
             out[i] = block[-1]
 
     embed_per_base(model, rows, layer, accumulate, skip=skip, batch_size=batch_size, max_tokens=max_tokens,
-                   chunk_size=chunk_size, progress=progress)
+                   chunk_size=chunk_size, progress=progress, precision=precision)
     if pool == "mean":
         out /= np.array([len(r) - skip for r in rows], dtype=np.float64)[:, None]
     return out.astype(np.float32)
@@ -116,16 +120,18 @@ def embed_pooled(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str =
 def embed_per_base(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str,
                    write: Callable[[int, int, np.ndarray], None], skip: int = 0,
                    batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
-                   chunk_size: int | None = None, progress: bool = False) -> None:
+                   chunk_size: int | None = None, progress: bool = False, precision: str | int = "32") -> None:
     """Per-base hidden states of every row, handed to ``write(row, start, block)`` chunk by chunk.
 
     ``block`` (T, D) float32 holds positions ``skip + start .. skip + start + T - 1`` of row
     ``row``, i.e. output rows ``start .. start + T - 1`` once the first ``skip`` positions are dropped.
+    ``precision``: as in :func:`embed_pooled`.
     """
     index = resolve_layer(model, layer)
+    check_precision(precision)
     for batch in _batches(rows, batch_size, max_tokens, progress, "embedding"):
         sub = [rows[i] for i in batch]
-        for start, hidden in _chunks(model, sub, index, chunk_size):
+        for start, hidden in _chunks(model, sub, index, chunk_size, precision):
             T = hidden.shape[1]
             for b, i in enumerate(batch):
                 lo, hi = max(start, skip), min(start + T, len(sub[b]))
@@ -159,11 +165,11 @@ def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequenc
                        layer: int | str = -1, pool: str = "mean", skip: int = 0, dtype: str = "float32",
                        batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
                        chunk_size: int | None = None, progress: bool = False,
-                       metadata: dict[str, Any] | None = None) -> Path:
+                       metadata: dict[str, Any] | None = None, precision: str | int = "32") -> Path:
     """Write the embeddings of ``rows`` (named ``ids``) to the directory ``out``, atomically.
 
     Layout: ``sequences.parquet`` (row, id, length in bases [, file]) and ``embed.json`` (layer,
-    pool, dtype, width and ``metadata``); pooled: ``embeddings.npy`` (N, D); per base
+    pool, dtype, precision, width and ``metadata``); pooled: ``embeddings.npy`` (N, D); per base
     (``pool='none'``): ``<row>.npy`` (length, D) per sequence, streamed to disk.
     """
     from dnalm.inference.io import write_parquet
@@ -174,23 +180,27 @@ def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequenc
     if len(ids) != len(rows):
         raise ConfigError(f"{len(ids)} ids for {len(rows)} sequences")
     index = resolve_layer(model, layer)
+    precision = check_precision(precision)
     D = model.backbone.embeddings.word_embeddings.embedding_dim
     lengths = [len(r) - skip for r in rows]
     for i, n in enumerate(lengths):
         if n < 1:
             raise ConfigError(f"sequence '{ids[i]}' has no base to embed")
-    info = {"layer": index, "pool": pool, "dtype": dtype, "width": D, "n_sequences": len(rows), **(metadata or {})}
+    info = {"layer": index, "pool": pool, "dtype": dtype, "precision": precision, "width": D,
+            "n_sequences": len(rows), **(metadata or {})}
     with atomic_dir(out) as tmp:
         table: dict[str, Any] = {"row": np.arange(len(rows)), "id": list(ids), "length": np.array(lengths)}
         if pool == "none":
             names = [f"{i:06d}.npy" for i in range(len(rows))]
             streams = [NpyStream(tmp / name, (n, D), DTYPES[dtype]) for name, n in zip(names, lengths, strict=True)]
             embed_per_base(model, rows, index, lambda i, s, block: streams[i].write(s, block), skip=skip,
-                           batch_size=batch_size, max_tokens=max_tokens, chunk_size=chunk_size, progress=progress)
+                           batch_size=batch_size, max_tokens=max_tokens, chunk_size=chunk_size, progress=progress,
+                           precision=precision)
             table["file"] = names
         else:
             vectors = embed_pooled(model, rows, index, pool, skip=skip, batch_size=batch_size,
-                                   max_tokens=max_tokens, chunk_size=chunk_size, progress=progress)
+                                   max_tokens=max_tokens, chunk_size=chunk_size, progress=progress,
+                                   precision=precision)
             np.save(tmp / "embeddings.npy", vectors.astype(DTYPES[dtype]))
         write_parquet(tmp / "sequences.parquet", table)
         (tmp / "embed.json").write_text(json.dumps(info, indent=2) + "\n")

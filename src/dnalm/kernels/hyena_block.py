@@ -29,6 +29,7 @@ The elementwise work goes through an ``ops`` object: :class:`dnalm.kernels.hyena
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -232,3 +233,97 @@ def hyena_block_forward(block: nn.Module, x: Tensor, ops=TorchOps, checkpoint_mi
     mlp = block.mlp
     return MLPResidualFunction.apply(x, o, block.norm2.weight, block.norm2.bias, mlp.fc1.weight, mlp.fc1.bias,
                                      mlp.fc2.weight, mlp.fc2.bias, ops, block.norm2.eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference: one chunk of a long sequence (dnalm.inference.chunked)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FusedCarry:
+    """What the next chunk of one fused Hyena block needs (see :func:`hyena_block_chunk`).
+
+    xz: (B, K-1, 3D) the last K-1 rows of the in-projection output (compute dtype; None before the
+    first chunk: zeros, the short convolution's causal padding); z: (B, D, H) float32, the last
+    ``H <= l_max - 1`` long-convolution inputs ``v * x1``; spectra: the filter's real spectrum (with
+    the 1/n of the inverse transform) for the last FFT length n, (D, n/2 + 1) complex64, computed once
+    per length (4 GiB per layer for HyenaDNA-large's default chunks of l_max tokens, n ~ 4.2M).
+    """
+
+    xz: Tensor | None = None
+    z: Tensor | None = None
+    spectra: dict[int, Tensor] = field(default_factory=dict)
+
+
+def _filter_spectrum(filter_fn: nn.Module, ops, n: int, l_max: int, device: torch.device) -> Tensor:
+    """rfft of the filter's first ``min(l_max, n/2)`` taps (float32, not autocast), scaled by 1/n: (D, n/2+1)."""
+    with torch.autocast(device.type, enabled=False):
+        hk, t = _filter_mlp(filter_fn, min(l_max, n // 2))  # pos_emb(L) holds the first L of l_max positions
+        return torch.fft.rfft(ops.modulate(hk.float(), t, *_window(filter_fn), 1.0 / n), n=n)
+
+
+def hyena_block_chunk(block: nn.Module, x: Tensor, carry: FusedCarry, ops=TorchOps) -> Tensor:
+    """One chunk of a Hyena block for chunked inference: x (B, T, D) float32 -> (B, T, D) float32.
+
+    The twin of ``hyena_chunk`` inside ``_block_chunk`` (:mod:`dnalm.inference.chunked`): the long
+    convolution runs over the carried last ``H <= l_max - 1`` inputs z and the chunk's T, with the filter
+    truncated to ``l_max`` taps. Inference only (no autograd graph); dropout must be inactive.
+
+    Layout: ``xz_ext = [carry.xz; in_proj(LN1 x)]`` (B, K-1+T, 3D); the prologue writes its z into an FFT
+    buffer of length ``n = fft_size(max(H, K-1) + T)``, where the chunk's z lies at positions K-1.. (the
+    first K-1 positions, computed from the carried rows, are not the chunk's). The history is written
+    just before them, circularly: its last K-1 values over positions 0..K-2, the rest at the end of the
+    buffer. The circular convolution then equals the linear one at positions K-1..K-1+T-1 (the nonzero
+    window has H + T <= n/2 positions and the filter at most n/2 taps), and those positions line up
+    with the rows of ``xz_ext``, so the epilogue reads the FFT output in place; its first K-1 rows are
+    dropped.
+    """
+    m, f = block.mixer, block.mixer.filter_fn
+    B, T, D = x.shape
+    w_in = m.in_proj.weight
+    cdt = _compute_dtype(x, w_in)
+    cw = m.short_filter.weight.reshape(m.short_filter.weight.shape[0], -1)
+    cb = m.short_filter.bias
+    a = cw.shape[-1] - 1  # K - 1
+    with torch.no_grad():
+        h, _, _ = ops.ln_fwd(_flat(x), None, block.norm1.weight, block.norm1.bias, block.norm1.eps, cdt)
+        xz = F.linear(h.view(B, T, D), w_in.to(cdt), m.in_proj.bias.to(cdt))  # (B, T, 3D)
+        del h
+        if a > 0:
+            prev = carry.xz.to(xz.dtype) if carry.xz is not None else xz.new_zeros(B, a, 3 * D)
+            xz = torch.cat([prev, xz], dim=1)  # (B, a+T, 3D)
+            carry.xz = xz[:, T:].clone()
+        H = 0 if carry.z is None else carry.z.shape[-1]
+        n = fft_size(max(H, a) + T)
+        buf = ops.pre(xz, cw, cb, n)  # (B, D, n): positions a.. hold the chunk's z, zeros from a+T
+        hist, keep = carry.z, m.l_max - 1
+        new = buf[..., a + max(T - keep, 0): a + T]  # the chunk's last inputs that later chunks need
+        if hist is not None and keep > T:
+            carry.z = torch.cat([hist[..., max(H - (keep - T), 0):], new], dim=-1)
+        else:
+            carry.z = new.clone()
+        del new
+        if a > 0:
+            buf[..., :a] = 0  # not the chunk's: z of the carried rows, or of the zero padding
+        if H:
+            r = min(H, a)
+            buf[..., a - r: a] = hist[..., H - r:]
+            if H > a:
+                buf[..., n - (H - a):] = hist[..., : H - a]
+        del hist
+        kf = carry.spectra.get(n)
+        if kf is None:
+            carry.spectra.clear()  # one length kept: every chunk but the first few and the last has the same n
+            kf = carry.spectra[n] = _filter_spectrum(f, ops, n, m.l_max, x.device)
+        c = _packed_fft(buf)  # (B, D, n/2)
+        del buf
+        yc = _packed_ifft(ops.conv_spectrum(c, kf, n))  # (B, D, n) float32; positions a..a+T-1 are the chunk's
+        del c
+        _, y = ops.post(yc, xz, cw, cb, f.bias, cdt)  # rows aligned with xz: (B, a+T, D)
+        del yc, xz
+        o = F.linear(y[:, a:], m.out_proj.weight.to(cdt), m.out_proj.bias.to(cdt))
+        del y
+        mlp = block.mlp
+        return MLPResidualFunction.apply(x, o, block.norm2.weight, block.norm2.bias, mlp.fc1.weight, mlp.fc1.bias,
+                                         mlp.fc2.weight, mlp.fc2.bias, ops, block.norm2.eps)

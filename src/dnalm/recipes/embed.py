@@ -18,6 +18,7 @@ class EmbedConfig(InferenceRun):
     layer: Any = "final"
     pool: str = "mean"
     save_dtype: str = "float32"
+    precision: str = "32"
     uppercase: bool = True
 
 
@@ -39,6 +40,7 @@ def main(cfg: DictConfig) -> int | None:
     out = embed_to_directory(model, rows, [s.id for s in seqs], ec.output, layer=layer, pool=ec.pool,
                              skip=int(ec.prepend_bos), dtype=ec.save_dtype, batch_size=ec.batch_size,
                              max_tokens=ec.max_tokens, chunk_size=ec.chunk_size, progress=True,
+                             precision=ec.precision,
                              metadata={"model": str(ec.checkpoint), "input": str(ec.input),
                                        "prepend_bos": ec.prepend_bos})
     print(f"embed: {len(seqs)} sequences, layer {layer}, pool {ec.pool} -> {out}/")
