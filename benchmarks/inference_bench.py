@@ -8,7 +8,8 @@ batch B, a random prompt of c tokens is extended by N tokens. The decode rate is
 time of N tokens minus the time of 2 tokens (the prefill and, with ``graph``, the capture at the first step
 cancel), for each decoding mode of dnalm.inference.decode (``--modes``: eager steps, or the step replayed as
 a CUDA graph); the naive rate is B divided by the time of one full forward over c tokens (what a recompute
-per new token costs at least). ``step_ms`` is the time of one decoding step alone (no sampling, no copies to
+per new token costs at least); both are run once untimed first (with ``compiled``, that is where the
+compilation happens). ``step_ms`` is the time of one decoding step alone (no sampling, no copies to
 the host), the device's share of the decode time.
 
 Embedding (dnalm.inference.embed.embed_pooled, chunks carrying the long-convolution history): one random
@@ -66,7 +67,10 @@ def bench_generation(model: HyenaLM, device: torch.device, context: int, batch: 
             options = GenerationOptions(max_new_tokens=n, top_k=4, batch_size=batch, decode=mode)
             return lambda: generate(model, prompts, options)
 
-        run(3)()  # warm-up (filters, allocator, kernels; a graph is captured once per generate call)
+        # warm-up at both timed lengths (filters, allocator, kernels; a graph is captured once per generate
+        # call; 'compiled' compiles once per state size, i.e. per prompt + new-token count)
+        run(2)()
+        run(new_tokens)()
         t2 = _timed(run(2), device)
         tn = _timed(run(new_tokens), device)
         decode = batch * (new_tokens - 2) / max(tn - t2, 1e-9)

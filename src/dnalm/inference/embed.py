@@ -27,12 +27,14 @@ API
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.lib.format import open_memmap
 
 from dnalm.errors import ConfigError
@@ -96,25 +98,31 @@ def embed_pooled(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str =
     for i, r in enumerate(rows):
         if len(r) <= skip:
             raise ConfigError(f"sequence {i} has no base to embed")
+    index = resolve_layer(model, layer)
     D = model.backbone.embeddings.word_embeddings.embedding_dim
-    out = np.zeros((len(rows), D), dtype=np.float64)
+    # pooled on the model's device (float64 sums): only (N, D) comes back, not every base's hidden state
+    out = torch.zeros(len(rows), D, dtype=torch.float64, device=model.lm_head.weight.device)
     if pool == "max":
-        out[:] = -np.inf
-
-    def accumulate(i: int, start: int, block: np.ndarray) -> None:
-        block = block.astype(np.float64)
-        if pool == "mean":
-            out[i] += block.sum(0)
-        elif pool == "max":
-            np.maximum(out[i], block.max(0), out=out[i])
-        elif start + len(block) == len(rows[i]) - skip:  # last: the block that ends the row
-            out[i] = block[-1]
-
-    embed_per_base(model, rows, layer, accumulate, skip=skip, batch_size=batch_size, max_tokens=max_tokens,
-                   chunk_size=chunk_size, progress=progress, precision=precision)
+        out.fill_(-math.inf)
+    for batch in _batches(rows, batch_size, max_tokens, progress, "embedding"):
+        sub = [rows[i] for i in batch]
+        for chunk in iter_chunks(model, pad_rows(sub), chunk_size, layers=[index], logits=False,
+                                 precision=precision):
+            hidden, start = chunk.hidden[0], chunk.start
+            for b, i in enumerate(batch):
+                lo, hi = max(start, skip), min(start + hidden.shape[1], len(sub[b]))
+                if hi <= lo:
+                    continue
+                block = hidden[b, lo - start: hi - start]
+                if pool == "mean":
+                    out[i] += block.sum(0, dtype=torch.float64)
+                elif pool == "max":
+                    out[i] = torch.maximum(out[i], block.max(0).values.double())
+                elif hi == len(sub[b]):  # last: the block that ends the row
+                    out[i] = block[-1].double()
     if pool == "mean":
-        out /= np.array([len(r) - skip for r in rows], dtype=np.float64)[:, None]
-    return out.astype(np.float32)
+        out /= torch.tensor([len(r) - skip for r in rows], dtype=torch.float64, device=out.device)[:, None]
+    return out.float().cpu().numpy()
 
 
 def embed_per_base(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str,

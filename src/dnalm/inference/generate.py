@@ -33,6 +33,7 @@ generators)``; ``sample_at(logits, options, u)``; :class:`GenerationOptions`;
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -108,13 +109,20 @@ def row_generator(seed: int, prompt_index: int, sample: int) -> torch.Generator:
     return g
 
 
+@functools.lru_cache(maxsize=16)
+def _drop_mask(vocab: int, device: str) -> Tensor:
+    """(V,) bool, True for every id but A, C, G, T, made once per device (a copy from the host at every
+    step would make each step wait for the previous one)."""
+    drop = torch.ones(vocab, dtype=torch.bool)
+    drop[list(ACGT_IDS)] = False
+    return drop.to(device)
+
+
 def filter_logits(logits: Tensor, options: GenerationOptions) -> Tensor:
     """Steps 1-4 of the module docstring on logits (B, V) float32 -> masked, scaled logits (B, V)."""
     out = logits.clone()
     if options.acgt_only:
-        keep = torch.zeros(out.shape[-1], dtype=torch.bool)
-        keep[list(ACGT_IDS)] = True
-        out = out.masked_fill(~keep.to(out.device, non_blocking=True), float("-inf"))
+        out = out.masked_fill(_drop_mask(out.shape[-1], str(out.device)), float("-inf"))
     if options.temperature > 0:
         out = out / options.temperature
     if options.top_k > 0 and options.top_k < out.shape[-1]:
