@@ -9,6 +9,7 @@ import torch
 from dnalm.errors import ConfigError
 from dnalm.inference.decode import Stepper, static_step_supported, step_logits_at
 from dnalm.inference.generate import GenerationOptions, generate
+from dnalm.models import hyena
 from dnalm.models.hyena import HyenaConfig, HyenaLM
 from dnalm.models.transformer import TransformerConfig, TransformerLM
 
@@ -40,11 +41,15 @@ def test_operator_step_at_a_tensor_offset_equals_the_reference_step(model, promp
     torch.testing.assert_close(new_state.conv, ref_state.conv, **TOL)
 
 
-@pytest.mark.parametrize("tensor_offset", [False, True])
-def test_steps_after_a_prompt_use_its_precomputed_contribution(model, tensor_offset):
+@pytest.mark.parametrize("tensor_offset, one_row_at_a_time", [(False, False), (True, False), (False, True)])
+def test_steps_after_a_prompt_use_its_precomputed_contribution(model, tensor_offset, one_row_at_a_time,
+                                                               monkeypatch):
     """After a forward with a state, a step adds the prompt's contribution computed once by FFT
     (``HyenaState.pre``) to a sum over the positions written since; a second forward chunk recomputes
-    it. Outputs equal the stateless forward over the whole input (random inputs)."""
+    it. Outputs equal the stateless forward over the whole input (random inputs), also when the state's
+    FFT runs one row at a time (the memory bound of long prompts at large batches)."""
+    if one_row_at_a_time:
+        monkeypatch.setattr(hyena, "STATE_FFT_ELEMENTS", 1)
     op = model.mixers[1]
     u = torch.randn(2, 120, op.d_model, generator=torch.Generator().manual_seed(5))
 

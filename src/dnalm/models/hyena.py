@@ -245,6 +245,10 @@ class HyenaFilter(nn.Module):
         return h[0].transpose(0, 1)
 
 
+#: Elements per FFT buffer of the long convolution over a state's history (:meth:`HyenaOperator._state_conv`).
+STATE_FFT_ELEMENTS = 1 << 28
+
+
 @dataclass
 class HyenaState:
     """Recurrent state of one :class:`HyenaOperator`.
@@ -337,11 +341,16 @@ class HyenaOperator(nn.Module):
         Positions before ``end`` are the forward's outputs; from ``end`` on (where the skip term is
         zero) they are the contribution of those inputs to later positions, kept as ``state.pre`` for
         the steps that follow (``state.prefix = end``)."""
-        M = state.z.shape[-1]
+        B, D, M = state.z.shape
         h = self._state_filter(state).flip(-1)  # h[0 .. M-1]
         wide = torch.promote_types(h.dtype, torch.float32)
-        u = F.pad(state.z[..., :end].to(wide), (0, M - end))
-        y = fftconv_ref(u, h.to(wide), self.filter_fn.bias)
+        y = torch.empty(B, D, M, dtype=wide, device=state.z.device)
+        # a few rows at a time: the FFT's buffers (several (rows, D, 2M) tensors) stay near 2^28 elements
+        rows = max(1, STATE_FFT_ELEMENTS // (2 * D * M))
+        for b in range(0, B, rows):
+            u = F.pad(state.z[b: b + rows, :, :end].to(wide), (0, M - end))
+            y[b: b + rows] = fftconv_ref(u, h.to(wide), self.filter_fn.bias)
+            del u
         state.prefix, state.pre = end, (y[..., end:].contiguous() if end < M else None)
         return y
 
