@@ -19,7 +19,9 @@ Modes of :class:`Stepper` (``mode``):
 ``compiled``
     ``static`` compiled with ``torch.compile`` (Inductor fuses the step's few hundred small kernels into
     fewer), captured as a CUDA graph on CUDA; on the CPU the compiled step runs without a graph (the
-    twin the tests compare). The first step pays the compilation (tens of seconds on a GPU).
+    twin the tests compare). The step's shapes depend on the batch, the state's size (prompt + new tokens)
+    and the prompt's length, so each new combination compiles once (about 10 s on an H100 for
+    HyenaDNA-large): for long generations or many batches of one shape.
 ``auto``
     ``graph`` for Hyena models on CUDA, else ``eager``.
 
