@@ -200,11 +200,25 @@ def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequen
     state = model.allocate_state(B, end - 1)
     logits = model(torch.from_numpy(forced[:, :start]).to(device), state=state)[:, -1]  # (B, V)
     step = Stepper(model, state, options.decode)
-    if step.mode != "eager":
-        return _device_loop(step, logits, prompts, rows, forced, lengths, generators, options)
+    loop = _host_loop if step.mode == "eager" else _device_loop
+    tokens, log_probs = loop(step, logits, forced, lengths, generators, options)
+    out = []
+    for b, (p, s) in enumerate(rows):
+        new = slice(lengths[b], lengths[b] + options.max_new_tokens)
+        out.append(Generation(p, s, np.asarray(prompts[p], dtype=np.int64), tokens[b, new].copy(),
+                              log_probs[b, new].copy()))
+    return out
+
+
+def _host_loop(step: Stepper, logits: Tensor, forced: np.ndarray, lengths: list[int],
+               generators: Sequence[torch.Generator], options: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens (B, end) and their log-probs of one batch, sampling on the host after every step (the
+    reference loop). ``forced`` (B, end) holds the prompts; ``logits`` (B, V) are those after the prefill."""
+    device = logits.device
+    B, end = forced.shape
     tokens = forced.copy()
     log_probs = np.zeros((B, end), dtype=np.float32)
-    for pos in range(start, end):
+    for pos in range(min(lengths), end):
         host = logits.float().cpu()  # (B, V): the one device-to-host copy of a step
         lp = host.log_softmax(-1)  # unmodified distribution
         nxt = forced[:, pos].copy()
@@ -216,23 +230,16 @@ def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequen
         log_probs[:, pos] = lp.gather(-1, torch.from_numpy(nxt)[:, None])[:, 0].numpy()
         if pos + 1 < end:
             logits = step(torch.from_numpy(nxt[:, None]).to(device))
-    out = []
-    for b, (p, s) in enumerate(rows):
-        new = slice(lengths[b], lengths[b] + options.max_new_tokens)
-        out.append(Generation(p, s, np.asarray(prompts[p], dtype=np.int64), tokens[b, new].copy(),
-                              log_probs[b, new].copy()))
-    return out
+    return tokens, log_probs
 
 
-def _device_loop(step: Stepper, logits: Tensor, prompts: Sequence[np.ndarray], rows: Sequence[tuple[int, int]],
-                 forced: np.ndarray, lengths: list[int], generators: Sequence[torch.Generator],
-                 options: GenerationOptions) -> list[Generation]:
-    """The loop of :func:`_generate_batch` with sampling on the model's device: each row's uniform numbers
-    are drawn beforehand (one per position past its prompt, in order: the numbers the host loop would
-    draw), so no step waits for the host and the tokens and log-probs are copied back once at the end."""
+def _device_loop(step: Stepper, logits: Tensor, forced: np.ndarray, lengths: list[int],
+                 generators: Sequence[torch.Generator], options: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_host_loop` with sampling on the model's device: each row's uniform numbers are drawn
+    beforehand (one per position past its prompt, in order: the numbers the host loop would draw), so
+    no step waits for the host and the tokens and log-probs are copied back once at the end."""
     device = logits.device
     B, end = forced.shape
-    start = min(lengths)
     free = np.arange(end)[None, :] >= np.asarray(lengths)[:, None]  # (B, end): positions a row samples
     u = np.zeros((B, end), dtype=np.float64)
     if options.temperature != 0:
@@ -243,20 +250,14 @@ def _device_loop(step: Stepper, logits: Tensor, prompts: Sequence[np.ndarray], r
     free_d, u_d = torch.from_numpy(free).to(device), torch.from_numpy(u).to(device)
     tokens = forced_d.clone()
     log_probs = torch.zeros(B, end, dtype=torch.float32, device=device)
-    for pos in range(start, end):
+    for pos in range(min(lengths), end):
         logits = logits.float()
         nxt = torch.where(free_d[:, pos], sample_at(logits, options, u_d[:, pos]), forced_d[:, pos])
         tokens[:, pos] = nxt
         log_probs[:, pos] = logits.log_softmax(-1).gather(-1, nxt[:, None])[:, 0]
         if pos + 1 < end:
             logits = step(nxt[:, None])
-    tokens_h, log_probs_h = tokens.cpu().numpy(), log_probs.cpu().numpy()
-    out = []
-    for b, (p, s) in enumerate(rows):
-        new = slice(lengths[b], lengths[b] + options.max_new_tokens)
-        out.append(Generation(p, s, np.asarray(prompts[p], dtype=np.int64), tokens_h[b, new].copy(),
-                              log_probs_h[b, new].copy()))
-    return out
+    return tokens.cpu().numpy(), log_probs.cpu().numpy()
 
 
 def generate(model: CausalLM, prompts: Sequence[np.ndarray], options: GenerationOptions | None = None,
