@@ -17,7 +17,7 @@ API
 ---
 ``resolve_layer(model, layer) -> int``
 ``embed_pooled(model, rows, layer=-1, pool='mean', skip=0, ..., precision='32') -> (N, D) float32``
-    (``precision='bf16'``: the chunks run under bf16 autocast, about twice as fast on a GPU)
+    (``precision='bf16'``: the chunks run under bf16 autocast)
 ``embed_per_base(model, rows, layer, write, skip=0, ...)``: calls ``write(row, start, block)``
     with blocks (T, D) of consecutive positions.
 ``NpyStream(path, shape, dtype)``: a ``.npy`` file filled by ``write(start, block)``.
@@ -74,12 +74,19 @@ def _batches(rows: Sequence[np.ndarray], batch_size: int, max_tokens: int, progr
     return track(batches, total=len(batches), desc=desc, unit="batch") if progress else batches
 
 
-def _chunks(model: CausalLM, rows: Sequence[np.ndarray], layer: int, chunk_size: int | None,
-            precision: str | int = "32"):
-    """(ids (B, L), iterator over (start, hidden (B, T, D) float32 numpy)) of one batch."""
-    ids = pad_rows(rows)
-    for chunk in iter_chunks(model, ids, chunk_size, layers=[layer], logits=False, precision=precision):
-        yield chunk.start, chunk.hidden[0].float().cpu().numpy()
+def _row_blocks(model: CausalLM, rows: Sequence[np.ndarray], index: int, skip: int, batch_size: int,
+                max_tokens: int, chunk_size: int | None, progress: bool, precision: str | int):
+    """``(row, start, block)`` for every chunk of every row: ``block`` (T, D) on the model's device holds the
+    hidden states of positions ``skip + start ..`` of row ``row`` (padding and the first ``skip`` left out)."""
+    for batch in _batches(rows, batch_size, max_tokens, progress, "embedding"):
+        sub = [rows[i] for i in batch]
+        for chunk in iter_chunks(model, pad_rows(sub), chunk_size, layers=[index], logits=False,
+                                 precision=precision):
+            hidden, start = chunk.hidden[0], chunk.start
+            for b, i in enumerate(batch):
+                lo, hi = max(start, skip), min(start + hidden.shape[1], len(sub[b]))
+                if hi > lo:
+                    yield i, lo - skip, hidden[b, lo - start: hi - start]
 
 
 def embed_pooled(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str = -1, pool: str = "mean",
@@ -94,32 +101,23 @@ def embed_pooled(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str =
     check_precision(precision)
     if pool == "none":
         raise ConfigError("embed_pooled needs pool=mean, max or last (use embed_per_base for per-base output)")
-    resolve_layer(model, layer)  # a bad layer fails before any work
+    index = resolve_layer(model, layer)  # a bad layer fails before any work
     for i, r in enumerate(rows):
         if len(r) <= skip:
             raise ConfigError(f"sequence {i} has no base to embed")
-    index = resolve_layer(model, layer)
     D = model.backbone.embeddings.word_embeddings.embedding_dim
     # pooled on the model's device (float64 sums): only (N, D) comes back, not every base's hidden state
     out = torch.zeros(len(rows), D, dtype=torch.float64, device=model.lm_head.weight.device)
     if pool == "max":
         out.fill_(-math.inf)
-    for batch in _batches(rows, batch_size, max_tokens, progress, "embedding"):
-        sub = [rows[i] for i in batch]
-        for chunk in iter_chunks(model, pad_rows(sub), chunk_size, layers=[index], logits=False,
-                                 precision=precision):
-            hidden, start = chunk.hidden[0], chunk.start
-            for b, i in enumerate(batch):
-                lo, hi = max(start, skip), min(start + hidden.shape[1], len(sub[b]))
-                if hi <= lo:
-                    continue
-                block = hidden[b, lo - start: hi - start]
-                if pool == "mean":
-                    out[i] += block.sum(0, dtype=torch.float64)
-                elif pool == "max":
-                    out[i] = torch.maximum(out[i], block.max(0).values.double())
-                elif hi == len(sub[b]):  # last: the block that ends the row
-                    out[i] = block[-1].double()
+    for i, start, block in _row_blocks(model, rows, index, skip, batch_size, max_tokens, chunk_size, progress,
+                                       precision):
+        if pool == "mean":
+            out[i] += block.sum(0, dtype=torch.float64)
+        elif pool == "max":
+            out[i] = torch.maximum(out[i], block.max(0).values.double())
+        elif start + len(block) == len(rows[i]) - skip:  # last: the block that ends the row
+            out[i] = block[-1].double()
     if pool == "mean":
         out /= torch.tensor([len(r) - skip for r in rows], dtype=torch.float64, device=out.device)[:, None]
     return out.float().cpu().numpy()
@@ -137,14 +135,9 @@ def embed_per_base(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str
     """
     index = resolve_layer(model, layer)
     check_precision(precision)
-    for batch in _batches(rows, batch_size, max_tokens, progress, "embedding"):
-        sub = [rows[i] for i in batch]
-        for start, hidden in _chunks(model, sub, index, chunk_size, precision):
-            T = hidden.shape[1]
-            for b, i in enumerate(batch):
-                lo, hi = max(start, skip), min(start + T, len(sub[b]))
-                if hi > lo:
-                    write(i, lo - skip, hidden[b, lo - start: hi - start])
+    for i, start, block in _row_blocks(model, rows, index, skip, batch_size, max_tokens, chunk_size, progress,
+                                       precision):
+        write(i, start, block.float().cpu().numpy())
 
 
 class NpyStream:
