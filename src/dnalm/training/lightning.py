@@ -83,8 +83,10 @@ def time_budget_fraction(trainer: L.Trainer | None) -> float:
     from lightning.pytorch.callbacks import Timer
 
     for callback in trainer.callbacks:
-        if isinstance(callback, Timer) and callback._duration:
-            return min(1.0, callback.time_elapsed("train") / callback._duration)
+        remaining = callback.time_remaining("train") if isinstance(callback, Timer) else None
+        if remaining is not None:
+            elapsed = callback.time_elapsed("train")
+            return min(1.0, elapsed / max(elapsed + remaining, 1e-9))
     return 0.0
 
 
