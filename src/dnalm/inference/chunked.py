@@ -59,7 +59,6 @@ from scipy.fft import next_fast_len
 from torch import Tensor, nn
 
 from dnalm.errors import ConfigError
-from dnalm.kernels import select_ops
 from dnalm.kernels.hyena_block import FusedCarry, hyena_block_chunk
 from dnalm.models.blocks import Block, CausalLM
 from dnalm.models.hyena import HyenaOperator, fftconv_ref
@@ -248,15 +247,6 @@ def _block_chunk(block: Block, x: Tensor, mixer_fn: Callable[[Tensor], Tensor]) 
     return x + block.dropout(block.mlp(block._norm(block.norm2, x)))
 
 
-def _fused_ops(block: Block, device: torch.device):
-    """The elementwise ops of the fused block (:func:`dnalm.kernels.hyena_block.hyena_block_chunk`) for a
-    Hyena block's ``fast_path`` on ``device``, or None (the reference path: active dropout, or the setting)."""
-    mixer = block.mixer
-    if mixer.training and (mixer.dropout.p > 0 or block.dropout.p > 0):
-        return None
-    return select_ops(mixer.fast_path, torch.empty(0, device=device))
-
-
 def _as_ids(input_ids: Tensor | np.ndarray, start: int, end: int, device: torch.device) -> Tensor:
     piece = input_ids[:, start:end]
     if isinstance(piece, np.ndarray):
@@ -304,7 +294,7 @@ def iter_chunks(model: CausalLM, input_ids: Tensor | np.ndarray, chunk_size: int
     fused: list[Any] = []  # the fused block's ops per layer (None: the reference path)
     for block in backbone.layers:
         mixer = block.mixer
-        fused.append(_fused_ops(block, device) if fp32 and isinstance(mixer, HyenaOperator) else None)
+        fused.append(mixer.fused_ops(block, device) if fp32 and isinstance(mixer, HyenaOperator) else None)
         if fused[-1] is not None:
             carries.append(FusedCarry())
         elif isinstance(mixer, HyenaOperator):

@@ -6,7 +6,7 @@
 * :mod:`dnalm.kernels.hyena_torch`: its elementwise pieces in plain PyTorch (CPU, any device).
 * :mod:`dnalm.kernels.hyena_triton`: the same pieces as Triton kernels (CUDA).
 
-:func:`select_ops` picks the implementation for a ``fast_path`` setting and a tensor's device.
+:func:`select_ops` picks the implementation for a ``fast_path`` setting and a device.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 
-from torch import Tensor
+import torch
 
 
 @functools.cache
@@ -23,15 +23,15 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def select_ops(fast_path: str, x: Tensor):
-    """The elementwise ops for ``fast_path`` ('auto', 'fused', 'reference') on x's device, or None.
+def select_ops(fast_path: str, device: torch.device):
+    """The elementwise ops for ``fast_path`` ('auto', 'fused', 'reference') on ``device``, or None.
 
     'auto': the Triton kernels on CUDA, None (the reference code) elsewhere; 'fused': the Triton
     kernels on CUDA, the plain PyTorch twins elsewhere; 'reference': None.
     """
     if fast_path == "reference":
         return None
-    if x.is_cuda and triton_available():
+    if device.type == "cuda" and triton_available():
         from dnalm.kernels.hyena_triton import TritonOps
 
         return TritonOps

@@ -295,14 +295,20 @@ class HyenaOperator(nn.Module):
         self.fast_path = cfg.fast_path
         self.checkpoint_mixer = False  # a training-time switch, see dnalm.kernels.hyena_block
 
+    def fused_ops(self, block: nn.Module, device: torch.device):
+        """The elementwise ops of the fused kernels (:func:`dnalm.kernels.select_ops`) for ``block`` (whose
+        mixer this is) on ``device``, or None where ``fast_path`` or active dropout rule them out."""
+        from dnalm.kernels import select_ops
+
+        if self.training and (self.dropout.p > 0 or block.dropout.p > 0):
+            return None
+        return select_ops(self.fast_path, device)
+
     def fused_block(self, block: nn.Module, x: Tensor) -> Tensor | None:
         """``block(x)`` (x (B, L, D) float32 residual stream) through the fused kernels of
         :mod:`dnalm.kernels.hyena_block`, or None where ``fast_path`` or active dropout rule them out."""
-        from dnalm.kernels import select_ops
-
-        ops = select_ops(self.fast_path, x)
-        dropout = self.training and (self.dropout.p > 0 or block.dropout.p > 0)
-        if ops is None or dropout or x.dtype != torch.float32 or x.shape[1] > self.l_max:
+        ops = self.fused_ops(block, x.device)
+        if ops is None or x.dtype != torch.float32 or x.shape[1] > self.l_max:
             return None
         from dnalm.kernels.hyena_block import hyena_block_forward
 
