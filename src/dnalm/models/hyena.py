@@ -350,13 +350,13 @@ class HyenaOperator(nn.Module):
         B, D, M = state.z.shape
         h = self._state_filter(state).flip(-1)  # h[0 .. M-1]
         wide = torch.promote_types(h.dtype, torch.float32)
+        h = h.to(wide)
         y = torch.empty(B, D, M, dtype=wide, device=state.z.device)
         # a few rows at a time: the FFT's buffers (several (rows, D, 2M) tensors) stay near 2^28 elements
         rows = max(1, STATE_FFT_ELEMENTS // (2 * D * M))
         for b in range(0, B, rows):
             u = F.pad(state.z[b: b + rows, :, :end].to(wide), (0, M - end))
-            y[b: b + rows] = fftconv_ref(u, h.to(wide), self.filter_fn.bias)
-            del u
+            y[b: b + rows] = fftconv_ref(u, h, self.filter_fn.bias)
         state.prefix, state.pre = end, (y[..., end:].contiguous() if end < M else None)
         return y
 
