@@ -97,6 +97,32 @@ def test_stepper_modes_advance_the_state_like_the_model(model, mode):
         step(ids[:, :1])
 
 
+@pytest.mark.parametrize("mode", ["eager", "static", "compiled"])
+def test_a_stepper_that_picks_its_input_equals_stepping_with_the_picked_ids(model, mode):
+    """``pick`` (greedy here, recording each pick at its offset) chooses every step's input from the previous
+    logits on the device; the same tokens fed by hand to a plain eager stepper give the same logits."""
+    prompt = torch.randint(7, 11, (2, 9), generator=torch.Generator().manual_seed(4))
+    picked = torch.full((2, 30), -1)
+
+    def pick(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        nxt = logits[:, 7:11].argmax(-1) + 7
+        picked.index_copy_(1, pos, nxt[:, None])
+        return nxt[:, None]
+
+    with torch.no_grad():
+        runs = []
+        for m, p in ((mode, pick), ("eager", None)):
+            state = model.allocate_state(2, 30)
+            logits = model(prompt, state)[:, -1]
+            step, outs = Stepper(model, state, m, pick=p), []
+            for t in range(9, 30):
+                logits = step(logits if p else picked[:, t:t + 1].clone())
+                outs.append(logits)
+            runs.append(torch.stack(outs, 1))
+    assert (picked[:, 9:] >= 7).all() and (picked[:, :9] == -1).all()
+    torch.testing.assert_close(runs[0], runs[1], **TOL)
+
+
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 0.0}, {"top_p": 0.8, "top_k": 3, "temperature": 0.7}])
 def test_generation_is_the_same_in_every_cpu_mode(model, sampling):
     """eager: host-side sampling per step (the reference); static: sampling on the device from uniform numbers

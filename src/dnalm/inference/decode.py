@@ -25,11 +25,19 @@ Modes of :class:`Stepper` (``mode``):
 ``auto``
     ``graph`` for Hyena models on CUDA, else ``eager``.
 
+Picking the input on the device (``pick``): a stepper made with ``pick(logits (B, V), offset (1,)) -> ids
+(B, 1)`` takes the previous step's logits instead of ids and chooses each step's input from them itself
+(sampling from uniform numbers drawn beforehand, :mod:`dnalm.inference.generate`). In ``graph`` and
+``compiled`` modes the choice is captured in the same graph as the step, so a token costs one graph
+replay and no kernel launched from Python; the other modes call ``pick`` then the step.
+
 All modes give the same logits up to float rounding (the tensor-offset step sums over the whole state
 after the prompt, the positions not written yet being zeros, in another order).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -62,6 +70,14 @@ def static_step_supported(model: CausalLM) -> bool:
     return len(model.mixers) > 0 and all(isinstance(m, HyenaOperator) for m in model.mixers)
 
 
+def resolve_mode(model: CausalLM, mode: str) -> str:
+    """The mode a :class:`Stepper` runs for ``mode``: ``auto`` is ``graph`` for Hyena models on CUDA, else ``eager``."""
+    if mode != "auto":
+        return mode
+    cuda = model.lm_head.weight.device.type == "cuda"
+    return "graph" if cuda and static_step_supported(model) else "eager"
+
+
 def step_logits_at(model: CausalLM, ids: Tensor, state: InferenceState, offset: Tensor) -> Tensor:
     """Logits (B, V) of one token per row, ids (B, 1), at position ``offset`` (int64 tensor (1,)); the
     layers' states are updated but ``state.offset`` is not advanced (the caller does that)."""
@@ -77,59 +93,68 @@ def step_logits_at(model: CausalLM, ids: Tensor, state: InferenceState, offset: 
 
 class Stepper:
     """``stepper(ids (B, 1)) -> logits (B, V)``: one decoding step on ``state`` (after its prefill),
-    advancing ``state.offset`` by one. See the module docstring for ``mode``."""
+    advancing ``state.offset`` by one. With ``pick``: ``stepper(logits (B, V)) -> logits (B, V)``, the step's
+    ids being ``pick(logits, offset)``. See the module docstring for ``mode`` and ``pick``."""
 
-    def __init__(self, model: CausalLM, state: InferenceState, mode: str = "auto"):
+    def __init__(self, model: CausalLM, state: InferenceState, mode: str = "auto",
+                 pick: Callable[[Tensor, Tensor], Tensor] | None = None):
         if mode not in MODES:
             raise ConfigError(f"decoding mode must be one of {', '.join(MODES)}, got {mode!r}")
         device = model.lm_head.weight.device
-        if mode == "auto":
-            mode = "graph" if device.type == "cuda" and static_step_supported(model) else "eager"
+        mode = resolve_mode(model, mode)
         if mode in ("static", "graph", "compiled") and not static_step_supported(model):
             raise ConfigError(f"decoding mode '{mode}' needs a model whose every mixer is a Hyena operator")
         if mode == "graph" and device.type != "cuda":
             raise ConfigError("decoding mode 'graph' needs the model on a CUDA device")
         if mode != "eager" and model.training:
             raise ConfigError(f"decoding mode '{mode}' needs the model in eval mode")
-        self.model, self.state, self.mode = model, state, mode
+        self.model, self.state, self.mode, self.pick = model, state, mode, pick
         self.fn = compiled_step() if mode == "compiled" else step_logits_at
         self.use_graph = mode == "graph" or (mode == "compiled" and device.type == "cuda")
         self.offset = torch.zeros(1, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.ids: Tensor | None = None
+        self.x: Tensor | None = None  # the graph's input: ids, or the logits that pick reads
         self.out: Tensor | None = None
 
-    def __call__(self, ids: Tensor) -> Tensor:
+    def _ids(self, x: Tensor) -> Tensor:
+        return x if self.pick is None else self.pick(x, self.offset)
+
+    def _body(self, x: Tensor) -> Tensor:
+        """The static step on input x (what a graph captures)."""
+        return self.fn(self.model, self._ids(x), self.state, self.offset)
+
+    def __call__(self, x: Tensor) -> Tensor:
         state = self.state
-        if self.mode == "eager":
-            return self.model(ids, state=state)[:, -1]
-        state.check_room(1, ids.shape[0])
         self.offset.fill_(state.offset)
+        if self.mode == "eager":
+            return self.model(self._ids(x), state=state)[:, -1]
+        state.check_room(1, x.shape[0])
         if not self.use_graph:
-            logits = self.fn(self.model, ids, state, self.offset)
+            logits = self._body(x)
         elif self.graph is None:
-            logits = self._capture(ids)
+            logits = self._capture(x)
             if logits is None:  # the graph could not be used: this step and the next ones run eagerly
-                return self.model(ids, state=state)[:, -1]
+                return self.model(self._ids(x), state=state)[:, -1]
         else:
-            self.ids.copy_(ids)
+            self.x.copy_(x)
             self.graph.replay()
             logits = self.out.clone()
         state.advance(1)
         return logits
 
-    def _capture(self, ids: Tensor) -> Tensor | None:
+    def _capture(self, x: Tensor) -> Tensor | None:
         """Capture the step as a CUDA graph and return the first step's logits, checked against the same
         step run eagerly; None (with a warning, the state as before the step and ``mode`` eager) when
         capture fails or the replay disagrees.
 
         The eager run goes first, on a side stream: it also allocates what the step keeps (the padded
         filter, cuBLAS workspaces). The short-convolution states it shifted are restored before the
-        replay; the input it wrote into the long-convolution state is written again, identically."""
+        replay; the input it wrote into the long-convolution state is written again, identically (and so
+        is what ``pick`` records: it reads the same logits at the same offset)."""
         import warnings
 
-        state, model = self.state, self.model
-        self.ids = ids.clone()
+        state = self.state
+        self.x = x.clone()
         before = [layer.conv.clone() for layer in state.layers]
 
         def restore() -> None:
@@ -139,18 +164,18 @@ class Stepper:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            expected = step_logits_at(model, self.ids, state, self.offset).clone()
+            expected = step_logits_at(self.model, self._ids(self.x), state, self.offset).clone()
         torch.cuda.current_stream().wait_stream(side)
         restore()
         try:
             if self.fn is not step_logits_at:  # compile (and warm up) outside the capture
                 with torch.cuda.stream(side):
-                    self.fn(model, self.ids, state, self.offset)
+                    self._body(self.x)
                 torch.cuda.current_stream().wait_stream(side)
                 restore()
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.out = self.fn(model, self.ids, state, self.offset)
+                self.out = self._body(self.x)
             self.graph.replay()
             logits = self.out.clone()
             problem = None if torch.allclose(logits, expected, rtol=1e-3, atol=1e-3) else \

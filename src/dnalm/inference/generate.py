@@ -44,7 +44,7 @@ from torch import Tensor
 from dnalm.errors import ConfigError
 from dnalm.inference.chunked import context_length
 from dnalm.inference.decode import MODES as DECODE_MODES
-from dnalm.inference.decode import Stepper
+from dnalm.inference.decode import Stepper, resolve_mode
 from dnalm.inference.scoring import encode_sequence
 from dnalm.models.blocks import CausalLM
 from dnalm.tokenizers import A_ID, C_ID, G_ID, T_ID
@@ -199,9 +199,8 @@ def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequen
     generators = [row_generator(options.seed, p, s) for p, s in rows]
     state = model.allocate_state(B, end - 1)
     logits = model(torch.from_numpy(forced[:, :start]).to(device), state=state)[:, -1]  # (B, V)
-    step = Stepper(model, state, options.decode)
-    loop = _host_loop if step.mode == "eager" else _device_loop
-    tokens, log_probs = loop(step, logits, forced, lengths, generators, options)
+    loop = _host_loop if resolve_mode(model, options.decode) == "eager" else _device_loop
+    tokens, log_probs = loop(model, state, logits, forced, lengths, generators, options)
     out = []
     for b, (p, s) in enumerate(rows):
         new = slice(lengths[b], lengths[b] + options.max_new_tokens)
@@ -210,11 +209,12 @@ def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequen
     return out
 
 
-def _host_loop(step: Stepper, logits: Tensor, forced: np.ndarray, lengths: list[int],
+def _host_loop(model: CausalLM, state, logits: Tensor, forced: np.ndarray, lengths: list[int],
                generators: Sequence[torch.Generator], options: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
     """Tokens (B, end) and their log-probs of one batch, sampling on the host after every step (the
     reference loop). ``forced`` (B, end) holds the prompts; ``logits`` (B, V) are those after the prefill."""
     device = logits.device
+    step = Stepper(model, state, options.decode)
     B, end = forced.shape
     tokens = forced.copy()
     log_probs = np.zeros((B, end), dtype=np.float32)
@@ -233,11 +233,13 @@ def _host_loop(step: Stepper, logits: Tensor, forced: np.ndarray, lengths: list[
     return tokens, log_probs
 
 
-def _device_loop(step: Stepper, logits: Tensor, forced: np.ndarray, lengths: list[int],
+def _device_loop(model: CausalLM, state, logits: Tensor, forced: np.ndarray, lengths: list[int],
                  generators: Sequence[torch.Generator], options: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_host_loop` with sampling on the model's device: each row's uniform numbers are drawn
-    beforehand (one per position past its prompt, in order: the numbers the host loop would draw), so
-    no step waits for the host and the tokens and log-probs are copied back once at the end."""
+    beforehand (one per position past its prompt, in order: the numbers the host loop would draw), and
+    each step's token is picked on the device at the step's offset (:class:`Stepper` ``pick``; in a graph
+    mode, inside the step's graph), so no step waits for the host and the tokens and log-probs are copied
+    back once at the end."""
     device = logits.device
     B, end = forced.shape
     free = np.arange(end)[None, :] >= np.asarray(lengths)[:, None]  # (B, end): positions a row samples
@@ -250,13 +252,20 @@ def _device_loop(step: Stepper, logits: Tensor, forced: np.ndarray, lengths: lis
     free_d, u_d = torch.from_numpy(free).to(device), torch.from_numpy(u).to(device)
     tokens = forced_d.clone()
     log_probs = torch.zeros(B, end, dtype=torch.float32, device=device)
-    for pos in range(min(lengths), end):
+
+    def pick(logits: Tensor, pos: Tensor) -> Tensor:
+        """The token of position ``pos`` (a (1,) tensor) of every row from the logits before it, recorded."""
         logits = logits.float()
-        nxt = torch.where(free_d[:, pos], sample_at(logits, options, u_d[:, pos]), forced_d[:, pos])
-        tokens[:, pos] = nxt
-        log_probs[:, pos] = logits.log_softmax(-1).gather(-1, nxt[:, None])[:, 0]
-        if pos + 1 < end:
-            logits = step(nxt[:, None])
+        at = lambda t: t.index_select(1, pos)[:, 0]  # noqa: E731
+        nxt = torch.where(at(free_d), sample_at(logits, options, at(u_d)), at(forced_d))
+        tokens.index_copy_(1, pos, nxt[:, None])
+        log_probs.index_copy_(1, pos, logits.log_softmax(-1).gather(-1, nxt[:, None]))
+        return nxt[:, None]
+
+    step = Stepper(model, state, options.decode, pick=pick)
+    for _ in range(min(lengths), end - 1):
+        logits = step(logits)
+    pick(logits, torch.tensor([end - 1], device=device))  # the last token: no step after it
     return tokens.cpu().numpy(), log_probs.cpu().numpy()
 
 

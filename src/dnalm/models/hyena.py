@@ -130,8 +130,9 @@ def fftconv_ref(u: Tensor, k: Tensor, D: Tensor) -> Tensor:
 
     u: (B, C, L); k: (C, L); D: (C,). Returns (B, C, L) in ``u.dtype``.
     Zero-padded FFT as in HyenaDNA's ``fftconv`` (§3.3), of size 2L where L has only the prime
-    factors 2, 3, 5, 7 and otherwise of the next such size (zeros after the inputs change none of
-    the L outputs; a length like 2 x 65599 would make cuFFT fall back to an algorithm that needs
+    factors 2, 3, 5, 7 and otherwise of the next such size, or of the next power of two where that
+    is at most 1.25x longer (:func:`dnalm.kernels.hyena_block.fft_size`; zeros after the inputs change
+    none of the L outputs; a length like 2 x 65599 would make cuFFT fall back to an algorithm that needs
     several times the memory), computed in float32 (float64 for a float64 filter) whatever the
     input dtype, the skip term in float32.
     """
