@@ -1,12 +1,13 @@
 """Inference speed at length: step-by-step generation against a full recompute, and chunked embedding.
 
     python benchmarks/inference_bench.py [--preset large-1m] [--contexts 1024,8192,65536] [--batches 1,32]
-        [--new-tokens 64] [--embed-mb 1,10,100] [--precisions 32,bf16] [--budget-s 240] [--out results.json]
+        [--new-tokens 256] [--embed-mb 1,10,100] [--precisions 32,bf16] [--budget-s 240] [--out results.json]
 
 Generation (dnalm.inference.generate, top-k sampling over A/C/G/T, fp32 weights): for every context c and
 batch B, a random prompt of c tokens is extended by N tokens. The decode rate is B * (N - 2) divided by the
 time of N tokens minus the time of 2 tokens (the prefill and, with ``graph``, the capture at the first step
-cancel), for each decoding mode of dnalm.inference.decode (``--modes``: eager steps, or the step replayed as
+cancel; N = 256 by default, so that differences between the two prefills are small next to the decoding),
+for each decoding mode of dnalm.inference.decode (``--modes``: eager steps, or the step replayed as
 a CUDA graph); the naive rate is B divided by the time of one full forward over c tokens (what a recompute
 per new token costs at least); both are run once untimed first (with ``compiled``, that is where the
 compilation happens). ``step_ms`` is the time of one decoding step alone (no sampling, no copies to
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--d-model", type=int, default=None)
     ap.add_argument("--contexts", default="1024,8192,65536")
     ap.add_argument("--batches", default="1,32")
-    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--modes", default="eager,graph,compiled", help="decoding modes (dnalm.inference.decode)")
     ap.add_argument("--embed-mb", default="1,10,100")
     ap.add_argument("--precisions", default="32,bf16", help="embedding precisions (32 | bf16), each size in each")
