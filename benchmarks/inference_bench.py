@@ -4,12 +4,14 @@
         [--new-tokens 256] [--embed-mb 1,10,100] [--precisions 32,bf16] [--budget-s 240] [--out results.json]
 
 Generation (dnalm.inference.generate, top-k sampling over A/C/G/T, fp32 weights): for every context c and
-batch B, a random prompt of c tokens is extended by N tokens. The decode rate is B * (N - 2) divided by the
-time of N tokens minus the time of 2 tokens (the prefill and, with ``graph``, the capture at the first step
-cancel; N = 256 by default, so that differences between the two prefills are small next to the decoding),
-for each decoding mode of dnalm.inference.decode (``--modes``: eager steps, or the step replayed as
-a CUDA graph); the naive rate is B divided by the time of one full forward over c tokens (what a recompute
-per new token costs at least); both are run once untimed first (with ``compiled``, that is where the
+batch B, a random prompt of c tokens is prefilled (not timed) and extended by N tokens through the
+decoding loop of ``generate``. The decode rate is B * (N - 2) divided by the loop's time for N tokens minus
+its time for 2 (the capture of the graph at the first step, or the compiled step's first call, cancel; the
+prefill, which at 64k and batch 32 takes ten times the decoding of 256 tokens, is outside both), for each
+decoding mode of dnalm.inference.decode (``--modes``: eager steps with sampling on the host, or the step
+and the sampling on the device, replayed as one CUDA graph, plain or after ``torch.compile``); the naive
+rate is B divided by the time of one full forward over c tokens (what a recompute per new token costs at
+least); everything is run once untimed first (with ``compiled``, that is where the
 compilation happens). ``step_ms`` is the time of one decoding step alone (no sampling, no copies to
 the host), the device's share of the decode time.
 
@@ -31,9 +33,9 @@ import time
 import numpy as np
 import torch
 
-from dnalm.inference.decode import Stepper
+from dnalm.inference.decode import Stepper, resolve_mode
 from dnalm.inference.embed import embed_pooled
-from dnalm.inference.generate import GenerationOptions, generate
+from dnalm.inference.generate import GenerationOptions, _device_loop, _host_loop, row_generator
 from dnalm.models.hyena import HyenaConfig, HyenaLM
 
 
@@ -63,23 +65,37 @@ def bench_generation(model: HyenaLM, device: torch.device, context: int, batch: 
         model(ids)  # warm-up at this length (FFT plans, allocator), not timed
         t_full = _timed(lambda: model(ids), device)
     row["naive_tok_s"] = round(batch / t_full, 1)
+    row["prefill_s"] = round(prefill_time(model, ids, device), 4)
     for mode in modes:
-        def run(n: int, mode: str = mode):
+        def loop_time(n: int, mode: str = mode) -> float:
+            """Seconds of the decoding loop of ``generate`` after a prefill (not timed) for n new tokens."""
             options = GenerationOptions(max_new_tokens=n, top_k=4, batch_size=batch, decode=mode)
-            return lambda: generate(model, prompts, options)
+            forced = np.zeros((batch, context + n), dtype=np.int64)
+            forced[:, :context] = np.stack(prompts)
+            rows = [row_generator(0, b, 0) for b in range(batch)]
+            loop = _host_loop if resolve_mode(model, mode) == "eager" else _device_loop
+            with torch.inference_mode():
+                state = model.allocate_state(batch, context + n - 1)
+                logits = model(ids, state=state)[:, -1]
+                return _timed(lambda: loop(model, state, logits, forced, [context] * batch, rows, options), device)
 
-        # warm-up at both timed lengths (filters, allocator, kernels; a graph is captured once per generate
-        # call; 'compiled' compiles once per state size, i.e. per prompt + new-token count)
-        run(2)()
-        run(new_tokens)()
-        t2 = _timed(run(2), device)
-        tn = _timed(run(new_tokens), device)
+        # warm-up at both timed lengths (filters, allocator, kernels; a graph is captured once per loop;
+        # 'compiled' compiles once per state size, i.e. per prompt + new-token count)
+        loop_time(2)
+        loop_time(new_tokens)
+        t2, tn = loop_time(2), loop_time(new_tokens)
         decode = batch * (new_tokens - 2) / max(tn - t2, 1e-9)
-        row[f"prefill_s_{mode}"] = round(t2, 4)
         row[f"decode_tok_s_{mode}"] = round(decode, 1)
         row[f"speedup_{mode}"] = round(decode * t_full / batch, 1)
         row[f"step_ms_{mode}"] = round(1e3 * bench_steps(model, ids, new_tokens, mode, device), 3)
     return row
+
+
+def prefill_time(model: HyenaLM, ids: torch.Tensor, device: torch.device) -> float:
+    """Seconds of the forward over the prompts that fills a fresh inference state."""
+    with torch.inference_mode():
+        state = model.allocate_state(ids.shape[0], ids.shape[1] + 1)
+        return _timed(lambda: model(ids, state=state), device)
 
 
 def bench_steps(model: HyenaLM, ids: torch.Tensor, n: int, mode: str, device: torch.device) -> float:
