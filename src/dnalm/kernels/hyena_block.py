@@ -37,7 +37,6 @@ from torch import Tensor, nn
 
 from dnalm.kernels.hyena_torch import TorchOps
 
-
 #: A power of two is taken over a smaller length with prime factors <= 7 when at most this much longer:
 #: cuFFT ran a complex FFT of (1, 256, M) points 1.43-1.47x faster at M = 2^20 and 2^21 than at the
 #: 7-smooth M = 1,000,188 and 2,000,376 on an H200 (``benchmarks/profile_inference.py``).
