@@ -93,3 +93,14 @@ def test_half_length_complex_fft_gives_the_real_spectrum(L):
     y[..., -1] = y[..., -1].real
     torch.testing.assert_close(_packed_ifft(pack_spectrum(y, n).to(torch.complex64)).double(),
                                torch.fft.irfft(y, n=n, norm="forward"), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("L, n", [(1, 2), (33, 70), (64, 128), (1000, 2048), (1025, 2058), (1031, 2100),
+                                  (1_000_188, 2_097_152), (3_000_000, 6_000_000)])
+def test_fft_length_is_seven_smooth_or_a_close_power_of_two(L, n):
+    """By hand: 33 -> 35 = 5 x 7 (64 is more than 1.25 x 35); 1000 -> 1024 (within 1.25 x 1000);
+    1025 -> 1029 = 3 x 7^3 (2048 is too far); 1,000,188 = 2^2 x 3^6 x 7^3 is smooth but 2^20 is only 4.8%
+    longer; 3,000,000 = 2^6 x 3 x 5^6 is smooth and 2^22 is 1.4x longer."""
+    from dnalm.kernels.hyena_block import fft_size
+
+    assert fft_size(L) == n
