@@ -3,8 +3,8 @@
 # (prom_core_all and tf/0, 3 seeds each, scored on both strands), the genome benchmark and report of the yeast models, and the
 # inference benchmark. Results are packed into $OUT/results.tgz after every stage.
 #   DATA=dir-with-yeast_r64-and-gue OUT=dir bash benchmarks/gpu_yeast_gue.sh
-# Environment: YEAST_RUNS (some of tiny,small,wide), GUE_TASKS (some of gue_prom_core_all,gue_tf0; empty: none),
-# TRAIN_TIME (DD:HH:MM:SS per yeast run), STEPS, GUE_TIME, GUE_EPOCHS, BENCH_BUDGET (s),
+# Environment: YEAST_RUNS (some of tiny,small,wide; none: none), GUE_TASKS (some of gue_prom_core_all,gue_tf0; empty: none),
+# TRAIN_TIME (DD:HH:MM:SS per yeast run), STEPS, GUE_TIME, GUE_EPOCHS, GUE_PATIENCE, BENCH_BUDGET (s),
 # EXTRA (overrides for every train/finetune command, e.g. for a CPU smoke run), YEAST_EXTRA, GUE_EXTRA,
 # BENCH_EXTRA, INFER_ARGS; STAGES (default "train,benchmark,inference": run them in separate calls when one
 # command may not outlast ~10 minutes; runs/gpu stays on the machine between calls while it is held).
@@ -16,6 +16,7 @@ TRAIN_TIME=${TRAIN_TIME:-00:00:09:00}
 STEPS=${STEPS:-200000}
 GUE_TIME=${GUE_TIME:-00:00:04:00}
 GUE_EPOCHS=${GUE_EPOCHS:-10}
+GUE_PATIENCE=${GUE_PATIENCE:-3}
 YEAST_RUNS=${YEAST_RUNS:-tiny,small,wide}
 GUE_TASKS=${GUE_TASKS-gue_prom_core_all,gue_tf0}
 EXTRA=${EXTRA:-}
@@ -71,7 +72,7 @@ for task in ${GUE_TASKS//,/ }; do
   for seed in 0 1 2; do
     dnalm finetune checkpoint=$R/scratch task=$task data_root="$DATA" out=$R/$task/seed$seed seed=$seed \
       trainer=gpu trainer.max_epochs=$GUE_EPOCHS trainer.max_time=$GUE_TIME trainer.progress_bar=false \
-      optim.lr=1e-3 optim.weight_decay=0.1 data.rc_aug=true data.rc_eval=true task.patience=3 save_model=false \
+      optim.lr=1e-3 optim.weight_decay=0.1 data.rc_aug=true data.rc_eval=true task.patience=$GUE_PATIENCE save_model=false \
       $EXTRA ${GUE_EXTRA:-} > $R/${task}_seed$seed.log 2>&1 &
   done
 done
