@@ -46,6 +46,7 @@ from dnalm.inference.chunked import context_length
 from dnalm.inference.decode import MODES as DECODE_MODES
 from dnalm.inference.decode import Stepper, resolve_mode
 from dnalm.inference.scoring import encode_sequence
+from dnalm.inference.state import InferenceState
 from dnalm.models.blocks import CausalLM
 from dnalm.tokenizers import A_ID, C_ID, G_ID, T_ID
 from dnalm.utils import track
@@ -209,7 +210,7 @@ def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequen
     return out
 
 
-def _host_loop(model: CausalLM, state, logits: Tensor, forced: np.ndarray, lengths: list[int],
+def _host_loop(model: CausalLM, state: InferenceState, logits: Tensor, forced: np.ndarray, lengths: list[int],
                generators: Sequence[torch.Generator], options: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
     """Tokens (B, end) and their log-probs of one batch, sampling on the host after every step (the
     reference loop). ``forced`` (B, end) holds the prompts; ``logits`` (B, V) are those after the prefill."""
@@ -233,7 +234,7 @@ def _host_loop(model: CausalLM, state, logits: Tensor, forced: np.ndarray, lengt
     return tokens, log_probs
 
 
-def _device_loop(model: CausalLM, state, logits: Tensor, forced: np.ndarray, lengths: list[int],
+def _device_loop(model: CausalLM, state: InferenceState, logits: Tensor, forced: np.ndarray, lengths: list[int],
                  generators: Sequence[torch.Generator], options: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_host_loop` with sampling on the model's device: each row's uniform numbers are drawn
     beforehand (one per position past its prompt, in order: the numbers the host loop would draw), and
@@ -255,8 +256,10 @@ def _device_loop(model: CausalLM, state, logits: Tensor, forced: np.ndarray, len
 
     def pick(logits: Tensor, pos: Tensor) -> Tensor:
         """The token of position ``pos`` (a (1,) tensor) of every row from the logits before it, recorded."""
+        def at(t: Tensor) -> Tensor:
+            return t.index_select(1, pos)[:, 0]
+
         logits = logits.float()
-        at = lambda t: t.index_select(1, pos)[:, 0]  # noqa: E731
         nxt = torch.where(at(free_d), sample_at(logits, options, at(u_d)), at(forced_d))
         tokens.index_copy_(1, pos, nxt[:, None])
         log_probs.index_copy_(1, pos, logits.log_softmax(-1).gather(-1, nxt[:, None]))
