@@ -33,9 +33,9 @@ import time
 import numpy as np
 import torch
 
-from dnalm.inference.decode import Stepper, resolve_mode
+from dnalm.inference.decode import Stepper
 from dnalm.inference.embed import embed_pooled
-from dnalm.inference.generate import GenerationOptions, _device_loop, _host_loop, row_generator
+from dnalm.inference.generate import GenerationOptions, decode_loop, row_generator
 from dnalm.models.hyena import HyenaConfig, HyenaLM
 
 
@@ -73,11 +73,11 @@ def bench_generation(model: HyenaLM, device: torch.device, context: int, batch: 
             forced = np.zeros((batch, context + n), dtype=np.int64)
             forced[:, :context] = np.stack(prompts)
             rows = [row_generator(0, b, 0) for b in range(batch)]
-            loop = _host_loop if resolve_mode(model, mode) == "eager" else _device_loop
             with torch.inference_mode():
                 state = model.allocate_state(batch, context + n - 1)
                 logits = model(ids, state=state)[:, -1]
-                return _timed(lambda: loop(model, state, logits, forced, [context] * batch, rows, options), device)
+                return _timed(lambda: decode_loop(model, state, logits, forced, [context] * batch, rows, options),
+                              device)
 
         # warm-up at both timed lengths (filters, allocator, kernels; a graph is captured once per loop;
         # 'compiled' compiles once per state size, i.e. per prompt + new-token count)

@@ -26,8 +26,8 @@ static-shape decoding step (``decode`` static, graph or compiled) the sampling i
 model's device from uniform numbers drawn beforehand from the same generators, so that no step
 waits for the host; the host loop of the eager mode is its reference (the same tokens on the CPU).
 
-API: ``generate(model, prompts, options) -> list[Generation]``; ``sample_next(logits, options,
-generators)``; ``sample_at(logits, options, u)``; :class:`GenerationOptions`;
+API: ``generate(model, prompts, options) -> list[Generation]``; ``decode_loop(...)`` (one batch after its
+prefill); ``sample_next(logits, options, generators)``; ``sample_at(logits, options, u)``; :class:`GenerationOptions`;
 ``prompt_ids(tokenizer, prompt, prepend_bos)``; ``check_acgt_tokenizer(tokenizer, acgt_only)``.
 """
 
@@ -200,14 +200,22 @@ def _generate_batch(model: CausalLM, prompts: Sequence[np.ndarray], rows: Sequen
     generators = [row_generator(options.seed, p, s) for p, s in rows]
     state = model.allocate_state(B, end - 1)
     logits = model(torch.from_numpy(forced[:, :start]).to(device), state=state)[:, -1]  # (B, V)
-    loop = _host_loop if resolve_mode(model, options.decode) == "eager" else _device_loop
-    tokens, log_probs = loop(model, state, logits, forced, lengths, generators, options)
+    tokens, log_probs = decode_loop(model, state, logits, forced, lengths, generators, options)
     out = []
     for b, (p, s) in enumerate(rows):
         new = slice(lengths[b], lengths[b] + options.max_new_tokens)
         out.append(Generation(p, s, np.asarray(prompts[p], dtype=np.int64), tokens[b, new].copy(),
                               log_probs[b, new].copy()))
     return out
+
+
+def decode_loop(model: CausalLM, state: InferenceState, logits: Tensor, forced: np.ndarray, lengths: list[int],
+                generators: Sequence[torch.Generator], options: GenerationOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens (B, end) and their log-probs (B, end) of one batch after its prefill: ``forced`` (B, end) holds the
+    prompts (row b's first ``lengths[b]`` ids), ``logits`` (B, V) are the prefill's last, ``state`` is at the
+    shortest prompt's end. The host loop for eager decoding, the device loop otherwise."""
+    loop = _host_loop if resolve_mode(model, options.decode) == "eager" else _device_loop
+    return loop(model, state, logits, forced, lengths, generators, options)
 
 
 def _host_loop(model: CausalLM, state: InferenceState, logits: Tensor, forced: np.ndarray, lengths: list[int],
