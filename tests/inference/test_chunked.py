@@ -240,6 +240,39 @@ def test_fused_chunks_compute_the_filter_once_per_fft_length(hyena, monkeypatch)
         assert all(a != b for a, b in zip(lengths, lengths[1:])), lengths
 
 
+def test_fused_chunks_without_the_spectrum_cache_recompute_it_and_agree(hyena, monkeypatch):
+    """Where the spectra would not fit on the GPU, every chunk computes its layer's spectrum again: the same
+    outputs, one spectrum per chunk and layer."""
+    fused = _with_fast_path(hyena, "fused")
+    ids = _ids(2, 5 * HYENA_L_MAX + 3, seed=4)
+    want = chunked_forward(fused, ids, HYENA_L_MAX, [1, -1])
+    calls = []
+    spectrum = hyena_block._filter_spectrum
+    monkeypatch.setattr(hyena_block, "_filter_spectrum", lambda *a: calls.append(a[2]) or spectrum(*a))
+    monkeypatch.setattr(chunked, "cache_spectra", lambda *a: False)
+    got = chunked_forward(fused, ids, HYENA_L_MAX, [1, -1])
+    assert len(calls) == 6 * len(fused.mixers)
+    for a, b in zip([got[0], *got[1]], [want[0], *want[1]], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_spectrum_cache_is_kept_when_the_spectra_fit_in_half_the_gpu(hyena, monkeypatch):
+    """By hand: per layer D x (n/2 + 1) complex64 numbers, n = fft_size(l_max - 1 + chunk)."""
+    from types import SimpleNamespace
+
+    from dnalm.kernels.hyena_block import fft_size
+
+    op = hyena.mixers[0]
+    layers = list(range(len(hyena.mixers)))
+    chunk = 3 * HYENA_L_MAX
+    need = len(layers) * op.d_model * (fft_size(op.l_max - 1 + chunk) // 2 + 1) * 8
+    cuda = torch.device("cuda")
+    for memory, keep in ((2 * need, True), (2 * need - 1, False)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d, m=memory: SimpleNamespace(total_memory=m))
+        assert chunked.cache_spectra(hyena, cuda, chunk, layers) is keep
+    assert chunked.cache_spectra(hyena, torch.device("cpu"), chunk, layers)  # host memory: always kept
+
+
 def test_fused_chunks_under_bf16_autocast_stay_close_to_float32(hyena):
     fused = _with_fast_path(hyena, "fused")
     ids = _ids(2, 3 * HYENA_L_MAX + 5, seed=8)

@@ -256,12 +256,14 @@ class FusedCarry:
     first chunk: zeros, the short convolution's causal padding); z: (B, D, H) float32, the last
     ``H <= l_max - 1`` long-convolution inputs ``v * x1``; spectra: the filter's real spectrum (with
     the 1/n of the inverse transform) for the last FFT length n, (D, n/2 + 1) complex64, computed once
-    per length (4 GiB per layer for HyenaDNA-large's default chunks of l_max tokens, n ~ 4.2M).
+    per length (4 GiB per layer for HyenaDNA-large's default chunks of l_max tokens, n ~ 4.2M) when
+    ``cache_spectra``, else computed again for every chunk (one more FFT per chunk and layer).
     """
 
     xz: Tensor | None = None
     z: Tensor | None = None
     spectra: dict[int, Tensor] = field(default_factory=dict)
+    cache_spectra: bool = True
 
 
 def _filter_spectrum(filter_fn: nn.Module, ops, n: int, l_max: int, device: torch.device) -> Tensor:
@@ -323,7 +325,9 @@ def hyena_block_chunk(block: nn.Module, x: Tensor, carry: FusedCarry, ops=TorchO
         kf = carry.spectra.get(n)
         if kf is None:
             carry.spectra.clear()  # one length kept: every chunk but the first few and the last has the same n
-            kf = carry.spectra[n] = _filter_spectrum(f, ops, n, m.l_max, x.device)
+            kf = _filter_spectrum(f, ops, n, m.l_max, x.device)
+            if carry.cache_spectra:
+                carry.spectra[n] = kf
         c = _packed_fft(buf)  # (B, D, n/2)
         del buf
         yc = _packed_ifft(ops.conv_spectrum(c, kf, n))  # (B, D, n) float32; positions a..a+T-1 are the chunk's
