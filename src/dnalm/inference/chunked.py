@@ -61,6 +61,7 @@ from torch import Tensor, nn
 
 from dnalm.errors import ConfigError
 from dnalm.kernels.hyena_block import FusedCarry, fft_size, hyena_block_chunk
+from dnalm.kernels.hyena_torch import wide
 from dnalm.models.blocks import Block, CausalLM
 from dnalm.models.hyena import HyenaOperator, fftconv_ref
 from dnalm.models.transformer import CausalSelfAttention
@@ -347,7 +348,7 @@ def iter_chunks(model: CausalLM, input_ids: Tensor | np.ndarray, chunk_size: int
             ids = _as_ids(input_ids, start, min(start + T, L), device)
             x = backbone.drop_emb(backbone.embeddings(ids))
             if backbone.residual_in_fp32:
-                x = x.float()
+                x = wide(x)
             kept: dict[int, Tensor] = {0: x} if 0 in keep else {}
             for i, block in enumerate(backbone.layers):
                 if fused[i] is not None:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dnalm.kernels.hyena_torch import TorchOps
+from dnalm.kernels.hyena_torch import TorchOps, wide
 
 #: A power of two is taken over a smaller length with prime factors <= 7 when at most this much longer:
 #: cuFFT ran a complex FFT of (1, 256, M) points 1.43-1.47x faster at M = 2^20 and 2^21 than at the
@@ -267,10 +267,10 @@ class FusedCarry:
 
 
 def _filter_spectrum(filter_fn: nn.Module, ops, n: int, l_max: int, device: torch.device) -> Tensor:
-    """rfft of the filter's first ``min(l_max, n/2)`` taps (float32, not autocast), scaled by 1/n: (D, n/2+1)."""
+    """rfft of the filter's first ``min(l_max, n/2)`` taps (at least float32, not autocast), times 1/n: (D, n/2+1)."""
     with torch.autocast(device.type, enabled=False):
         hk, t = _filter_mlp(filter_fn, min(l_max, n // 2))  # pos_emb(L) holds the first L of l_max positions
-        return torch.fft.rfft(ops.modulate(hk.float(), t, *_window(filter_fn), 1.0 / n), n=n)
+        return torch.fft.rfft(ops.modulate(wide(hk), t, *_window(filter_fn), 1.0 / n), n=n)
 
 
 def hyena_block_chunk(block: nn.Module, x: Tensor, carry: FusedCarry, ops=TorchOps) -> Tensor:

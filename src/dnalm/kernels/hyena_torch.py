@@ -2,7 +2,7 @@
 
 Each function computes, with ordinary tensor operations, exactly what one Triton kernel of
 :mod:`dnalm.kernels.hyena_triton` computes, with the same arguments and the same outputs
-(all arithmetic in float32, outputs rounded once to the compute dtype ``cdt``).
+(all arithmetic in float32, or float64 for float64 inputs, outputs rounded once to the compute dtype ``cdt``).
 :class:`TorchOps` bundles them; :class:`dnalm.kernels.hyena_triton.TritonOps` has the same methods.
 
 Notation (Hyena operator, order 2, see :mod:`dnalm.models.hyena`): ``xz`` (B, L, 3D) is the
@@ -25,6 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def wide(t: Tensor) -> Tensor:
+    """``t`` in at least float32: float64 stays float64 (exactness checks), everything else becomes float32."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def short_conv(xz: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Causal depthwise convolution of the in-projection output, split into (x0, x1, v).
 
@@ -32,8 +37,8 @@ def short_conv(xz: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor
     (zeros before the start). Returns three float32 tensors (B, D, L).
     """
     K = weight.shape[-1]
-    x = F.pad(xz.transpose(1, 2).float(), (K - 1, 0))
-    s = F.conv1d(x, weight.float()[:, None, :], bias.float(), groups=weight.shape[0])
+    x = F.pad(wide(xz.transpose(1, 2)), (K - 1, 0))
+    s = F.conv1d(x, wide(weight)[:, None, :], wide(bias), groups=weight.shape[0])
     return s.chunk(3, dim=1)
 
 
@@ -88,8 +93,8 @@ class TorchOps:
         """
         x0, x1, v = short_conv(xz, weight, bias)
         L = xz.shape[1]
-        yt = (yc[..., :L] + dskip.float()[:, None] * (v * x1)).to(cdt)
-        y = (yt.float() * x0).to(cdt)
+        yt = (yc[..., :L] + wide(dskip)[:, None] * (v * x1)).to(cdt)
+        y = (wide(yt) * x0).to(cdt)
         return yt.transpose(1, 2).contiguous(), y.transpose(1, 2).contiguous()
 
     @staticmethod
@@ -102,8 +107,8 @@ class TorchOps:
         """
         x0, x1, v = short_conv(xz, weight, bias)
         z = v * x1
-        g = dy.transpose(1, 2).float() * x0
-        y = (yt.transpose(1, 2).float() * x0).to(yt.dtype).transpose(1, 2).contiguous()
+        g = wide(dy.transpose(1, 2)) * x0
+        y = (wide(yt.transpose(1, 2)) * x0).to(yt.dtype).transpose(1, 2).contiguous()
         return padded(g, n), padded(z, n), (g * z).sum((0, 2)), y
 
     @staticmethod
@@ -112,17 +117,17 @@ class TorchOps:
 
         h: (L, D); t: (L,); deltas: (D,); ``shift`` None means no decay window. Returns (D, L) float32.
         """
-        k = h.float()
+        k = wide(h)
         if shift is not None:
-            k = k * (torch.exp(-t.float()[:, None] * deltas.float().abs()[None, :]) + shift)
+            k = k * (torch.exp(-wide(t)[:, None] * wide(deltas).abs()[None, :]) + shift)
         return (k * scale).t().contiguous()
 
     @staticmethod
     def modulate_bwd(dk: Tensor, t: Tensor, deltas: Tensor, shift: float | None, dtype: torch.dtype) -> Tensor:
         """Gradient of :meth:`modulate` (with scale 1) at h: dk (D, L) float32 -> dh (L, D) in ``dtype``."""
-        dh = dk.t().float()
+        dh = wide(dk.t())
         if shift is not None:
-            dh = dh * (torch.exp(-t.float()[:, None] * deltas.float().abs()[None, :]) + shift)
+            dh = dh * (torch.exp(-wide(t)[:, None] * wide(deltas).abs()[None, :]) + shift)
         return dh.to(dtype)
 
     @staticmethod
@@ -156,12 +161,12 @@ class TorchOps:
         """
         x0, x1, v = short_conv(xz, weight, bias)
         L, K = xz.shape[1], weight.shape[-1]
-        g = dy.transpose(1, 2).float()
-        dz = dzc[..., :L] + dskip.float()[:, None] * g * x0
-        ds = torch.cat([g * yt.transpose(1, 2).float(), dz * v, dz * x1], dim=1)  # (B, 3D, L)
-        dsr = ds.to(xz.dtype).float()  # the short conv's output gradient, kept in the compute dtype
-        dxz = F.conv1d(F.pad(dsr, (0, K - 1)), weight.float().flip(-1)[:, None, :], groups=weight.shape[0])
-        xpad = F.pad(xz.transpose(1, 2).float(), (K - 1, 0)).unfold(-1, K, 1)  # (B, 3D, L, K)
+        g = wide(dy.transpose(1, 2))
+        dz = dzc[..., :L] + wide(dskip)[:, None] * g * x0
+        ds = torch.cat([g * wide(yt.transpose(1, 2)), dz * v, dz * x1], dim=1)  # (B, 3D, L)
+        dsr = wide(ds.to(xz.dtype))  # the short conv's output gradient, kept in the compute dtype
+        dxz = F.conv1d(F.pad(dsr, (0, K - 1)), wide(weight).flip(-1)[:, None, :], groups=weight.shape[0])
+        xpad = F.pad(wide(xz.transpose(1, 2)), (K - 1, 0)).unfold(-1, K, 1)  # (B, 3D, L, K)
         dweight = torch.einsum("bcl,bclk->ck", ds, xpad)
         return dxz.transpose(1, 2).to(xz.dtype), dweight, ds.sum((0, 2)), dxz.sum((0, 2))
 
@@ -169,20 +174,20 @@ class TorchOps:
     def ln_fwd(x: Tensor, o: Tensor | None, weight: Tensor, bias: Tensor, eps: float, cdt: torch.dtype
                ) -> tuple[Tensor, Tensor, Tensor]:
         """LayerNorm of the rows of ``r = x + o`` (o optional): x (N, D) float32 -> (h in cdt, mean, rstd (N,))."""
-        r = x.float() if o is None else x.float() + o.float()
+        r = wide(x) if o is None else wide(x) + wide(o)
         mean = r.mean(-1)
         rstd = torch.rsqrt(((r - mean[:, None]) ** 2).mean(-1) + eps)
-        h = (r - mean[:, None]) * rstd[:, None] * weight.float() + bias.float()
+        h = (r - mean[:, None]) * rstd[:, None] * wide(weight) + wide(bias)
         return h.to(cdt), mean, rstd
 
     @staticmethod
     def ln_bwd(dh: Tensor, x: Tensor, o: Tensor | None, weight: Tensor, mean: Tensor, rstd: Tensor,
                dres: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Gradients of :meth:`ln_fwd`: returns dr (+ dres when given) (N, D) float32, dweight, dbias (D,)."""
-        r = x.float() if o is None else x.float() + o.float()
+        r = wide(x) if o is None else wide(x) + wide(o)
         xhat = (r - mean[:, None]) * rstd[:, None]
-        dh = dh.float()
-        wdh = dh * weight.float()
+        dh = wide(dh)
+        wdh = dh * wide(weight)
         dr = rstd[:, None] * (wdh - wdh.mean(-1, keepdim=True) - xhat * (wdh * xhat).mean(-1, keepdim=True))
         if dres is not None:
             dr = dr + dres
@@ -191,7 +196,7 @@ class TorchOps:
     @staticmethod
     def residual(x: Tensor, o: Tensor, a: Tensor) -> Tensor:
         """``(x + o) + a`` in float32 (the block's two residual additions), all (N, D)."""
-        return (x.float() + o.float()) + a.float()
+        return (wide(x) + wide(o)) + wide(a)
 
     @staticmethod
     def gelu_fwd(a: Tensor) -> Tensor:
@@ -201,6 +206,6 @@ class TorchOps:
     @staticmethod
     def gelu_bwd(dg: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
         """Recomputed ``gelu(a)`` and ``dLoss/da`` from ``dg``, both in ``a.dtype``."""
-        af = a.float()
+        af = wide(a)
         return F.gelu(af, approximate="tanh").to(a.dtype), torch.ops.aten.gelu_backward(
-            dg.float(), af, approximate="tanh").to(a.dtype)
+            wide(dg), af, approximate="tanh").to(a.dtype)

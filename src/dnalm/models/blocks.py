@@ -8,7 +8,8 @@ Sequence Modeling at Single Nucleotide Resolution", in its pre-LN form)::
     h   = LN_f(x_n);   logits = h @ E^T                        # (B, L, V), head tied to E
 
 ``V`` is the vocabulary padded to a multiple of ``pad_vocab_size_multiple`` (12 -> 16).
-The residual stream ``x_i`` is kept in float32 when ``residual_in_fp32`` (HyenaDNA: always).
+The residual stream ``x_i`` is kept in float32 (float64 in a float64 model) when ``residual_in_fp32``
+(HyenaDNA: always).
 
 API
 ---
@@ -48,6 +49,7 @@ from torch import Tensor, nn
 
 from dnalm.errors import ConfigError
 from dnalm.inference.state import InferenceState, StepNotSupportedError
+from dnalm.kernels.hyena_torch import wide
 
 
 def pad_vocab(vocab_size: int, multiple: int) -> int:
@@ -93,7 +95,7 @@ class Block(nn.Module):
         self.residual_in_fp32 = residual_in_fp32
 
     def _residual(self, x: Tensor) -> Tensor:
-        return x.float() if self.residual_in_fp32 else x
+        return wide(x) if self.residual_in_fp32 else x
 
     def _norm(self, norm: nn.LayerNorm, x: Tensor) -> Tensor:
         return norm(x.to(norm.weight.dtype))
@@ -164,7 +166,7 @@ class Backbone(nn.Module):
             state.check_room(L, B)
         x = self.drop_emb(self.embeddings(input_ids))
         if self.residual_in_fp32:
-            x = x.float()
+            x = wide(x)
         kept: dict[int, Tensor] = {0: x} if 0 in keep else {}
         for i, block in enumerate(self.layers):
             if state is None:

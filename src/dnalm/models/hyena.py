@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from dnalm.errors import ConfigError
 from dnalm.inference.state import InferenceState
+from dnalm.kernels.hyena_torch import wide
 from dnalm.models.blocks import CausalLM, pad_vocab
 
 FAST_PATHS = ("auto", "fused", "reference")
@@ -144,7 +145,7 @@ def fftconv_ref(u: Tensor, k: Tensor, D: Tensor) -> Tensor:
     k_f = torch.fft.rfft(k, n=n) / n
     u_f = torch.fft.rfft(u.to(k.dtype), n=n)
     y = torch.fft.irfft(u_f * k_f, n=n, norm="forward")[..., :L]
-    out = y + u.float() * D.float()[:, None]
+    out = y + wide(u) * wide(D)[:, None]
     return out.to(u.dtype)
 
 
@@ -403,7 +404,7 @@ class HyenaOperator(nn.Module):
         hist = state.z[..., c: offset + 1].to(wide)  # (B, D, t+1-c): z_c .. z_t
         taps = k_rev[:, k_rev.shape[-1] - (offset + 1 - c):].to(wide)  # (D, t+1-c): h[t-c] .. h[0]
         # one batched dot product per channel (no (B, D, t+1) temporary)
-        y = torch.einsum("bdt,dt->bd", hist, taps) + z.float() * self.filter_fn.bias.float()
+        y = torch.einsum("bdt,dt->bd", hist, taps) + wide(z) * wide(self.filter_fn.bias)
         if c:
             y = y + state.pre[..., offset - c]
         return self.out_proj((y.to(z.dtype) * x0)[:, None])
@@ -433,7 +434,7 @@ class HyenaOperator(nn.Module):
         wide = torch.promote_types(state.k_pad.dtype, torch.float32)
         c = state.prefix if state.pre is not None else 0  # fixed for the life of a captured step
         taps = state.k_pad.index_select(1, state.lags[c:] + (M - 1 - offset)).to(wide)  # (D, M - c)
-        y = torch.einsum("bdm,dm->bd", state.z[..., c:].to(wide), taps) + z.float() * self.filter_fn.bias.float()
+        y = torch.einsum("bdm,dm->bd", state.z[..., c:].to(wide), taps) + wide(z) * wide(self.filter_fn.bias)
         if c:
             y = y + state.pre.index_select(2, offset - c)[..., 0]
         return self.out_proj((y.to(z.dtype) * x0)[:, None])
