@@ -283,6 +283,20 @@ class _Tokenizer:
         return MASK_ID
 
     @property
+    def alphabet(self):
+        """The :class:`~dnalm.models.family.Alphabet` of this vocabulary: the ids of the single-base tokens
+        A, C, G, T and N and of the specials (ConfigError when a base has no token of its own, e.g. k-mers)."""
+        from dnalm.models.family import Alphabet
+
+        vocab = self.vocab
+        missing = [b for b in "ACGT" if b not in vocab]
+        if missing:
+            raise ConfigError(f"this {self.type} tokenizer has no single-base tokens ({', '.join(missing)} missing); "
+                              "per-base scoring and sampling need one token per base")
+        return Alphabet(acgt=tuple(vocab[b] for b in "ACGT"), n=vocab.get("N"), pad=self.pad_id, bos=self.bos_id,
+                        eos=self.eos_id, mask=self.mask_id, unk=self.unk_id, vocab_size=self.vocab_size)
+
+    @property
     def num_special_tokens(self) -> int:
         """How many special tokens ``encode`` adds around a sequence."""
         return int(self.add_bos) + int(self.add_eos)
@@ -743,6 +757,10 @@ def load_tokenizer(path: str | os.PathLike) -> AnyTokenizer:
         options = _read_json(side)
         if not isinstance(options, dict):
             raise InputError(f"{side}: expected a JSON object")
+        if options.get("type") == "dnabert2":
+            from dnalm.models.dnabert2 import Dnabert2Tokenizer
+
+            return Dnabert2Tokenizer.load(directory)
         options = {k: v for k, v in options.items() if k not in ("format", "hf_file")}
         if not file.is_file():
             raise InputError(f"{file}: missing (named by {side})")
@@ -759,6 +777,10 @@ def load_tokenizer(path: str | os.PathLike) -> AnyTokenizer:
     data = _read_json(file)
     if isinstance(data, dict) and "char_ords" in data:
         return _load_hyenadna_config(file)
+    if _is_dnabert2_hub(data):
+        from dnalm.models.dnabert2 import Dnabert2Tokenizer
+
+        return Dnabert2Tokenizer.load(file)
     if not isinstance(data, dict) or "type" not in data:
         hint = f"; a Hugging Face tokenizer needs {BPE_SIDE_FILE} beside it" if "model" in data else ""
         raise InputError(f"{file}: not a dnalm tokenizer (no 'type' field{hint})")
@@ -766,6 +788,15 @@ def load_tokenizer(path: str | os.PathLike) -> AnyTokenizer:
         return tokenizer_from_config(data)
     except ConfigError as exc:
         raise InputError(f"{file}: {exc}") from None
+
+
+def _is_dnabert2_hub(data: Any) -> bool:
+    """A Hugging Face ``tokenizer.json`` with DNABERT-2's special tokens ([UNK] 0, [CLS] 1, [SEP] 2, [PAD] 3,
+    [MASK] 4) and a BPE model."""
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict) or data["model"].get("type") != "BPE":
+        return False
+    added = {t.get("content"): t.get("id") for t in data.get("added_tokens") or [] if isinstance(t, dict)}
+    return all(added.get(tok) == i for i, tok in enumerate(("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")))
 
 
 def _load_hyenadna_config(file: Path) -> CharTokenizer:

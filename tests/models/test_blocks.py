@@ -44,7 +44,7 @@ def test_mlp_by_hand():
 
 def test_block_is_pre_ln_residual():
     torch.manual_seed(1)
-    block = Block(nn.Linear(4, 4), MLP(4, 8), 4)
+    block = Block(nn.Linear(4, 4), MLP(4, 8), nn.LayerNorm(4), nn.LayerNorm(4))
     for norm in (block.norm1, block.norm2):
         nn.init.normal_(norm.weight)
         nn.init.normal_(norm.bias)

@@ -14,10 +14,8 @@ from safetensors.torch import save_file
 
 from dnalm.cli import run
 from dnalm.errors import ConfigError, InputError
-from dnalm.models.hyena import PRESETS, HyenaConfig, HyenaLM
+from dnalm.models.hyena import PRESETS, HyenaConfig, HyenaLM, infer_hyena_config, load_hyenadna_config
 from dnalm.models.io import (
-    infer_hyena_config,
-    load_hyenadna_config,
     load_pretrained,
     read_pretrained_info,
     safe_torch_load,

@@ -128,19 +128,22 @@ class PlainGPT(nn.Module):
 
 
 def build_model(name: str, preset: str, max_len: int, device: torch.device | str = "cuda") -> nn.Module:
-    """One of :data:`MODELS` at the size of a HyenaDNA preset, float32 weights on ``device``."""
+    """One of :data:`MODELS` (or any causal family by name) at the size of preset ``preset``, float32
+    weights on ``device``. ``hyena-ref``: Hyena on its reference code path; ``gpt``: :class:`PlainGPT` at
+    the Transformer preset's size."""
+    from dnalm.models.families import family
+
+    fam = family("hyena" if name == "hyena-ref" else "transformer" if name == "gpt" else name)
+    default = fam.config_cls.preset(preset)
+    overrides = {}
+    if fam.context_field is not None:
+        overrides[fam.context_field] = max(max_len + 2, fam.context_length(default) if fam.name == "hyena" else 0)
     if name.startswith("hyena"):
-        from dnalm.models.hyena import HyenaConfig, HyenaLM
-
-        cfg = HyenaConfig.preset(preset, l_max=max(max_len + 2, HyenaConfig.preset(preset).l_max),
-                                 fast_path="reference" if name == "hyena-ref" else "auto")
-        return HyenaLM(cfg, device=device)
-    from dnalm.models.transformer import TransformerConfig, TransformerLM
-
-    cfg = TransformerConfig.preset(preset, max_len=max_len + 2)
-    if name == "transformer":
-        return TransformerLM(cfg, device=device)
-    return PlainGPT(cfg.d_model, cfg.n_layer, cfg.n_head, cfg.d_inner, cfg.padded_vocab_size).to(device)
+        overrides["fast_path"] = "reference" if name == "hyena-ref" else "auto"
+    cfg = fam.config_cls.preset(preset, **overrides)
+    if name == "gpt":
+        return PlainGPT(cfg.d_model, cfg.n_layer, cfg.n_head, cfg.d_inner, cfg.padded_vocab_size).to(device)
+    return fam.build(cfg, device=device)
 
 
 def matmul_flops_per_token(name: str, preset: str, length: int) -> float:

@@ -152,9 +152,9 @@ class DnaLM:
                  prepend_bos: bool = False) -> list[Sample]:
         """``n_samples`` continuations of each prompt, ordered by prompt then sample."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        check_acgt_tokenizer(self.tokenizer, acgt_only)
+        acgt = check_acgt_tokenizer(self.tokenizer, acgt_only)
         options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                    top_p=top_p, n_samples=n_samples, seed=seed, acgt_only=acgt_only,
+                                    top_p=top_p, n_samples=n_samples, seed=seed, acgt_only=acgt_only, acgt=acgt,
                                     batch_size=self.batch_size)
         rows = [prompt_ids(self.tokenizer, p.upper(), prepend_bos, where=f"prompt {i}") for i, p in enumerate(prompts)]
         out = []

@@ -51,6 +51,7 @@ from dnalm.models.blocks import CausalLM
 from dnalm.tokenizers import A_ID, C_ID, G_ID, T_ID
 from dnalm.utils import track
 
+#: The ids of A, C, G, T in dnalm's character vocabulary (the default of ``GenerationOptions.acgt``).
 ACGT_IDS = (A_ID, C_ID, G_ID, T_ID)
 
 
@@ -59,7 +60,8 @@ class GenerationOptions:
     """Sampling options (see the module docstring).
 
     ``max_new_tokens`` per sample; ``temperature`` >= 0 (0 = greedy); ``top_k`` (0 = off);
-    ``top_p`` in (0, 1] (1 = off); ``n_samples`` per prompt; ``seed``; ``acgt_only``;
+    ``top_p`` in (0, 1] (1 = off); ``n_samples`` per prompt; ``seed``; ``acgt_only``: sample only the
+    ids ``acgt`` (the model's alphabet: :func:`check_acgt_tokenizer` gives them for a tokenizer);
     ``batch_size`` rows decoded together; ``decode``: how each step runs (:mod:`dnalm.inference.decode`:
     auto, eager, static, graph, compiled).
     """
@@ -71,6 +73,7 @@ class GenerationOptions:
     n_samples: int = 1
     seed: int = 0
     acgt_only: bool = True
+    acgt: tuple[int, ...] = ACGT_IDS
     batch_size: int = 16
     decode: str = "auto"
 
@@ -111,11 +114,11 @@ def row_generator(seed: int, prompt_index: int, sample: int) -> torch.Generator:
 
 
 @functools.lru_cache(maxsize=16)
-def _drop_mask(vocab: int, device: str) -> Tensor:
-    """(V,) bool, True for every id but A, C, G, T, made once per device (a copy from the host at every
-    step would make each step wait for the previous one)."""
+def _drop_mask(vocab: int, device: str, acgt: tuple[int, ...] = ACGT_IDS) -> Tensor:
+    """(V,) bool, True for every id but ``acgt`` (A, C, G, T), made once per device (a copy from the host
+    at every step would make each step wait for the previous one)."""
     drop = torch.ones(vocab, dtype=torch.bool)
-    drop[list(ACGT_IDS)] = False
+    drop[list(acgt)] = False
     return drop.to(device)
 
 
@@ -123,7 +126,7 @@ def filter_logits(logits: Tensor, options: GenerationOptions) -> Tensor:
     """Steps 1-4 of the module docstring on logits (B, V) float32 -> masked, scaled logits (B, V)."""
     out = logits.clone()
     if options.acgt_only:
-        out = out.masked_fill(_drop_mask(out.shape[-1], str(out.device)), float("-inf"))
+        out = out.masked_fill(_drop_mask(out.shape[-1], str(out.device), tuple(options.acgt)), float("-inf"))
     if options.temperature > 0:
         out = out / options.temperature
     if options.top_k > 0 and options.top_k < out.shape[-1]:
@@ -164,11 +167,19 @@ def sample_at(logits: Tensor, options: GenerationOptions, u: Tensor | None) -> T
     return torch.minimum(ids, last)
 
 
-def check_acgt_tokenizer(tokenizer: object, acgt_only: bool) -> None:
-    """``acgt_only`` restricts sampling to the character-level ids of A, C, G, T; other tokenizers cannot."""
-    if acgt_only and getattr(tokenizer, "type", "char") != "char":
-        raise ConfigError(f"acgt_only=true needs a character-level tokenizer, this model uses "
-                          f"'{tokenizer.type}' tokens (set acgt_only=false)")
+def check_acgt_tokenizer(tokenizer: object, acgt_only: bool) -> tuple[int, ...]:
+    """The ids of A, C, G, T in ``tokenizer``'s alphabet (dnalm's character ids without a tokenizer), to which
+    ``acgt_only`` restricts sampling; a tokenizer without single-base tokens cannot."""
+    if tokenizer is None:
+        return ACGT_IDS
+    try:
+        return tuple(tokenizer.alphabet.acgt)
+    except (ConfigError, AttributeError):
+        if acgt_only:
+            raise ConfigError(f"acgt_only=true needs one token per base, this model uses "
+                              f"'{getattr(tokenizer, 'type', type(tokenizer).__name__)}' tokens (set acgt_only=false)"
+                              ) from None
+        return ACGT_IDS
 
 
 def prompt_ids(tokenizer, prompt: str, prepend_bos: bool = False, where: str = "prompt") -> np.ndarray:

@@ -73,15 +73,20 @@ def encode_sequence(tokenizer, seq: str | bytes, prepend_bos: bool = False, wher
 
 
 def logit_columns(model: CausalLM, tokens: str, tokenizer: object | None = None) -> list[int]:
-    """Vocabulary ids of the logits to keep: ``'acgt'`` (A, C, G, T) or ``'all'`` (the padded vocabulary).
+    """Vocabulary ids of the logits to keep: ``'acgt'`` (A, C, G, T of the tokenizer's alphabet; dnalm's
+    character ids without a tokenizer) or ``'all'`` (the padded vocabulary).
 
-    ``'acgt'`` needs a character-level tokenizer (checked when ``tokenizer`` is given).
+    ``'acgt'`` needs a tokenizer with one token per base.
     """
     if tokens == "acgt":
-        if tokenizer is not None and getattr(tokenizer, "type", "char") != "char":
-            raise ConfigError(f"tokens=acgt needs a character-level tokenizer, this model uses "
-                              f"'{tokenizer.type}' tokens (use tokens=all)")
-        return [A_ID, C_ID, G_ID, T_ID]
+        if tokenizer is None:
+            return [A_ID, C_ID, G_ID, T_ID]
+        try:
+            return list(tokenizer.alphabet.acgt)
+        except (ConfigError, AttributeError):
+            raise ConfigError(f"tokens=acgt needs one token per base, this model uses "
+                              f"'{getattr(tokenizer, 'type', type(tokenizer).__name__)}' tokens (use tokens=all)"
+                              ) from None
     if tokens == "all":
         return list(range(model.lm_head.weight.shape[0]))
     raise ConfigError(f"tokens={tokens!r} must be one of {', '.join(LOGIT_TOKENS)}")

@@ -14,7 +14,8 @@ The residual stream ``x_i`` is kept in float32 (float64 in a float64 model) when
 API
 ---
 ``MLP(d_model, d_inner, bias=True)``: fc1 -> GELU(tanh) -> fc2.
-``Block(mixer, mlp, d_model, layer_norm_eps=1e-5, resid_dropout=0.0, residual_in_fp32=True)``
+``Block(mixer, mlp, norm1, norm2, resid_dropout=0.0, residual_in_fp32=True)``: a pre-norm residual
+    block around any mixer, MLP and norms (LayerNorm here; RMSNorm or gated MLPs in other families);
     ``forward(x, layer_state=None, offset=0)`` and ``step(x, layer_state, offset)`` on the
     residual stream x (B, L, D).
 ``CausalLM(d_model, n_layer, d_inner, vocab_size, mixer_factory, ...)``: the LM shell;
@@ -83,21 +84,20 @@ class Block(nn.Module):
     ``fused_block(block, x)`` method may compute the whole block at once (it returns None to decline).
     """
 
-    def __init__(self, mixer: nn.Module, mlp: nn.Module, d_model: int, layer_norm_eps: float = 1e-5,
-                 resid_dropout: float = 0.0, residual_in_fp32: bool = True,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None):
+    def __init__(self, mixer: nn.Module, mlp: nn.Module, norm1: nn.Module, norm2: nn.Module,
+                 resid_dropout: float = 0.0, residual_in_fp32: bool = True):
         super().__init__()
         self.mixer = mixer
-        self.norm1 = nn.LayerNorm(d_model, eps=layer_norm_eps, device=device, dtype=dtype)
+        self.norm1 = norm1
         self.mlp = mlp
-        self.norm2 = nn.LayerNorm(d_model, eps=layer_norm_eps, device=device, dtype=dtype)
+        self.norm2 = norm2
         self.dropout = nn.Dropout(resid_dropout)
         self.residual_in_fp32 = residual_in_fp32
 
     def _residual(self, x: Tensor) -> Tensor:
         return wide(x) if self.residual_in_fp32 else x
 
-    def _norm(self, norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    def _norm(self, norm: nn.Module, x: Tensor) -> Tensor:
         return norm(x.to(norm.weight.dtype))
 
     def forward(self, x: Tensor, layer_state: object | None = None, offset: int = 0) -> Tensor:
@@ -145,9 +145,10 @@ class Backbone(nn.Module):
         self.embeddings = Embeddings(pad_vocab(vocab_size, pad_vocab_size_multiple), d_model, device, dtype)
         self.drop_emb = nn.Dropout(embed_dropout)
         self.layers = nn.ModuleList(
-            Block(mixer_factory(i), MLP(d_model, d_inner, bias=mlp_bias, device=device, dtype=dtype), d_model,
-                  layer_norm_eps=layer_norm_eps, resid_dropout=resid_dropout,
-                  residual_in_fp32=residual_in_fp32, device=device, dtype=dtype)
+            Block(mixer_factory(i), MLP(d_model, d_inner, bias=mlp_bias, device=device, dtype=dtype),
+                  nn.LayerNorm(d_model, eps=layer_norm_eps, device=device, dtype=dtype),
+                  nn.LayerNorm(d_model, eps=layer_norm_eps, device=device, dtype=dtype),
+                  resid_dropout=resid_dropout, residual_in_fp32=residual_in_fp32)
             for i in range(n_layer))
         self.ln_f = nn.LayerNorm(d_model, eps=layer_norm_eps, device=device, dtype=dtype)
         self.residual_in_fp32 = residual_in_fp32
@@ -189,6 +190,8 @@ class CausalLM(nn.Module):
     """Backbone plus an LM head tied to the token embedding (see the module docstring)."""
 
     family: str = ""
+    #: Next-token LM (the LM head at position t predicts token t+1); bidirectional encoders say False.
+    causal: bool = True
 
     def __init__(self, d_model: int, n_layer: int, d_inner: int, vocab_size: int,
                  mixer_factory: Callable[[int], nn.Module], pad_vocab_size_multiple: int = 8,

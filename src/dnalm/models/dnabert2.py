@@ -366,6 +366,8 @@ class Dnabert2Model(nn.Module):
     """DNABERT-2 with its MLM head (the hub's ``BertForMaskedLM``); see the module docstring."""
 
     family: ClassVar[str] = "dnabert2"
+    #: A bidirectional encoder with an MLM head (the head at position t predicts token t when masked).
+    causal: ClassVar[bool] = False
 
     def __init__(self, config: Dnabert2Config, device: torch.device | None = None, dtype: torch.dtype | None = None):
         super().__init__()
@@ -887,7 +889,9 @@ def detect_hub(directory: Path, meta: Any) -> bool:
     names = [str(v) for v in auto_map.values()] if isinstance(auto_map, Mapping) else []
     if not (any(n.startswith("bert_layers.") for n in names) or "alibi_starting_size" in meta):
         return False
-    return any((Path(directory) / n).is_file() for n in HUB_WEIGHTS)
+    directory = Path(directory)
+    directory = directory if directory.is_dir() else directory.parent
+    return any((directory / n).is_file() for n in HUB_WEIGHTS)
 
 
 def config_from_hub(meta: Mapping[str, Any], where: str = "config.json", **overrides: Any) -> Dnabert2Config:
@@ -917,7 +921,7 @@ def load_hub(path: str | os.PathLike, map_location: str | torch.device = "cpu",
     word embedding) or must equal it; ``bert.pooler.*`` is ignored; any other missing or unexpected
     key raises :class:`InputError` naming the file and the key.
     """
-    from dnalm.models.io import _load_into, _read_weights
+    from dnalm.models.io import load_state_into, read_weights
 
     path = Path(path)
     if not path.exists():
@@ -939,9 +943,9 @@ def load_hub(path: str | os.PathLike, map_location: str | torch.device = "cpu",
             raise InputError(f"{path}: no weights ({' or '.join(HUB_WEIGHTS)})")
     else:
         file = path
-    state = {k: v for k, v in _read_weights(file).items() if not k.startswith(HUB_IGNORED_PREFIXES)}
+    state = {k: v for k, v in read_weights(file).items() if not k.startswith(HUB_IGNORED_PREFIXES)}
     model = Dnabert2Model(config)
-    _load_into(model, state, file)
+    load_state_into(model, state, file)
     return model.to(map_location).eval()
 
 

@@ -53,14 +53,17 @@ class Alphabet:
 class Importer:
     """One published checkpoint layout a family reads.
 
-    ``detect(directory, meta)`` says whether ``directory`` (with its parsed ``config.json`` as
-    ``meta``, or None) holds this layout; ``load(path, map_location, overrides)`` returns the model
-    in eval mode (an :class:`~dnalm.errors.InputError` naming the file for anything unreadable).
+    ``detect(path, meta)`` says whether ``path`` (a directory or a weight file; ``meta`` is the parsed
+    ``config.json`` of the directory, or None) holds this layout; ``load(path, map_location,
+    overrides)`` returns the model (an :class:`~dnalm.errors.InputError` naming the file for anything
+    unreadable). ``fallback``: the layout is recognised by elimination (a bare weight file), so every
+    other matching importer is tried first.
     """
 
     name: str
     detect: Callable[[Path, Any], bool]
     load: Callable[[Path, str | torch.device, Mapping[str, Any]], nn.Module]
+    fallback: bool = False
 
 
 @dataclass(frozen=True)

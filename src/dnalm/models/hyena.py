@@ -24,18 +24,28 @@ Hidden states and inference state: see :mod:`dnalm.models.blocks` and :mod:`dnal
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dnalm.errors import ConfigError
+from dnalm.errors import ConfigError, InputError
 from dnalm.inference.state import InferenceState
 from dnalm.kernels.hyena_torch import wide
 from dnalm.models.blocks import CausalLM, pad_vocab
+from dnalm.models.family import CAUSAL, Family, Importer
 
+log = logging.getLogger(__name__)
+
+#: The config file of HyenaDNA's published layouts (and of dnalm's own format).
+CONFIG_FILE = "config.json"
 FAST_PATHS = ("auto", "fused", "reference")
 
 
@@ -301,9 +311,13 @@ class HyenaOperator(nn.Module):
         """The elementwise ops of the fused kernels (:func:`dnalm.kernels.select_ops`) for ``block`` (whose
         mixer this is) on ``device``, or None where ``fast_path`` or active dropout rule them out."""
         from dnalm.kernels import select_ops
+        from dnalm.models.blocks import MLP
 
         if self.training and (self.dropout.p > 0 or block.dropout.p > 0):
             return None
+        if not (isinstance(block.norm1, nn.LayerNorm) and isinstance(block.norm2, nn.LayerNorm)
+                and type(block.mlp) is MLP):
+            return None  # the fused kernels implement LayerNorm and the GELU MLP only
         return select_ops(self.fast_path, device)
 
     def fused_block(self, block: nn.Module, x: Tensor) -> Tensor | None:
@@ -351,13 +365,13 @@ class HyenaOperator(nn.Module):
         the steps that follow (``state.prefix = end``)."""
         B, D, M = state.z.shape
         h = self._state_filter(state).flip(-1)  # h[0 .. M-1]
-        wide = torch.promote_types(h.dtype, torch.float32)
-        h = h.to(wide)
-        y = torch.empty(B, D, M, dtype=wide, device=state.z.device)
+        acc = torch.promote_types(h.dtype, torch.float32)
+        h = h.to(acc)
+        y = torch.empty(B, D, M, dtype=acc, device=state.z.device)
         # a few rows at a time: the FFT's buffers (several (rows, D, 2M) tensors) stay near 2^28 elements
         rows = max(1, STATE_FFT_ELEMENTS // (2 * D * M))
         for b in range(0, B, rows):
-            u = F.pad(state.z[b: b + rows, :, :end].to(wide), (0, M - end))
+            u = F.pad(state.z[b: b + rows, :, :end].to(acc), (0, M - end))
             y[b: b + rows] = fftconv_ref(u, h, self.filter_fn.bias)
         state.prefix, state.pre = end, (y[..., end:].contiguous() if end < M else None)
         return y
@@ -399,10 +413,10 @@ class HyenaOperator(nn.Module):
         x0, z = self._step_gates(u, state)
         state.z[..., offset] = z
         k_rev = self._state_filter(state)
-        wide = torch.promote_types(k_rev.dtype, torch.float32)
+        acc = torch.promote_types(k_rev.dtype, torch.float32)
         c = state.prefix if state.pre is not None and offset >= state.prefix else 0
-        hist = state.z[..., c: offset + 1].to(wide)  # (B, D, t+1-c): z_c .. z_t
-        taps = k_rev[:, k_rev.shape[-1] - (offset + 1 - c):].to(wide)  # (D, t+1-c): h[t-c] .. h[0]
+        hist = state.z[..., c: offset + 1].to(acc)  # (B, D, t+1-c): z_c .. z_t
+        taps = k_rev[:, k_rev.shape[-1] - (offset + 1 - c):].to(acc)  # (D, t+1-c): h[t-c] .. h[0]
         # one batched dot product per channel (no (B, D, t+1) temporary)
         y = torch.einsum("bdt,dt->bd", hist, taps) + wide(z) * wide(self.filter_fn.bias)
         if c:
@@ -431,10 +445,10 @@ class HyenaOperator(nn.Module):
             # holds h[t - s] at s = 0..t and zeros at s > t (positions not written yet)
             state.k_pad = torch.cat([k_rev, k_rev.new_zeros(k_rev.shape[0], M - 1)], dim=-1)
             state.lags = torch.arange(M, device=k_rev.device)
-        wide = torch.promote_types(state.k_pad.dtype, torch.float32)
+        acc = torch.promote_types(state.k_pad.dtype, torch.float32)
         c = state.prefix if state.pre is not None else 0  # fixed for the life of a captured step
-        taps = state.k_pad.index_select(1, state.lags[c:] + (M - 1 - offset)).to(wide)  # (D, M - c)
-        y = torch.einsum("bdm,dm->bd", state.z[..., c:].to(wide), taps) + wide(z) * wide(self.filter_fn.bias)
+        taps = state.k_pad.index_select(1, state.lags[c:] + (M - 1 - offset)).to(acc)  # (D, M - c)
+        y = torch.einsum("bdm,dm->bd", state.z[..., c:].to(acc), taps) + wide(z) * wide(self.filter_fn.bias)
         if c:
             y = y + state.pre.index_select(2, offset - c)[..., 0]
         return self.out_proj((y.to(z.dtype) * x0)[:, None])
@@ -461,3 +475,218 @@ class HyenaLM(CausalLM):
                        dtype: torch.dtype | None = None) -> InferenceState:
         """A fresh inference state; ``max_len`` defaults to ``config.l_max``."""
         return super().allocate_state(batch, max_len or self.config.l_max, device, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# HyenaDNA's published checkpoints (shared/reference/hyenadna.md §5)
+# ---------------------------------------------------------------------------------------------
+#
+# * Lightning (``LongSafari/hyenadna-*-seqlen``): ``weights.ckpt`` + ``config.json``; keys
+#   ``model.backbone...``, with or without the ``.mixer.layer.`` / ``.mlp.layer.`` infix of
+#   activation checkpointing; the file also pickles OmegaConf objects and optimizer state;
+# * ``-hf`` (``LongSafari/hyenadna-*-seqlen-hf``): ``model.safetensors`` or ``pytorch_model.bin`` +
+#   ``config.json`` (``model_type: hyenadna``); keys ``hyena.backbone...`` and a separate
+#   ``lm_head.weight``; the shared Sin ``freq`` may be stored under only some of its names;
+# * a plain state dict (``.pt``/``.pth``/``.bin``/``.safetensors``) with ``backbone...`` keys.
+#
+# Without a recognised ``config.json`` beside the weights, the configuration is read off the
+# tensor shapes. The modulation ``shift`` is stored in none of HyenaDNA's layouts; it defaults to
+# 0.05 (standalone and ``-hf`` code) and can be overridden (``overrides={"shift": 0.0}``).
+
+
+def _hyena_fields_from_original(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """HyenaDNA's own config.json (standalone constructor arguments, §5a).
+
+    Absent layer fields take the values every released config sets (emb_dim 5, w 10, ...).
+    """
+    layer = cfg.get("layer") or {}
+    if layer.get("bidirectional"):
+        raise ConfigError("bidirectional Hyena layers are not supported")
+    d_model = cfg["d_model"]
+    out = {
+        "d_model": d_model,
+        "n_layer": cfg["n_layer"],
+        "d_inner": cfg.get("d_inner") or 4 * d_model,
+        "vocab_size": cfg.get("vocab_size", 12),
+        "pad_vocab_size_multiple": cfg.get("pad_vocab_size_multiple", 8),
+        "embed_dropout": cfg.get("embed_dropout", 0.1),
+        "resid_dropout": cfg.get("resid_dropout", 0.0),
+        "residual_in_fp32": cfg.get("residual_in_fp32", True),
+        "l_max": layer["l_max"],
+        "emb_dim": layer.get("emb_dim", 5),
+        "filter_order": layer.get("filter_order", 64),
+        "w": layer.get("w", 10),
+        "modulate": layer.get("modulate", True),
+        "train_pos_emb": bool(layer.get("lr_pos_emb", 0.0)),
+    }
+    # The reference ignores ``local_order`` (its short convolution always has 3 taps).
+    for key in ("shift", "fast_decay_pct", "slow_decay_pct", "target"):
+        if key in layer:
+            out["decay_target" if key == "target" else key] = layer[key]
+    return out
+
+
+def _hyena_fields_from_hf(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``-hf`` port's flat config.json (§5b)."""
+    for key, want in (("hyena_order", 2), ("num_inner_mlps", 2), ("use_bias", True)):
+        if cfg.get(key, want) != want:
+            raise ConfigError(f"{key}={cfg[key]!r} is not supported (only {want!r})")
+    return {
+        "d_model": cfg["d_model"],
+        "n_layer": cfg["n_layer"],
+        "d_inner": cfg.get("d_inner") or 4 * cfg["d_model"],
+        "vocab_size": cfg.get("vocab_size", 12),
+        "pad_vocab_size_multiple": cfg.get("pad_vocab_size_multiple", 8),
+        "l_max": cfg["max_seq_len"],
+        "emb_dim": cfg.get("emb_dim", 5),
+        "filter_order": cfg.get("filter_order", 64),
+        "short_filter_order": cfg.get("short_filter_order", 3),
+        "w": cfg.get("activation_freq", 10),
+        "train_freq": cfg.get("train_freq", True),
+        "embed_dropout": cfg.get("embed_dropout", 0.1),
+        "hyena_dropout": cfg.get("hyena_dropout", 0.0),
+        "layer_norm_eps": cfg.get("layer_norm_epsilon", 1e-5),
+        "initializer_range": cfg.get("initializer_range", 0.02),
+    }
+
+
+def is_hyenadna_config(cfg: Any) -> bool:
+    """Whether a parsed config.json is HyenaDNA's original or ``-hf`` layout."""
+    if not isinstance(cfg, Mapping):
+        return False
+    return cfg.get("model_type") == "hyenadna" or (isinstance(cfg.get("layer"), Mapping) and "d_model" in cfg)
+
+
+def load_hyenadna_config(source: str | os.PathLike | Mapping[str, Any], **overrides: Any) -> HyenaConfig:
+    """A :class:`HyenaConfig` from HyenaDNA's ``config.json`` (original or ``-hf`` layout).
+
+    ``source``: the file, its directory, or the parsed dict. Field mapping (§5): original
+    ``layer.l_max``/``layer.w``/``layer.lr_pos_emb > 0`` -> ``l_max``/``w``/``train_pos_emb``;
+    ``-hf`` ``max_seq_len``/``activation_freq``/``layer_norm_epsilon`` -> ``l_max``/``w``/
+    ``layer_norm_eps``. ``overrides`` replace fields (e.g. ``shift=0.0``).
+    """
+    where = "config"
+    if isinstance(source, Mapping):
+        cfg = source
+    else:
+        path = Path(source)
+        path = path / CONFIG_FILE if path.is_dir() else path
+        where = str(path)
+        from dnalm.models.io import read_json
+
+        cfg = read_json(path)
+    if not is_hyenadna_config(cfg):
+        raise InputError(f"{where}: not a HyenaDNA config (expected 'layer' with 'd_model', or model_type "
+                         "'hyenadna')")
+    try:
+        fields = _hyena_fields_from_hf(cfg) if cfg.get("model_type") == "hyenadna" else \
+            _hyena_fields_from_original(cfg)
+        fields.update(overrides)
+        return HyenaConfig(**fields)
+    except KeyError as exc:
+        raise InputError(f"{where}: missing field {exc}") from None
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def infer_hyena_config(state_dict: Mapping[str, Tensor], **overrides: Any) -> HyenaConfig:
+    """A :class:`HyenaConfig` read off the tensor shapes of a (normalised) HyenaDNA state dict.
+
+    Keys as in :mod:`dnalm.models.blocks`. Fields the shapes do not determine (dropouts, shift)
+    keep their defaults unless given in ``overrides``.
+    """
+    emb = state_dict["backbone.embeddings.word_embeddings.weight"]  # (V, D)
+    V, d = emb.shape
+    layers = {int(k.split(".")[2]) for k in state_dict if k.startswith("backbone.layers.")}
+    p = "backbone.layers.0."
+    z = state_dict[p + "mixer.filter_fn.pos_emb.z"]  # (1, l_max, emb_dim)
+    fields = {
+        "d_model": d, "n_layer": len(layers), "vocab_size": 12 if V == 16 else V,
+        "pad_vocab_size_multiple": 8 if V % 8 == 0 else 1,
+        "d_inner": state_dict[p + "mlp.fc1.weight"].shape[0],
+        "l_max": z.shape[1], "emb_dim": z.shape[2],
+        "filter_order": state_dict[p + "mixer.filter_fn.implicit_filter.0.weight"].shape[0],
+        "short_filter_order": state_dict[p + "mixer.short_filter.weight"].shape[-1],
+    }
+    fields.update(overrides)
+    return HyenaConfig(**fields)
+
+
+
+
+def _normalise_hyenadna_keys(sd: Mapping[str, Tensor], where: Path) -> dict[str, Tensor]:
+    """Lightning/-hf/checkpointed keys -> dnalm keys; task heads and metrics are dropped."""
+    out: dict[str, Tensor] = {}
+    dropped = []
+    for key, value in sd.items():
+        if not isinstance(value, Tensor):
+            continue
+        k = key
+        for prefix in ("model.", "hyena."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        k = k.replace(".mixer.layer.", ".mixer.").replace(".mlp.layer.", ".mlp.")
+        if k.startswith(("backbone.", "lm_head.")):
+            out[k] = value
+        else:
+            dropped.append(key)
+    if not any(k.startswith("backbone.layers.") for k in out):
+        raise InputError(f"{where}: unknown checkpoint layout (no HyenaDNA 'backbone.layers.*' weights; "
+                         f"first keys: {', '.join(list(sd)[:3])})")
+    if dropped:
+        log.info("%s: ignored %d tensors outside the LM (%s ...)", where, len(dropped), dropped[0])
+    return out
+
+
+
+def _hyenadna_detect(path: Path, meta: Any) -> bool:
+    """HyenaDNA's config.json beside the weights, or no config at all (a bare weight file: by elimination)."""
+    return is_hyenadna_config(meta) or meta is None
+
+
+def load_hyenadna(path: Path, map_location: str | torch.device = "cpu",
+                  overrides: Mapping[str, Any] | None = None) -> HyenaLM:
+    """A HyenaDNA checkpoint (any layout above; ``path`` a directory or weight file), float32, eval mode."""
+    from dnalm.models.io import WEIGHT_NAMES, load_state_into, read_config_json, read_weights
+
+    path = Path(path)
+    overrides = dict(overrides or {})
+    directory = path if path.is_dir() else path.parent
+    if path.is_dir():
+        file = next((path / n for n in WEIGHT_NAMES if (path / n).is_file()), None)
+        if file is None:
+            raise InputError(f"{path}: unknown model layout (no {CONFIG_FILE} of dnalm and none of "
+                             f"{', '.join(WEIGHT_NAMES)})")
+    else:
+        file = path
+    meta = read_config_json(directory)
+    sd = _normalise_hyenadna_keys(read_weights(file), file)
+    try:
+        if is_hyenadna_config(meta):
+            config = load_hyenadna_config(directory / CONFIG_FILE, **overrides)
+        else:
+            config = infer_hyena_config(sd, **overrides)
+    except KeyError as exc:
+        raise InputError(f"{file}: cannot infer the model config, missing tensor {exc}") from None
+    except (TypeError, ConfigError) as exc:
+        raise InputError(f"{file}: {exc}") from None
+    model = HyenaLM(config)
+    load_state_into(model, sd, file)
+    return model.to(map_location).eval()
+
+
+def _tokenizer(config: HyenaConfig):
+    from dnalm.tokenizers import CharTokenizer
+
+    return CharTokenizer()
+
+
+def _info(config: HyenaConfig, seq_len: int, batch_size: int = 1, dtype: Any = "bf16"):
+    from dnalm.models.info import hyena_info
+
+    return hyena_info(config, seq_len, batch_size, dtype)
+
+
+FAMILY = Family(name="hyena", config_cls=HyenaConfig, model_cls=HyenaLM, presets=PRESETS, objective=CAUSAL,
+                lora_targets=("in_proj", "out_proj", "fc1", "fc2"), tokenizer=_tokenizer, context_field="l_max",
+                importers=(Importer("hyenadna", _hyenadna_detect, load_hyenadna, fallback=True),), info=_info)

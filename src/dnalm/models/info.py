@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -229,24 +230,31 @@ def hyena_info(cfg: HyenaConfig, seq_len: int, batch_size: int = 1, dtype: str |
     return ModelInfo("hyena", L, batch_size, b, tuple(head + mixer + tail))
 
 
-#: family -> (config class, row builder)
-FAMILIES = {"hyena": (HyenaConfig, hyena_info), "transformer": (TransformerConfig, transformer_info)}
+def family_config(family: str, preset: str, **overrides) -> Any:
+    """The config of preset ``preset`` of ``family`` (a name of :data:`dnalm.models.families.FAMILIES`)
+    with fields replaced."""
+    from dnalm.models.families import family as family_named
+
+    try:
+        fam = family_named(family)
+    except ConfigError:
+        from dnalm.models.families import names
+
+        raise ConfigError(f"unknown model '{family}' (choose from: {', '.join(names())})") from None
+    return fam.config_cls.preset(preset, **overrides)
 
 
-def family_config(family: str, preset: str, **overrides) -> HyenaConfig | TransformerConfig:
-    """The config of preset ``preset`` of ``family`` ('hyena' or 'transformer') with fields replaced."""
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model '{family}' (choose from: {', '.join(FAMILIES)})")
-    return FAMILIES[family][0].preset(preset, **overrides)
+def model_info(config: Any, seq_len: int, batch_size: int = 1, dtype: str | torch.dtype = "bf16") -> ModelInfo:
+    """Rows and totals of the model ``config`` describes (any family with a cost model)."""
+    from dnalm.models.families import family_of
 
-
-def model_info(config: HyenaConfig | TransformerConfig, seq_len: int, batch_size: int = 1,
-               dtype: str | torch.dtype = "bf16") -> ModelInfo:
-    """Rows and totals of the model ``config`` describes (a Hyena or Transformer config)."""
-    for _, (cls, build) in FAMILIES.items():
-        if isinstance(config, cls):
-            return build(config, seq_len, batch_size, dtype)
-    raise ConfigError(f"model info: no cost model for {type(config).__name__}")
+    try:
+        fam = family_of(config)
+    except ConfigError:
+        fam = None
+    if fam is None or fam.info is None:
+        raise ConfigError(f"model info: no cost model for {type(config).__name__}")
+    return fam.info(config, seq_len, batch_size, dtype)
 
 
 def _si(x: float, unit: str = "") -> str:

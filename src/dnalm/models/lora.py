@@ -10,7 +10,7 @@ on the Linear layers named by ``target_modules``. The adapters are injected in p
 modules): each targeted ``nn.Linear`` becomes a ``peft`` LoRA layer whose ``base_layer`` is the
 original Linear, so base weights are never copied or changed while training.
 
-Target presets (:data:`TARGET_PRESETS`), by the module names of :mod:`dnalm.models.blocks`:
+Target presets (each family's ``lora_targets``, :mod:`dnalm.models.families`), by module names:
 Hyena: the mixer's ``in_proj``/``out_proj`` and the MLP's ``fc1``/``fc2``; Transformer: the
 attention projections ``in_proj`` (fused q, k, v) and ``out_proj``. The implicit Hyena filter
 and the tied embedding/LM head are not adapted. Modules listed in ``trainable`` (the sequence
@@ -42,11 +42,6 @@ ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_NAME = "default"
 
-#: Linear layers adapted by default, per model family (module names of dnalm.models.blocks / the family files).
-TARGET_PRESETS: dict[str, tuple[str, ...]] = {
-    "hyena": ("in_proj", "out_proj", "fc1", "fc2"),
-    "transformer": ("in_proj", "out_proj"),
-}
 #: Named target groups usable in ``target_modules``.
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {
     "mixer": ("in_proj", "out_proj"),
@@ -96,11 +91,14 @@ def _family(model: nn.Module) -> str:
 def resolve_targets(model: nn.Module, target_modules: list[str] | None) -> list[str]:
     """Linear module names to adapt: the family preset when None, groups expanded; each must exist in ``model``."""
     if target_modules is None:
-        family = _family(model)
-        if family not in TARGET_PRESETS:
-            raise ConfigError(f"no LoRA target preset for model family '{family or type(model).__name__}'; "
-                              "set lora.target_modules")
-        names = list(TARGET_PRESETS[family])
+        from dnalm.models.families import family as family_named
+
+        name = _family(model)
+        try:
+            names = list(family_named(name).lora_targets)
+        except ConfigError:
+            raise ConfigError(f"no LoRA target preset for model family '{name or type(model).__name__}'; "
+                              "set lora.target_modules") from None
     else:
         names = []
         for t in target_modules:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from dnalm.errors import ConfigError
 from dnalm.inference.state import InferenceState
 from dnalm.models.blocks import CausalLM, pad_vocab
+from dnalm.models.family import CAUSAL, Family
 
 
 @dataclass(frozen=True)
@@ -273,3 +274,20 @@ class TransformerLM(CausalLM):
                        dtype: torch.dtype | None = None) -> InferenceState:
         """A fresh inference state (a K/V cache per layer); ``max_len`` defaults to ``config.max_len``."""
         return super().allocate_state(batch, max_len or self.config.max_len, device, dtype)
+
+
+def _tokenizer(config: TransformerConfig):
+    from dnalm.tokenizers import CharTokenizer
+
+    return CharTokenizer()
+
+
+def _info(config: TransformerConfig, seq_len: int, batch_size: int = 1, dtype="bf16"):
+    from dnalm.models.info import transformer_info
+
+    return transformer_info(config, seq_len, batch_size, dtype)
+
+
+FAMILY = Family(name="transformer", config_cls=TransformerConfig, model_cls=TransformerLM, presets=PRESETS,
+                objective=CAUSAL, lora_targets=("in_proj", "out_proj"), tokenizer=_tokenizer,
+                context_field="max_len", info=_info)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -54,7 +54,7 @@ def main(cfg: DictConfig) -> int | None:
         prompts = [NamedSequence(f"prompt{i}", p.upper() if gc.uppercase else p, f"prompts[{i}]")
                    for i, p in enumerate(str(p) for p in gc.prompts)]
     model, tokenizer = load_model(gc.checkpoint, gc.device, gc.dtype)
-    check_acgt_tokenizer(tokenizer, gc.acgt_only)
+    options = replace(options, acgt=check_acgt_tokenizer(tokenizer, gc.acgt_only))
     rows = [prompt_ids(tokenizer, p.seq, gc.prepend_bos, where=p.where) for p in prompts]
     results = generate(model, rows, options, progress=True)
     records, lines = [], []

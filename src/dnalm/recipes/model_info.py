@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError, InputError
-from dnalm.models.info import FAMILIES, family_config, model_info, print_info
+from dnalm.models.info import family_config, model_info, print_info
 from dnalm.utils import atomic_file
 
 
@@ -32,7 +32,9 @@ class ModelInfoConfig:
 
 
 def _checkpoint_config(path: str, overrides: dict[str, Any]):
-    from dnalm.models.io import CONFIG_FILE, is_hyenadna_config, load_hyenadna_config, read_pretrained_info
+    from dnalm.models.families import family
+    from dnalm.models.hyena import is_hyenadna_config, load_hyenadna_config
+    from dnalm.models.io import CONFIG_FILE, read_pretrained_info
 
     directory = Path(path)
     file = directory / CONFIG_FILE if directory.is_dir() else directory
@@ -42,13 +44,14 @@ def _checkpoint_config(path: str, overrides: dict[str, Any]):
     if is_hyenadna_config(raw):
         return load_hyenadna_config(file, **overrides)
     meta = read_pretrained_info(file)
-    family = meta.get("family")
-    if family not in FAMILIES:
-        raise InputError(f"{file}: unknown model family {family!r} (known: {', '.join(FAMILIES)})")
     try:
-        return FAMILIES[family][0](**{**meta.get("config", {}), **overrides})
-    except TypeError as exc:
-        raise InputError(f"{file}: bad {family} config: {exc}") from None
+        fam = family(str(meta.get("family")))
+    except ConfigError as exc:
+        raise InputError(f"{file}: {exc}") from None
+    try:
+        return fam.config_cls(**{**meta.get("config", {}), **overrides})
+    except (TypeError, ConfigError) as exc:
+        raise InputError(f"{file}: bad {fam.name} config: {exc}") from None
 
 
 def main(cfg: DictConfig) -> int | None:
@@ -63,7 +66,9 @@ def main(cfg: DictConfig) -> int | None:
             raise ConfigError("model_info: n_head applies to model=transformer only")
         config = family_config(mc.family, mc.preset, **overrides)
         name = mc.preset
-    seq_len = mc.seq_len or getattr(config, "l_max", None) or config.max_len
+    from dnalm.models.families import family_of
+
+    seq_len = mc.seq_len or family_of(config).context_length(config) or 512
     info = model_info(config, seq_len, mc.batch_size, mc.dtype)
     print_info(info, title=f"{info.family} {name}: L = {seq_len:,}, B = {mc.batch_size}, {mc.dtype} activations")
     if mc.out:

@@ -38,6 +38,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError, InputError
+from dnalm.models.families import family
+from dnalm.models.families import names as family_names
 from dnalm.utils import atomic_dir, atomic_file, json_safe
 
 GROUPS = ("model", "data", "trainer", "optim")
@@ -180,8 +182,8 @@ def parse(cfg: DictConfig | dict[str, Any]) -> ParsedConfig:
     if top.resume not in ("auto", "never") and not Path(top.resume).exists():
         raise ConfigError(f"resume={top.resume}: no such checkpoint (use auto, never or a checkpoint directory)")
     model = dict(node.get("model") or {})
-    if model.get("family") not in MODEL_FAMILIES:
-        raise ConfigError(f"model.family must be one of {', '.join(MODEL_FAMILIES)}, got {model.get('family')!r}")
+    if model.get("family") not in family_names():
+        raise ConfigError(f"model.family must be one of {', '.join(family_names())}, got {model.get('family')!r}")
     data_node = dict(node.get("data") or {})
     source = to_dataclass({k: data_node.pop(k) for k in DATA_SOURCE_KEYS if k in data_node}, DataSource,
                           where="data")
@@ -195,38 +197,29 @@ def parse(cfg: DictConfig | dict[str, Any]) -> ParsedConfig:
 # Models
 # ---------------------------------------------------------------------------------------------
 
-MODEL_FAMILIES = {
-    "hyena": ("dnalm.models.hyena", "HyenaConfig", "HyenaLM", "l_max"),
-    "transformer": ("dnalm.models.transformer", "TransformerConfig", "TransformerLM", "max_len"),
-}
-
-
 def model_config(node: dict[str, Any], max_length: int):
-    """The model family's frozen config from the ``model`` node; a null ``l_max``/``max_len`` becomes
-    ``max_length + 2`` (HyenaDNA: the training length + 2)."""
-    import importlib
-
+    """The model family and its frozen config from the ``model`` node; a null context length
+    (``l_max``, ``max_len``: the family's ``context_field``) becomes ``max_length + 2`` (HyenaDNA: the
+    training length + 2)."""
     node = dict(node)
-    family = node.pop("family", None)
-    if family not in MODEL_FAMILIES:
-        raise ConfigError(f"model.family must be one of {', '.join(MODEL_FAMILIES)}, got {family!r}")
-    module, cfg_name, _, length_key = MODEL_FAMILIES[family]
-    if node.get(length_key) is None:
-        node[length_key] = max_length + 2
-    config = to_dataclass(node, getattr(importlib.import_module(module), cfg_name), where="model")
-    if family == "hyena" and config.l_max < max_length:
-        raise ConfigError(f"model.l_max={config.l_max} is shorter than the longest training or evaluation window "
+    name = node.pop("family", None)
+    if name not in family_names():
+        raise ConfigError(f"model.family must be one of {', '.join(family_names())}, got {name!r}")
+    fam = family(name)
+    if fam.context_field is not None and node.get(fam.context_field) is None:
+        node[fam.context_field] = max_length + 2
+    config = to_dataclass(node, fam.config_cls, where="model")
+    context = fam.context_length(config)
+    if name == "hyena" and context is not None and context < max_length:
+        raise ConfigError(f"model.l_max={context} is shorter than the longest training or evaluation window "
                           f"({max_length}); set model.l_max={max_length + 2} (or null)")
-    return family, config
+    return name, config
 
 
 def build_model(node: dict[str, Any], max_length: int, device: Any = None):
     """Build the model of the ``model`` node (on ``device``, e.g. 'meta' to check a large config)."""
-    import importlib
-
-    family, config = model_config(node, max_length)
-    module, _, cls_name, _ = MODEL_FAMILIES[family]
-    return getattr(importlib.import_module(module), cls_name)(config, device=device)
+    name, config = model_config(node, max_length)
+    return family(name).build(config, device=device)
 
 
 # ---------------------------------------------------------------------------------------------
