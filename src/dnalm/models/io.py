@@ -23,7 +23,7 @@ tensor shapes. The modulation ``shift`` is stored in none of HyenaDNA's layouts;
 Pickled files (``.ckpt``, ``.bin``, ``.pt``) are read with PyTorch's restricted unpickler
 (``weights_only=True``). Besides tensors and plain containers it accepts only the names in
 :data:`INERT_PREFIXES` (OmegaConf, typing, pathlib, numpy objects found in Lightning
-checkpoints), which are replaced by inert stand-ins that run no code; any other global (a
+checkpoints, byte buffers in vortex checkpoints), which are replaced by inert stand-ins that run no code; any other global (a
 function a malicious pickle would call) makes the load fail with :class:`InputError`.
 """
 
@@ -63,8 +63,9 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
 WEIGHT_NAMES = ("model.safetensors", "weights.ckpt", "pytorch_model.bin", "model.bin", "model.pt",
                 "pytorch_model.pt", "state_dict.pt", "model.pth")
 
-#: Pickled globals that are replaced by inert stand-ins when reading a checkpoint.
-INERT_PREFIXES = ("omegaconf.", "typing.", "pathlib.", "numpy.")
+#: Pickled globals that are replaced by inert stand-ins when reading a checkpoint (``_io.BytesIO``: the
+#: Transformer Engine ``_extra_state`` entries of Evo 2's vortex files, which are dropped).
+INERT_PREFIXES = ("omegaconf.", "typing.", "pathlib.", "numpy.", "_io.BytesIO")
 
 
 # ---------------------------------------------------------------------------------------------
