@@ -23,8 +23,9 @@ tensor shapes. The modulation ``shift`` is stored in none of HyenaDNA's layouts;
 Pickled files (``.ckpt``, ``.bin``, ``.pt``) are read with PyTorch's restricted unpickler
 (``weights_only=True``). Besides tensors and plain containers it accepts only the names in
 :data:`INERT_PREFIXES` (OmegaConf, typing, pathlib, numpy objects found in Lightning
-checkpoints, byte buffers in vortex checkpoints), which are replaced by inert stand-ins that run no code; any other global (a
-function a malicious pickle would call) makes the load fail with :class:`InputError`.
+checkpoints, byte buffers in vortex checkpoints), which are replaced by inert stand-ins that run
+no code; any other global (a function a malicious pickle would call) makes the load fail with
+:class:`InputError`.
 """
 
 from __future__ import annotations

@@ -48,9 +48,9 @@ per mode for the state; no (B, d, N, 2L) complex tensor as in vortex's FFT prefi
 
 Precision: the convolutions, gates and modal filters run in float32 (float64 for a float64 model)
 even under autocast, the residual stream is at least float32, the linear layers follow the model
-dtype or autocast. ``log_poles``, ``residues`` and ``inv_freq`` stay float32 when the model is cast
-to a 16-bit dtype (vortex keeps the first two in float32 too; casting ``inv_freq`` would move the
-rotary angles).
+dtype or autocast. The modal filters (``log_poles``, ``residues``, ``D``) and the rotary ``inv_freq``
+stay float32 when the model is cast to a 16-bit dtype (vortex keeps poles and residues in float32 too;
+casting ``inv_freq`` would move the rotary angles).
 
 API: ``StripedHyenaLM(StripedHyenaConfig.preset("tiny"))`` is called like every causal LM of
 :mod:`dnalm.models.blocks` (it is a :class:`~dnalm.models.blocks.CausalLM`: ``model(ids, state)``,
@@ -1016,19 +1016,43 @@ _VORTEX_FIXED = {"proj_groups": 1, "column_split_hyena": False, "short_filter_bi
 _VORTEX_WEIGHT_SUFFIXES = (".pt", ".pth")
 _CONFIG_SUFFIXES = (".yml", ".yaml", ".json")
 
-_VORTEX_KEY_MAP: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(a), b) for a, b in (
-    (r"embedding_layer\.weight", r"backbone.embeddings.word_embeddings.weight"),
-    (r"norm\.scale", r"backbone.ln_f.weight"),
-    (r"unembed\.weight", r"lm_head.weight"),
-    (r"blocks\.(\d+)\.(pre_norm|post_norm)\.scale", r"backbone.layers.\1.\2.weight"),
-    (r"blocks\.(\d+)\.mlp\.(l1|l2|l3)\.weight", r"backbone.layers.\1.mlp.\2.weight"),
-    (r"blocks\.(\d+)\.(projections|out_filter_dense)\.(weight|bias)", r"backbone.layers.\1.mixer.\2.\3"),
-    (r"blocks\.(\d+)\.filter\.short_filter_weight", r"backbone.layers.\1.mixer.short_filter_weight"),
-    (r"blocks\.(\d+)\.filter\.(h|D|log_poles|residues)", r"backbone.layers.\1.mixer.filter.\2"),
-    (r"blocks\.(\d+)\.inner_mha_cls\.Wqkv\.(weight|bias)", r"backbone.layers.\1.mixer.in_proj.\2"),
-    (r"blocks\.(\d+)\.inner_mha_cls\.out_proj\.(weight|bias)", r"backbone.layers.\1.mixer.out_proj.\2"),
-    (r"blocks\.(\d+)\.inner_mha_cls\.rotary_emb\.inv_freq", r"backbone.layers.\1.mixer.inv_freq"),
-))
+#: vortex key pattern -> dnalm key (a ``re.sub`` template), and back.
+_KEY_PAIRS: tuple[tuple[str, str, str, str], ...] = (
+    (r"embedding_layer\.weight", r"backbone.embeddings.word_embeddings.weight",
+     r"backbone\.embeddings\.word_embeddings\.weight", r"embedding_layer.weight"),
+    (r"norm\.scale", r"backbone.ln_f.weight", r"backbone\.ln_f\.weight", r"norm.scale"),
+    (r"unembed\.weight", r"lm_head.weight", r"lm_head\.weight", r"unembed.weight"),
+    (r"blocks\.(\d+)\.(pre_norm|post_norm)\.scale", r"backbone.layers.\1.\2.weight",
+     r"backbone\.layers\.(\d+)\.(pre_norm|post_norm)\.weight", r"blocks.\1.\2.scale"),
+    (r"blocks\.(\d+)\.mlp\.(l1|l2|l3)\.weight", r"backbone.layers.\1.mlp.\2.weight",
+     r"backbone\.layers\.(\d+)\.mlp\.(l1|l2|l3)\.weight", r"blocks.\1.mlp.\2.weight"),
+    (r"blocks\.(\d+)\.(projections|out_filter_dense)\.(weight|bias)", r"backbone.layers.\1.mixer.\2.\3",
+     r"backbone\.layers\.(\d+)\.mixer\.(projections|out_filter_dense)\.(weight|bias)", r"blocks.\1.\2.\3"),
+    (r"blocks\.(\d+)\.filter\.short_filter_weight", r"backbone.layers.\1.mixer.short_filter_weight",
+     r"backbone\.layers\.(\d+)\.mixer\.short_filter_weight", r"blocks.\1.filter.short_filter_weight"),
+    (r"blocks\.(\d+)\.filter\.(h|D|log_poles|residues)", r"backbone.layers.\1.mixer.filter.\2",
+     r"backbone\.layers\.(\d+)\.mixer\.filter\.(h|D|log_poles|residues)", r"blocks.\1.filter.\2"),
+    (r"blocks\.(\d+)\.inner_mha_cls\.Wqkv\.(weight|bias)", r"backbone.layers.\1.mixer.in_proj.\2",
+     r"backbone\.layers\.(\d+)\.mixer\.in_proj\.(weight|bias)", r"blocks.\1.inner_mha_cls.Wqkv.\2"),
+    (r"blocks\.(\d+)\.inner_mha_cls\.out_proj\.(weight|bias)", r"backbone.layers.\1.mixer.out_proj.\2",
+     r"backbone\.layers\.(\d+)\.mixer\.out_proj\.(weight|bias)", r"blocks.\1.inner_mha_cls.out_proj.\2"),
+    (r"blocks\.(\d+)\.inner_mha_cls\.rotary_emb\.inv_freq", r"backbone.layers.\1.mixer.inv_freq",
+     r"backbone\.layers\.(\d+)\.mixer\.inv_freq", r"blocks.\1.inner_mha_cls.rotary_emb.inv_freq"),
+)
+_FROM_VORTEX = tuple((re.compile(a), b) for a, b, _, _ in _KEY_PAIRS)
+_TO_VORTEX = tuple((re.compile(c), d) for _, _, c, d in _KEY_PAIRS)
+
+
+def _rename(key: str, table: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
+    for pattern, template in table:
+        if pattern.fullmatch(key):
+            return pattern.sub(template, key)
+    return None
+
+
+def vortex_key(key: str) -> str:
+    """The vortex name of a :class:`StripedHyenaLM` state-dict key (the key itself where it has none)."""
+    return _rename(key, _TO_VORTEX) or key
 
 
 def is_vortex_config(cfg: Any) -> bool:
@@ -1170,11 +1194,8 @@ def vortex_state_dict(sd: Mapping[str, Any], config: StripedHyenaConfig, file: P
             continue
         if not isinstance(value, Tensor):
             raise InputError(f"{file}: key {key}: expected a tensor, found {type(value).__name__}")
-        for pattern, target in _VORTEX_KEY_MAP:
-            if pattern.fullmatch(key):
-                new = pattern.sub(target, key)
-                break
-        else:
+        new = _rename(key, _FROM_VORTEX)
+        if new is None:
             raise InputError(f"{file}: unexpected key {key} (not in the vortex StripedHyena layout)")
         if column_split and ".inner_mha_cls.Wqkv." in key:
             if value.shape[0] != 3 * H * hd:
@@ -1200,8 +1221,12 @@ def load_vortex(path: str | os.PathLike, map_location: str | torch.device = "cpu
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(_VORTEX_FIELDS) - {"column_split"})
+    if unknown:
+        raise ConfigError(f"stripedhyena: unknown override '{unknown[0]}' (config fields or column_split)")
     file, cfg_file = _vortex_files(path)
-    raw = {**read_vortex_config(cfg_file), **dict(overrides or {})}
+    raw = {**read_vortex_config(cfg_file), **overrides}
     config = config_from_vortex(raw, cfg_file)
     if raw.get("use_fp8_input_projections"):
         log.warning("%s: this model was trained with FP8 input projections (Transformer Engine); dnalm computes "
@@ -1218,12 +1243,15 @@ def load_vortex(path: str | os.PathLike, map_location: str | torch.device = "cpu
         own.pop("lm_head.weight", None)
     for key, value in own.items():
         if key not in sd:
-            raise InputError(f"{file}: missing tensor for {key} (config {cfg_file.name}: {config.pattern})")
+            raise InputError(f"{file}: missing key {vortex_key(key)} (the config {cfg_file.name} has layers "
+                             f"{config.pattern})")
         if tuple(sd[key].shape) != tuple(value.shape):
-            raise InputError(f"{file}: {key}: shape {tuple(sd[key].shape)}, the config needs {tuple(value.shape)}")
+            raise InputError(f"{file}: key {vortex_key(key)}: shape {tuple(sd[key].shape)}, the config "
+                             f"{cfg_file.name} needs {tuple(value.shape)}")
     extra = sorted(set(sd) - set(own))
     if extra:
-        raise InputError(f"{file}: tensor {extra[0]} does not fit the config {cfg_file.name} ({config.pattern})")
+        raise InputError(f"{file}: key {vortex_key(extra[0])} does not fit the config {cfg_file.name} "
+                         f"(layers {config.pattern})")
     if config.tie_embeddings:
         sd["lm_head.weight"] = sd["backbone.embeddings.word_embeddings.weight"]
     model.load_state_dict(sd, strict=True, assign=True)
