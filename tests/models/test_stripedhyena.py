@@ -40,6 +40,7 @@ from dnalm.models.stripedhyena import (
     causal_fir,
     count_parameters_of_config,
     detect_vortex,
+    fir_step,
     flops_per_token,
     load_vortex,
     pattern_fields,
@@ -473,6 +474,27 @@ def test_bf16_autocast_close_to_float32(fixture_model, outputs):
         fixture_model(ids[:, :20], state)
         fixture_model(ids[:, 20:21], state)
     assert state.layers[2].inner.dtype == torch.float32
+
+
+@pytest.mark.parametrize("pattern", ["S", "D", "H"])
+def test_gated_convolution_interior_ignores_autocast(pattern):
+    """Inside bf16 autocast only the projections round: the FIRs, the modal state and the gates of the
+    chunk and step paths compute exactly what they compute in float32."""
+    mixer = _model(pattern, dtype=torch.float32).backbone.layers[0].mixer
+    z = torch.randn(2, 3 * 32, 40)
+    results = []
+    for amp in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            state = mixer.allocate_state(2, 40)
+            x2, x1, v = mixer._gates(causal_fir(z[..., :30], mixer.short_filter_weight[:, 0], state.short))
+            chunk = x2 * mixer.filter(x1 * v, state.inner)
+            x2, x1, v = mixer._gates(causal_fir(z[..., 30:], mixer.short_filter_weight[:, 0], state.short))
+            chunk2 = x2 * mixer.filter(x1 * v, state.inner)
+            x2, x1, v = mixer._gates(fir_step(z[..., 0], mixer.short_filter_weight[:, 0], state.short))
+            step = x2 * mixer.filter.step(x1 * v, state.inner)
+        results.append((chunk, chunk2, step, state.inner.clone()))
+    for a, b in zip(*results):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
 
 
 def test_cast_to_bf16_keeps_poles_and_rotary_frequencies():

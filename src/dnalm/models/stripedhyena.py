@@ -378,7 +378,7 @@ def fir_step(x: Tensor, w: Tensor, history: Tensor) -> Tensor:
     wide = _wide(x.dtype)
     window = torch.cat([history.to(wide), x.to(wide)[..., None]], dim=-1)  # (B, C, K): oldest .. newest
     history.copy_(window[..., 1:])
-    return torch.einsum("bck,ck->bc", window, w.to(wide))
+    return (window * w.to(wide)).sum(-1)  # elementwise: no autocast op
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,7 +485,8 @@ class ModalFilter(_KeepFloat32):
             y = y + (R[:, n] * s[..., n])[..., None] * torch.exp(pn * (t + 1))
             # s_n <- p_n^L s_n + sum_t' p_n^(L-1-t') x_t'
             decayed = s[..., n] * torch.exp(pn[:, 0] * L)
-            state[..., n] = decayed + torch.einsum("bdl,dl->bd", x, torch.exp(pn * (L - 1 - t)))
+            with torch.autocast(x.device.type, enabled=False):  # a batched matmul: keep it in x's dtype
+                state[..., n] = decayed + torch.einsum("bdl,dl->bd", x, torch.exp(pn * (L - 1 - t)))
         return y
 
     def step(self, x: Tensor, state: Tensor) -> Tensor:
@@ -600,7 +601,8 @@ class RotaryAttention(_KeepFloat32, CausalSelfAttention):
         """u (B, L, d) at positions offset.. -> rotated q, rotated k, v, each (B, H, L, d_h)."""
         B, L, _ = u.shape
         q, k, v = self.in_proj(u).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        positions = torch.arange(offset, offset + L, device=u.device, dtype=torch.float64) / self.position_scale
+        wide = torch.float32 if u.device.type == "mps" else torch.float64
+        positions = torch.arange(offset, offset + L, device=u.device, dtype=wide) / self.position_scale
         cos, sin = rope_cos_sin(positions, self.inv_freq)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
