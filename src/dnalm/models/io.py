@@ -15,8 +15,9 @@ The families are asked in the order of :data:`dnalm.models.families.FAMILIES`; a
 Pickled files (``.ckpt``, ``.bin``, ``.pt``) are read with PyTorch's restricted unpickler
 (``weights_only=True``). Besides tensors and plain containers it accepts only the names in
 :data:`INERT_PREFIXES` (OmegaConf, typing, pathlib, numpy objects found in Lightning
-checkpoints), which are replaced by inert stand-ins that run no code; any other global (a
-function a malicious pickle would call) makes the load fail with :class:`InputError`.
+checkpoints, byte buffers in vortex checkpoints), which are replaced by inert stand-ins that run
+no code; any other global (a function a malicious pickle would call) makes the load fail with
+:class:`InputError`.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ CONFIG_FILE = "config.json"
 WEIGHT_NAMES = ("model.safetensors", "weights.ckpt", "pytorch_model.bin", "model.bin", "model.pt",
                 "pytorch_model.pt", "state_dict.pt", "model.pth")
 
-#: Pickled globals that are replaced by inert stand-ins when reading a checkpoint.
-INERT_PREFIXES = ("omegaconf.", "typing.", "pathlib.", "numpy.")
+#: Pickled globals that are replaced by inert stand-ins when reading a checkpoint (``_io.BytesIO``: the
+#: Transformer Engine ``_extra_state`` entries of Evo 2's vortex files, which are dropped).
+INERT_PREFIXES = ("omegaconf.", "typing.", "pathlib.", "numpy.", "_io.BytesIO")
 
 
 # ---------------------------------------------------------------------------------------------
