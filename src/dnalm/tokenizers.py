@@ -729,6 +729,10 @@ def build_tokenizer(cfg: TokenizerConfig) -> AnyTokenizer:
 def tokenizer_from_config(config: Mapping[str, Any]) -> AnyTokenizer:
     """Inverse of ``tok.to_config()`` for any tokenizer (as stored in a prepared manifest)."""
     kind = config.get("type")
+    if kind == "byte":  # Evo 2's byte-level vocabulary lives with its family
+        from dnalm.models.stripedhyena import ByteTokenizer
+
+        return ByteTokenizer.from_config(config)  # type: ignore[return-value]
     if kind not in _CLASSES:
         raise ConfigError(f"tokenizer type {kind!r} must be one of {', '.join(map(repr, _CLASSES))}")
     return _CLASSES[kind].from_config(config)  # type: ignore[return-value]

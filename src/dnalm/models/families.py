@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from dnalm.errors import ConfigError
-from dnalm.models import dnabert2, hyena, transformer
+from dnalm.models import dnabert2, hyena, stripedhyena, transformer
 from dnalm.models.family import Family
 
-FAMILIES: tuple[Family, ...] = (hyena.FAMILY, transformer.FAMILY, dnabert2.FAMILY)
+FAMILIES: tuple[Family, ...] = (hyena.FAMILY, transformer.FAMILY, dnabert2.FAMILY, stripedhyena.FAMILY)
 
 
 def names() -> list[str]:
