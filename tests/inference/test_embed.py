@@ -24,7 +24,14 @@ import dnalm
 from conftest import shared_file
 from dnalm.cli import main, run
 from dnalm.errors import ConfigError
-from dnalm.inference.embed import NpyStream, embed_per_base, embed_pooled, embed_to_directory, resolve_layer
+from dnalm.inference.embed import (
+    NpyStream,
+    embed_per_base,
+    embed_pooled,
+    embed_to_directory,
+    per_base_file_names,
+    resolve_layer,
+)
 from dnalm.inference.io import read_sequences
 from dnalm.inference.scoring import encode_sequence
 from dnalm.tokenizers import CharTokenizer
@@ -79,6 +86,11 @@ def test_per_base_beyond_the_context_follows_the_truncated_filter_model(tmp_path
     for r, name in zip(rows, table["file"], strict=True):
         ref = _plain_hidden(truncated_filter_reference(hyena, len(r)), r, 2)
         np.testing.assert_allclose(np.load(out / name), ref, **TOL)
+
+
+def test_per_base_files_are_named_after_their_records():
+    names = per_base_file_names(["chrI", "Chr1", "chr1", "a/b c", "..", "chrI"])
+    assert names == ["chrI.npy", "Chr1.npy", "chr1-2.npy", "a_b_c.npy", "row4.npy", "chrI-2.npy"]
 
 
 def test_pooled_directory_and_float16(tmp_path, hyena):
@@ -176,7 +188,7 @@ def test_two_megabase_chromosome_per_base_on_disk_with_bounded_memory(tmp_path):
     # the output alone is 2e6 x 16 x 4 bytes = 128 MB; it is on disk, not in memory
     assert peak - before < 300, f"peak RSS grew by {peak - before:.0f} MB"
     assert elapsed < 60
-    emb = np.load(out / "000000.npy", mmap_mode="r")
+    emb = np.load(out / "Chr1.npy", mmap_mode="r")
     assert emb.shape == (2_000_000, 16) and emb.dtype == np.float32
     # the first l_max positions: the plain forward; later windows: the truncated-filter reference run on
     # the window plus the receptive field of two layers (l_max - 1 filter taps and 2 short-conv taps each)
@@ -194,7 +206,7 @@ def test_embed_command_and_errors(tmp_path, model_dirs, hyena, capsys):
     run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'e'}", "layer=1",
          "pool=none", "device=cpu"])
     table = pq.read_table(tmp_path / "e" / "sequences.parquet").to_pydict()
-    assert table["id"] == ["one", "two"]
+    assert table["id"] == ["one", "two"] and table["file"] == ["one.npy", "two.npy"]  # named after the records
     ref = _plain_hidden(hyena, encode_sequence(CharTokenizer(), "TTGACCA"), 1)
     np.testing.assert_allclose(np.load(tmp_path / "e" / table["file"][1]), ref, **TOL)
     bad = tmp_path / "bad.fa"
