@@ -248,3 +248,33 @@ def test_two_process_ddp_on_cpu(prepared, tmp_path):
     assert column(out, "val/loss") == pytest.approx(val, rel=1e-5)  # the same validation losses
     for key, value in one_weights.items():
         torch.testing.assert_close(ddp_weights[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+# The README's yeast command, at sizes a test affords (the run's length, steps, width and loaders).
+TINY_YEAST = ("data.length=128", "data.batch_size=8", "data.eval_max_windows=4", "data.num_workers=0",
+              "trainer.max_steps=4", "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "logger=[csv]",
+              "trainer.progress_bar=false")
+
+
+def _no_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+def test_gpu_experiment_runs_on_a_machine_without_a_gpu(prepared, tmp_path, monkeypatch, capsys):
+    """dnalm train experiment=yeast/hyena_small data.prepared=... (trainer=gpu in the experiment) on a CPU-only
+    machine: it trains on the CPU in 32-bit precision and says so, instead of Lightning's 'No supported gpu
+    backend found!' traceback; several GPUs fail in one line naming trainer=cpu."""
+    _no_gpu(monkeypatch)
+    out = tmp_path / "yeast"
+    assert cli_run(["train", "experiment=yeast/hyena_small", f"data.prepared={prepared}", "model.d_model=16",
+                    f"out={out}", *TINY_YEAST]) == 0
+    printed = capsys.readouterr().out
+    assert "train: no GPU found, running on the CPU with precision 32-true" in printed
+    config = read_pretrained_info(out / "model")["config"]
+    assert config["d_model"] == 16 and config["d_inner"] == 64  # d_inner follows d_model (4 x)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["train", "experiment=yeast/hyena_small", f"data.prepared={prepared}", "trainer=ddp",
+                  "trainer.devices=4", f"out={tmp_path / 'ddp'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "no GPU" in err and "use trainer=cpu" in err

@@ -162,8 +162,9 @@ def _trainer(tc: TrainerConfig, opt: OptimConfig, out: Path, callbacks: list, ha
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from dnalm.recipes.train import lightning_strategy
+    from dnalm.recipes.train import available_trainer, lightning_strategy
 
+    tc = available_trainer(tc, "finetune")
     limit_val = (None if tc.limit_val_batches == 1.0 else tc.limit_val_batches) if has_dev else 0
     return L.Trainer(accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
                      strategy=lightning_strategy(tc),

@@ -30,7 +30,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +298,36 @@ def _tokenizer(prepared):
 # ---------------------------------------------------------------------------------------------
 
 
+GPU_ACCELERATORS = ("gpu", "cuda", "mps")
+MIXED_PRECISIONS = ("bf16-mixed", "16-mixed", "bf16", "16", "bf16-true", "16-true")
+
+
+def _has_gpu(accelerator: str) -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return accelerator != "cuda" and mps is not None and mps.is_available()
+
+
+def available_trainer(tc: TrainerConfig, command: str = "train") -> TrainerConfig:
+    """``tc`` for the machine it runs on: a one-device GPU trainer (``trainer=gpu``, the shipped experiments'
+    choice) runs on the CPU in 32-bit precision when there is no GPU, saying so in one line; several GPUs
+    (``trainer=ddp``, ``fsdp``, ``devices>1``) without a GPU are a ConfigError naming ``trainer=cpu``."""
+    if tc.accelerator not in GPU_ACCELERATORS or _has_gpu(tc.accelerator):
+        return tc
+    single = str(tc.devices) in ("1", "auto", "-1") and tc.num_nodes == 1 and tc.strategy in ("auto", "single_device")
+    if not single:
+        raise ConfigError(f"{command}: this machine has no GPU for trainer.accelerator={tc.accelerator} with "
+                          f"{tc.devices} device(s) and strategy {tc.strategy}; use trainer=cpu (one process) or "
+                          "trainer=cpu trainer.strategy=ddp trainer.devices=N (N CPU processes)")
+    precision = "32-true" if tc.precision in MIXED_PRECISIONS else tc.precision
+    print(f"{command}: no GPU found, running on the CPU with precision {precision} (as trainer=cpu; set it to "
+          "silence this note)", flush=True)
+    return replace(tc, accelerator="cpu", devices=1, precision=precision)
+
+
 def lightning_strategy(tc: TrainerConfig):
     if tc.strategy == "fsdp":
         from dnalm.models.blocks import Block
@@ -362,7 +392,7 @@ class TrainResult:
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     """The recipe as a function (``callbacks`` are added to the Trainer)."""
     p = parse(cfg)
-    top, tc = p.top, p.trainer
+    top, tc = p.top, available_trainer(p.trainer)
 
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
