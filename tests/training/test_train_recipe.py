@@ -207,7 +207,6 @@ def test_init_from_starts_from_the_given_weights(trained, prepared, tmp_path):
 
 def test_user_mistakes_fail_with_one_line(trained, prepared, tmp_path, capsys):
     cases = [
-        (overrides(prepared, trained, "resume=never"), "already holds checkpoints"),
         (overrides(tmp_path / "nowhere", tmp_path / "r1"), "not a prepared dataset directory"),
         (overrides(prepared, tmp_path / "r2", "model.l_max=100"), "model.l_max=100 is shorter"),
         (overrides(prepared, tmp_path / "r3", "trainer.max_steps=-1"), "set trainer.max_steps or trainer.max_epochs"),
@@ -278,3 +277,31 @@ def test_gpu_experiment_runs_on_a_machine_without_a_gpu(prepared, tmp_path, monk
                   "trainer.devices=4", f"out={tmp_path / 'ddp'}"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and "no GPU" in err and "use trainer=cpu" in err
+
+
+def test_changed_model_size_in_the_same_run_folder_says_how_to_go_on(prepared, tmp_path, capsys):
+    """Re-running the yeast command with another model.d_model into the same folder: resume=auto would load a
+    checkpoint of the old size (a raw 'size mismatch' RuntimeError); it fails in one line naming the changed
+    field, out= and resume=never, and resume=never then starts over in that folder."""
+    out = tmp_path / "yeast"
+    argv = ["train", "experiment=yeast/hyena_small", f"data.prepared={prepared}", f"out={out}", *TINY_YEAST,
+            "trainer=cpu"]
+    assert cli_run([*argv, "model.d_model=16"]) == 0
+    assert (out / "checkpoints" / "step-00000004").is_dir()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli_main([*argv, "model.d_model=32"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert "model.d_model 16 -> 32" in err and "out=" in err and "resume=never" in err
+    assert read_pretrained_info(out / "model")["config"]["d_model"] == 16  # nothing was touched
+
+    assert cli_run([*argv, "model.d_model=32", "resume=never", "trainer.max_steps=2"]) == 0
+    assert "resume=never: starting over" in capsys.readouterr().out
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["resumed_from"] is None and summary["global_step"] == 2
+    assert read_pretrained_info(out / "model")["config"]["d_model"] == 32
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last", "step-00000002"]
+    assert sorted(column(out, "val/loss")) == [1]  # the old run's rows (steps 1 and 3) are gone
+    assert cli_run([*argv, "model.d_model=32", "trainer.max_steps=3", "model.resid_dropout=0.2"]) == 0  # resumes
+    assert json.loads((out / "metrics.json").read_text())["resumed_from"].endswith("step-00000002")

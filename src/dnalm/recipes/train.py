@@ -16,8 +16,9 @@ into ``data.cache`` and reused by later runs. Everything goes to the run directo
                          (``model``) and, with ``test=true``, the test metrics of model/
 
 ``resume=auto`` (default) continues from the newest complete checkpoint of the run directory, with
-the same data order, schedule and dropout masks; ``resume=never`` refuses a run directory that holds
-checkpoints; ``resume=PATH`` continues from that checkpoint. ``stages`` turn on sequence-length
+the same data order, schedule and dropout masks, and refuses (in one line) a checkpoint of another model
+config; ``resume=never`` starts over, replacing the outputs of an earlier run in the directory;
+``resume=PATH`` continues from that checkpoint. ``stages`` turn on sequence-length
 warm-up, ``global_batch_size`` gradient accumulation (see dnalm.training.schedules). Several GPUs:
 ``trainer=ddp trainer.devices=N`` or ``trainer=fsdp`` (Lightning's strategies).
 """
@@ -365,15 +366,51 @@ def _resume_from(top: TrainConfig, run_dir: Path) -> Path | None:
     if top.resume == "auto":
         return find_resume_checkpoint(run_dir)
     if top.resume == "never":
-        found = find_resume_checkpoint(run_dir)
-        if found is not None:
-            raise ConfigError(f"train: {run_dir} already holds checkpoints ({found.name}); use resume=auto to "
-                              "continue it, or another out=/name=")
         return None
     path = Path(top.resume)
     if not is_complete(path):
         raise InputError(f"{path}: not a complete checkpoint (model.safetensors, config.json, training_state.pt)")
     return path
+
+
+#: What a finished or interrupted run leaves in its directory (``resume=never`` removes it before starting over).
+RUN_OUTPUTS = ("checkpoints", "best", "model", "metrics.csv", "metrics.json", "tensorboard", "hparams.yaml")
+#: Model config fields that change neither the weights nor their shapes: a run may resume with other values.
+RUNTIME_FIELDS = ("fast_path", "embed_dropout", "resid_dropout", "hyena_dropout", "dropout")
+
+
+def start_over(run_dir: Path) -> list[str]:
+    """Remove a previous run's outputs from ``run_dir`` (``resume=never``); returns the names removed."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def check_resumable(model: Any, checkpoint: Path, run_dir: Path) -> None:
+    """Refuse to resume ``checkpoint`` into ``model`` when their configs differ (in one line that names the
+    changed fields and the two ways out), instead of a state-dict size-mismatch traceback."""
+    from dnalm.models.io import read_pretrained_info
+
+    saved = read_pretrained_info(checkpoint)
+    now = asdict(model.config)
+    family = getattr(model, "family", None)
+    changes = [f"model.family {saved.get('family')} -> {family}"] if saved.get("family") != family else []
+    old = saved.get("config") or {}
+    changes += [f"model.{k} {old.get(k)} -> {now.get(k)}" for k in sorted(set(old) | set(now))
+                if k not in RUNTIME_FIELDS and old.get(k) != now.get(k)]
+    if changes:
+        where = f"{run_dir}" if checkpoint.parent.parent == run_dir else f"{checkpoint}"
+        raise ConfigError(f"train: {where} holds a run of another model ({', '.join(changes[:4])}"
+                          f"{', ...' if len(changes) > 4 else ''}), so it cannot be resumed; pass out=DIR to "
+                          "train the new model in its own folder, or resume=never to start over in this one")
 
 
 @dataclass
@@ -405,6 +442,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         DirectoryCheckpointIO,
         ResumableGenomeDataModule,
         RunCheckpoints,
+        find_resume_checkpoint,
         read_training_state,
         recover_run_dir,
     )
@@ -415,6 +453,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     if _is_rank_zero() and run_dir.is_dir():
         recover_run_dir(run_dir)
     resume = _resume_from(top, run_dir)
+    start_fresh = top.resume == "never" and _is_rank_zero() and find_resume_checkpoint(run_dir) is not None
     prepared_path = ensure_prepared(p.source, top.data_root)
     prepared = PreparedGenome(prepared_path)
     data = to_dataclass({**p.data, "path": str(prepared_path)}, GenomeDataConfig, where="data")
@@ -427,6 +466,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         model = load_pretrained(top.init_from).train()
     else:
         model = build_model(p.model, max_length)
+    if resume is not None:
+        check_resumable(model, resume, run_dir)
     tokenizer = _tokenizer(prepared)
     if getattr(model.config, "vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
         raise ConfigError(f"model.vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
@@ -487,6 +528,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
                          activation_checkpointing=top.activation_checkpointing, compile=top.compile)
     resumed_step = int(read_training_state(resume).get("global_step", 0)) if resume is not None else 0
     if trainer.is_global_zero:
+        if start_fresh:
+            removed = start_over(run_dir)
+            print(f"train: resume=never: starting over in {run_dir} (removed the previous run's "
+                  f"{', '.join(removed)})", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_file(run_dir / "config.yaml") as tmp:
             OmegaConf.save(OmegaConf.create(resolved(cfg) if isinstance(cfg, DictConfig) else cfg), tmp)
