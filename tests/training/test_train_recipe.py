@@ -305,3 +305,15 @@ def test_changed_model_size_in_the_same_run_folder_says_how_to_go_on(prepared, t
     assert sorted(column(out, "val/loss")) == [1]  # the old run's rows (steps 1 and 3) are gone
     assert cli_run([*argv, "model.d_model=32", "trainer.max_steps=3", "model.resid_dropout=0.2"]) == 0  # resumes
     assert json.loads((out / "metrics.json").read_text())["resumed_from"].endswith("step-00000002")
+
+
+def test_shipped_genome_away_from_the_repo_root_names_data_root(tmp_path, monkeypatch, capsys):
+    """dnalm train experiment=yeast/hyena_small (no data.prepared) from another folder: one line naming data_root=."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["train", "experiment=yeast/hyena_small"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert "yeast_r64/GCA_000146045.2_R64_genomic.fna.gz: genome FASTA not found" in err
+    assert "data_root=../shared/data" in err and "pass data_root=DIR" in err and "data.prepared=DIR" in err
+    assert not (tmp_path / "runs").exists()

@@ -106,7 +106,7 @@ def _tokenizer_of(checkpoint: Path):
         return CharTokenizer.hyenadna()
 
 
-def _labeled_data(cfg: DictConfig, kind: str):
+def _labeled_data(cfg: DictConfig, kind: str, data_root: str):
     from dnalm.data.datamodule import LabeledDataConfig
 
     node = cfg.get("data")
@@ -114,6 +114,11 @@ def _labeled_data(cfg: DictConfig, kind: str):
         raise ConfigError("finetune: set data.path=DIR (train/dev/test files) or choose a task such as "
                           "task=gue_prom_core_all")
     data = to_dataclass(node, LabeledDataConfig, where="data")
+    path = Path(data.path)
+    if not path.exists() and Path(data_root) in path.parents:
+        raise InputError(f"{path}: the task's data is not there: shipped tasks read it under data_root={data_root} "
+                         f"(relative to the working directory {Path.cwd()}); pass data_root=DIR (the folder holding "
+                         f"{path.relative_to(data_root)}) or data.path=DIR")
     return replace(data, task=kind)
 
 
@@ -195,7 +200,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     from dnalm.training.classify import BestWeights, SequenceTaskModule
     from dnalm.training.schedules import steps_per_epoch
 
-    data = _labeled_data(cfg, task.kind)
+    data = _labeled_data(cfg, task.kind, top.data_root)
     lora = to_dataclass(cfg.get("lora"), LoraSettings, where="lora")
     monitor, mode = _monitor(task)
     out = Path(top.out)

@@ -260,8 +260,9 @@ def ensure_prepared(source: DataSource, data_root: str | None = None) -> Path:
     if source.source is not None:
         g = source.source
         if not Path(g.fasta).is_file():
-            raise InputError(f"{g.fasta}: genome FASTA not found (data.source.fasta; real data lives in "
-                             f"{data_root or 'data_root'})")
+            raise InputError(f"{g.fasta}: genome FASTA not found: the data option reads it under data_root="
+                             f"{data_root} (relative to the working directory {Path.cwd()}); pass data_root=DIR, "
+                             "or data.prepared=DIR for a genome prepared with 'dnalm prepare'")
         name = g.name or default_genome_name(g.fasta)
         out = cache / name
         if not (out / "manifest.json").is_file() and _is_rank_zero():
