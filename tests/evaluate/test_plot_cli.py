@@ -44,14 +44,14 @@ def outs(tmp_path_factory) -> Path:
             f.write(f"chr1\t{pos}\tv{i}\t{ref[pos - 1]}\t{alt}\n")
     with open(d / "experiment.csv", "w") as f:
         f.write("id,value\n" + "".join(f"v{i},{rng.normal():.5f}\n" for i in range(0, 13, 1) if i != 4))
-    for args in (["predict", f"output={d / 'll.parquet'}"],
-                 ["predict", f"output={d / 'lg.parquet'}", "output_type=logits"],
-                 ["predict", f"output={d / 'lga.parquet'}", "output_type=logits", "tokens=all"],
-                 ["generate", f"output={d / 'gen.fasta'}", "max_new_tokens=20", "seed=3"],
-                 ["embed", f"output={d / 'emb'}"]):
+    for args in (["predict", f"out={d / 'll.parquet'}"],
+                 ["predict", f"out={d / 'lg.parquet'}", "output_type=logits"],
+                 ["predict", f"out={d / 'lga.parquet'}", "output_type=logits", "tokens=all"],
+                 ["generate", f"out={d / 'gen.fasta'}", "max_new_tokens=20", "seed=3"],
+                 ["embed", f"out={d / 'emb'}"]):
         run(args + [f"input={d / 'in.csv'}", f"checkpoint={d / 'm'}", "device=cpu"])
     run(["score-variants", f"variants={d / 'variants.tsv'}", f"reference={d / 'ref.fa'}", f"checkpoint={d / 'm'}",
-         f"output={d / 'scores.tsv'}", "window=64", "device=cpu"])
+         f"out={d / 'scores.tsv'}", "window=64", "device=cpu"])
     return d
 
 

@@ -119,7 +119,7 @@ def test_bf16_precision_stays_close_to_float32(tmp_path, hyena, model_dirs, fast
         embed_pooled(model, rows, 1, "mean", precision="fp8")
     fasta = tmp_path / "in.fa"
     fasta.write_text(">one\nACGTAGGA\n")
-    run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'e'}", "precision=bf16",
+    run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'e'}", "precision=bf16",
          "device=cpu"])
     assert json.loads((tmp_path / "e" / "embed.json").read_text())["precision"] == "bf16"
 
@@ -203,7 +203,7 @@ def test_two_megabase_chromosome_per_base_on_disk_with_bounded_memory(tmp_path):
 def test_embed_command_and_errors(tmp_path, model_dirs, hyena, capsys):
     fasta = tmp_path / "in.fa"
     fasta.write_text(">one\nACGTAGGA\n>two\nttgacca\n")
-    run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'e'}", "layer=1",
+    run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'e'}", "layer=1",
          "pool=none", "device=cpu"])
     table = pq.read_table(tmp_path / "e" / "sequences.parquet").to_pydict()
     assert table["id"] == ["one", "two"] and table["file"] == ["one.npy", "two.npy"]  # named after the records
@@ -212,10 +212,10 @@ def test_embed_command_and_errors(tmp_path, model_dirs, hyena, capsys):
     bad = tmp_path / "bad.fa"
     bad.write_text(">one\nACGT\n>one\nACGT\n")
     with pytest.raises(SystemExit) as exc:
-        main(["embed", f"input={bad}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'f'}", "device=cpu"])
+        main(["embed", f"input={bad}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'f'}", "device=cpu"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and "bad.fa" in err and "one" in err
     assert not (tmp_path / "f").exists()
     with pytest.raises(ConfigError, match="pool='median'"):
-        run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'g'}", "pool=median"])
+        run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'g'}", "pool=median"])
     assert not (tmp_path / "g").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.fa", "e", "in.fa"]

@@ -74,7 +74,7 @@ def test_deltas_equal_two_explicit_predict_calls(tmp_path, model_dirs, reduce):
     fasta, vcf = _write_inputs(tmp_path)
     out = tmp_path / "scores.tsv"
     model = model_dirs["hyena"]
-    run(["score-variants", f"variants={vcf}", f"reference={fasta}", f"checkpoint={model}", f"output={out}",
+    run(["score-variants", f"variants={vcf}", f"reference={fasta}", f"checkpoint={model}", f"out={out}",
          f"window={W}", f"reduce={reduce}", "batch_size=3", "device=cpu"])
     rows = _read_tsv(out)
     assert len(rows) == len(VARIANTS)  # the symbolic <DEL> allele is skipped
@@ -82,7 +82,7 @@ def test_deltas_equal_two_explicit_predict_calls(tmp_path, model_dirs, reduce):
     for name, k in (("ref", 0), ("alt", 1)):
         (tmp_path / f"{name}.fa").write_text("".join(f">w{i}\n{w[k]}\n" for i, w in enumerate(windows)))
         run(["predict", f"input={tmp_path / f'{name}.fa'}", f"checkpoint={model}",
-             f"output={tmp_path / f'{name}.parquet'}", f"reduce={reduce}", "device=cpu"])
+             f"out={tmp_path / f'{name}.parquet'}", f"reduce={reduce}", "device=cpu"])
     ref_ll = pq.read_table(tmp_path / "ref.parquet").column("log_likelihood").to_numpy()
     alt_ll = pq.read_table(tmp_path / "alt.parquet").column("log_likelihood").to_numpy()
     for i, (row, (c, p, r, a)) in enumerate(zip(rows, VARIANTS, strict=True)):
@@ -113,7 +113,7 @@ def test_reverse_complement_average_and_tsv_input(tmp_path, transformer):
     for s, (c, p, r, a) in zip(scores, VARIANTS, strict=True):
         ref_w, alt_w = _windows(c, p, r, a, W)
         seqs = [ref_w, alt_w, ref_w.translate(comp)[::-1], alt_w.translate(comp)[::-1]]
-        ll = score_sequences(transformer, [encode_sequence(tok, x) for x in seqs])
+        ll = score_sequences(transformer, [encode_sequence(tok, x) for x in seqs], "mean")  # the default reduce
         assert s.delta_rc == pytest.approx(ll[3] - ll[2], abs=1e-4)
         assert s.delta == pytest.approx(((ll[1] - ll[0]) + (ll[3] - ll[2])) / 2, abs=1e-4)
 
@@ -131,7 +131,7 @@ def test_ref_mismatches_are_listed_in_one_error(tmp_path, model_dirs, capsys):
     out = tmp_path / "o.tsv"
     with pytest.raises(SystemExit) as exc:
         main(["score-variants", f"variants={vcf}", f"reference={fasta}", f"checkpoint={model_dirs['hyena']}",
-              f"output={out}", "device=cpu"])
+              f"out={out}", "device=cpu"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1
     assert "bad_ref.vcf: 10 of 11 variants do not match the reference" in err
@@ -166,7 +166,7 @@ def test_malformed_variant_files_name_file_and_line(tmp_path, model_dirs, capsys
     out = tmp_path / "o.tsv"
     with pytest.raises(SystemExit) as exc:
         main(["score-variants", f"variants={bad}", f"reference={fasta}", f"checkpoint={model_dirs['hyena']}",
-              f"output={out}", "device=cpu"])
+              f"out={out}", "device=cpu"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1
     assert re.search(r"bad\.txt: " + needle if "line" in needle else needle, err), err

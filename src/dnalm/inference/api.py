@@ -4,7 +4,7 @@ Example::
 
     import dnalm
     m = dnalm.load("runs/hyena/model")              # any checkpoint load_pretrained reads
-    m.score(["ACGTACGT", "GGGCCC"], reduce="mean")   # (2,) mean log-likelihood per base
+    m.score(["ACGTACGT", "GGGCCC"])                  # (2,) mean log-likelihood per base (reduce="sum": total)
     m.log_probs("ACGTACGT")                          # (7,) log p(x_i | x_<i), i = 1..7
     m.generate(["ACGT"], max_new_tokens=50, temperature=0.8, seed=1)
     m.embed(["ACGT" * 100], layer="final", pool="mean")   # (1, d_model)
@@ -130,9 +130,9 @@ class DnaLM:
         return [encode_sequence(self.tokenizer, s.upper(), prepend_bos, where=f"sequence {i}")
                 for i, s in enumerate(seqs)]
 
-    def score(self, seqs: str | Sequence[str], reduce: str = "sum", prepend_bos: bool = False) -> np.ndarray | float:
-        """Log-likelihood of each sequence, summed or averaged over its scored tokens: (N,) float64
-        (a float for a single string)."""
+    def score(self, seqs: str | Sequence[str], reduce: str = "mean", prepend_bos: bool = False) -> np.ndarray | float:
+        """Log-likelihood of each sequence, averaged (``reduce='mean'``, as ``dnalm predict``) or summed over its
+        scored tokens: (N,) float64 (a float for a single string)."""
         single = isinstance(seqs, str)
         out = score_sequences(self.model, self._rows([seqs] if single else seqs, prepend_bos), reduce, **self._kw())
         return float(out[0]) if single else out

@@ -223,7 +223,7 @@ def variant_windows(variant: Variant, genome: FastaIndex, window: int) -> tuple[
 
 
 def score_variants(model, tokenizer, variants: Sequence[Variant], genome: FastaIndex, window: int = 8192,
-                   reduce: str = "sum", reverse_complement_average: bool = False, prepend_bos: bool = False,
+                   reduce: str = "mean", reverse_complement_average: bool = False, prepend_bos: bool = False,
                    batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
                    chunk_size: int | None = None, progress: bool = False) -> list[VariantScore]:
     """Δ log-likelihood of every variant (see the module docstring); windows shared by variants are scored once."""

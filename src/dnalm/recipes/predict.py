@@ -1,4 +1,4 @@
-"""``dnalm predict input=FASTA|CSV checkpoint=CKPT output=FILE.parquet``: log-likelihoods, log-probs or logits."""
+"""``dnalm predict input=FASTA|CSV checkpoint=CKPT out=FILE.parquet``: log-likelihoods, log-probs or logits."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ OUTPUT_TYPES = ("loglik", "per_token", "logits")
 class PredictConfig(InferenceRun):
     input: str | None = None
     output_type: str = "loglik"
-    reduce: str = "sum"
+    reduce: str = "mean"
     tokens: str = "acgt"
     uppercase: bool = True
 
 
 def main(cfg: DictConfig) -> int | None:
     pc = to_dataclass(cfg, PredictConfig, where="predict")
-    if not pc.input or not pc.checkpoint or not pc.output:
-        raise ConfigError("predict: set input=FILE (FASTA or CSV), checkpoint=CKPT and output=FILE.parquet")
+    if not pc.input or not pc.checkpoint or not pc.out:
+        raise ConfigError("predict: set input=FILE (FASTA or CSV), checkpoint=CKPT and out=FILE.parquet")
     if pc.output_type not in OUTPUT_TYPES:
         raise ConfigError(f"predict: output_type={pc.output_type!r} must be one of {', '.join(OUTPUT_TYPES)}")
     from dnalm.inference.api import load_model
@@ -48,13 +48,15 @@ def main(cfg: DictConfig) -> int | None:
              "n_scored": np.array([r.log_probs.size for r in scores], dtype=np.int64)}
     meta = {"command": "predict", "model": str(pc.checkpoint), "input": str(pc.input), "output_type": pc.output_type,
             "prepend_bos": pc.prepend_bos, "first_position": first}
-    output = Path(pc.output)
+    output = Path(pc.out)
     if pc.output_type == "loglik":
         table["log_likelihood"] = np.array([reduce_log_probs(r.log_probs, pc.reduce) for r in scores])
         meta["reduce"] = pc.reduce
     elif pc.output_type == "per_token":
+        table["positions"] = [np.arange(first + 1, first + 1 + r.log_probs.size, dtype=np.int64) for r in scores]
         table["log_probs"] = [r.log_probs for r in scores]
     else:
+        table["positions"] = [np.arange(first + 1, first + 1 + r.logits.shape[0], dtype=np.int64) for r in scores]
         npz = output.with_suffix(".npz")
         keys = [f"seq{i}" for i in range(len(seqs))]
         with atomic_file(npz) as tmp, open(tmp, "wb") as f:

@@ -1,4 +1,4 @@
-"""``dnalm score-variants variants=VCF|TSV reference=FASTA checkpoint=CKPT output=scores.tsv``: Δ log-likelihood."""
+"""``dnalm score-variants variants=VCF|TSV reference=FASTA checkpoint=CKPT out=scores.tsv``: Δ log-likelihood."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ class ScoreVariantsConfig(InferenceRun):
     variants: str | None = None
     reference: str | None = None
     window: int = 8192
-    reduce: str = "sum"
+    reduce: str = "mean"
     reverse_complement: bool = False
 
 
 def main(cfg: DictConfig) -> int | None:
     sc = to_dataclass(cfg, ScoreVariantsConfig, where="score-variants")
-    if not sc.variants or not sc.reference or not sc.checkpoint or not sc.output:
-        raise ConfigError("score-variants: set variants=VCF|TSV, reference=FASTA, checkpoint=CKPT and output=FILE.tsv")
+    if not sc.variants or not sc.reference or not sc.checkpoint or not sc.out:
+        raise ConfigError("score-variants: set variants=VCF|TSV, reference=FASTA, checkpoint=CKPT and out=FILE.tsv")
     from dnalm.genome.fasta import FastaIndex
     from dnalm.inference.api import load_model
     from dnalm.inference.scoring import REDUCTIONS
@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> int | None:
                                 reverse_complement_average=sc.reverse_complement, prepend_bos=sc.prepend_bos,
                                 batch_size=sc.batch_size, max_tokens=sc.max_tokens, chunk_size=sc.chunk_size,
                                 progress=True)
-    write_variant_scores(sc.output, scores)
+    write_variant_scores(sc.out, scores)
     skipped = f", {table.skipped} symbolic alleles skipped" if table.skipped else ""
-    print(f"score-variants: {len(scores)} variants{skipped} -> {sc.output}")
+    print(f"score-variants: {len(scores)} variants{skipped} -> {sc.out}")
     return 0
