@@ -30,7 +30,7 @@ from dnalm.inference.scoring import (
     score_sequences,
     token_log_probs,
 )
-from dnalm.tokenizers import A_ID, BOS_ID, CharTokenizer
+from dnalm.tokenizers import A_ID, BOS_ID, N_ID, CharTokenizer
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 rng = np.random.default_rng(11)
@@ -134,10 +134,10 @@ def test_predict_command_outputs(tmp_path, model_dirs, hyena):
     table = pq.read_table(tmp_path / "ll.parquet")
     assert table.column("id").to_pylist() == [f"s{i}" for i in range(len(seqs))]
     assert table.column("length").to_pylist() == [len(s) for s in seqs]
-    np.testing.assert_allclose(table.column("log_likelihood").to_numpy(),
-                               [np.mean(_by_hand(hyena, r)) if len(r) <= HYENA_L_MAX else
-                                np.mean(_by_hand(truncated_filter_reference(hyena, len(r)), r)) for r in rows],
-                               **TOL)
+    np.testing.assert_allclose(table.column("log_likelihood").to_numpy(),  # N targets left out (skip_n)
+                               [np.mean(_by_hand(hyena, r)[r[1:] != N_ID]) if len(r) <= HYENA_L_MAX else
+                                np.mean(_by_hand(truncated_filter_reference(hyena, len(r)), r)[r[1:] != N_ID])
+                                for r in rows], **TOL)
     meta = json.loads(table.schema.metadata[b"dnalm"])
     assert meta["reduce"] == "mean" and meta["first_position"] == 1
 
@@ -218,3 +218,34 @@ def test_base_columns_need_a_character_tokenizer(hyena):
         check_acgt_tokenizer(kmer, True)
     check_acgt_tokenizer(kmer, False)
     assert logit_columns(hyena, "all", kmer) == list(range(16))
+
+
+def test_predict_leaves_n_and_ambiguous_bases_out_and_counts_them(tmp_path, model_dirs, hyena, capsys):
+    """dnalm predict checkpoint=... input=seqs.fa out=ll.parquet on sequences with N runs and IUPAC codes: those
+    bases (read as N, about -6.5 nats each, weight 0 in training) are not scored by default; the table and the
+    summary line count them; skip_n=false scores them (the old total)."""
+    seqs = {"gap": "ACGTTGCANNNNNACGGTTA", "iupac": "ACRYGTSWTTGA", "clean": "ACGTTGCAAC"}
+    fasta = tmp_path / "seqs.fa"
+    fasta.write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
+    assert run(["predict", f"checkpoint={model_dirs['hyena']}", f"input={fasta}", f"out={tmp_path / 'll.parquet'}",
+                "device=cpu"]) == 0
+    assert "9 N or ambiguous bases skipped" in capsys.readouterr().out  # 5 N + R, Y, S, W
+    table = pq.read_table(tmp_path / "ll.parquet").to_pydict()
+    tok = CharTokenizer()
+    rows = [encode_sequence(tok, s) for s in seqs.values()]
+    kept = [r[1:] != N_ID for r in rows]
+    assert table["n_skipped"] == [5, 4, 0] and table["n_scored"] == [int(k.sum()) for k in kept]
+    for got, r, k in zip(table["log_likelihood"], rows, kept, strict=True):
+        assert got == pytest.approx(np.mean(_by_hand(hyena, r)[k]), abs=1e-5)
+    assert run(["predict", f"checkpoint={model_dirs['hyena']}", f"input={fasta}", f"out={tmp_path / 'all.parquet'}",
+                "device=cpu", "skip_n=false", "reduce=sum", "output_type=loglik"]) == 0
+    table = pq.read_table(tmp_path / "all.parquet").to_pydict()
+    assert table["n_skipped"] == [0, 0, 0]
+    assert table["log_likelihood"][0] == pytest.approx(np.sum(_by_hand(hyena, rows[0])), abs=1e-4)
+    assert run(["predict", f"checkpoint={model_dirs['hyena']}", f"input={fasta}", f"out={tmp_path / 'pt.parquet'}",
+                "device=cpu", "output_type=per_token"]) == 0
+    per_token = pq.read_table(tmp_path / "pt.parquet").to_pydict()
+    assert per_token["positions"][0] == [2, 3, 4, 5, 6, 7, 8, 14, 15, 16, 17, 18, 19, 20]  # N at 9..13 left out
+    np.testing.assert_allclose(per_token["log_probs"][0], _by_hand(hyena, rows[0])[kept[0]], **TOL)
+    m = dnalm.load(model_dirs["hyena"], device="cpu")
+    assert m.score(seqs["gap"]) == pytest.approx(np.mean(_by_hand(hyena, rows[0])[kept[0]]), abs=1e-5)

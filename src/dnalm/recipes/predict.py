@@ -22,6 +22,7 @@ class PredictConfig(InferenceRun):
     reduce: str = "mean"
     tokens: str = "acgt"
     uppercase: bool = True
+    skip_n: bool = True
 
 
 def main(cfg: DictConfig) -> int | None:
@@ -32,7 +33,14 @@ def main(cfg: DictConfig) -> int | None:
         raise ConfigError(f"predict: output_type={pc.output_type!r} must be one of {', '.join(OUTPUT_TYPES)}")
     from dnalm.inference.api import load_model
     from dnalm.inference.io import read_sequences, write_parquet
-    from dnalm.inference.scoring import REDUCTIONS, encode_sequence, logit_columns, reduce_log_probs, score_rows
+    from dnalm.inference.scoring import (
+        REDUCTIONS,
+        ambiguous_targets,
+        encode_sequence,
+        logit_columns,
+        reduce_log_probs,
+        score_rows,
+    )
     from dnalm.utils import atomic_file
 
     if pc.reduce not in REDUCTIONS:
@@ -44,17 +52,24 @@ def main(cfg: DictConfig) -> int | None:
     scores = score_rows(model, rows, logits_columns=columns, batch_size=pc.batch_size, max_tokens=pc.max_tokens,
                         chunk_size=pc.chunk_size, progress=True)
     first = 0 if pc.prepend_bos else 1
+    # the scored tokens that count: all, or all but N / IUPAC ambiguity codes (skip_n, as training weighs them 0)
+    keep = [~ambiguous_targets(row, tokenizer) if pc.skip_n else np.ones(len(row) - 1, dtype=bool) for row in rows]
+    if pc.output_type == "logits":  # logits predict every position, whatever base is there
+        keep = [np.ones(r.logits.shape[0], dtype=bool) for r in scores]
     table = {"id": [s.id for s in seqs], "length": np.array([len(s.seq) for s in seqs], dtype=np.int64),
-             "n_scored": np.array([r.log_probs.size for r in scores], dtype=np.int64)}
+             "n_scored": np.array([int(k.sum()) for k in keep], dtype=np.int64),
+             "n_skipped": np.array([int((~k).sum()) for k in keep], dtype=np.int64)}
     meta = {"command": "predict", "model": str(pc.checkpoint), "input": str(pc.input), "output_type": pc.output_type,
-            "prepend_bos": pc.prepend_bos, "first_position": first}
+            "prepend_bos": pc.prepend_bos, "first_position": first, "skip_n": pc.skip_n}
     output = Path(pc.out)
     if pc.output_type == "loglik":
-        table["log_likelihood"] = np.array([reduce_log_probs(r.log_probs, pc.reduce) for r in scores])
+        table["log_likelihood"] = np.array([reduce_log_probs(r.log_probs, pc.reduce, k)
+                                            for r, k in zip(scores, keep, strict=True)])
         meta["reduce"] = pc.reduce
     elif pc.output_type == "per_token":
-        table["positions"] = [np.arange(first + 1, first + 1 + r.log_probs.size, dtype=np.int64) for r in scores]
-        table["log_probs"] = [r.log_probs for r in scores]
+        table["positions"] = [np.arange(first + 1, first + 1 + r.log_probs.size, dtype=np.int64)[k]
+                              for r, k in zip(scores, keep, strict=True)]
+        table["log_probs"] = [r.log_probs[k] for r, k in zip(scores, keep, strict=True)]
     else:
         table["positions"] = [np.arange(first + 1, first + 1 + r.logits.shape[0], dtype=np.int64) for r in scores]
         npz = output.with_suffix(".npz")
@@ -64,7 +79,8 @@ def main(cfg: DictConfig) -> int | None:
         table["key"] = keys
         meta.update(npz=npz.name, tokens=pc.tokens, columns=[int(c) for c in columns])
     write_parquet(output, table, metadata=meta)
-    total = int(table["n_scored"].sum())
-    print(f"predict: {len(seqs)} sequences, {total:,} scored tokens -> {output}"
+    total, skipped = int(table["n_scored"].sum()), int(table["n_skipped"].sum())
+    note = f" ({skipped:,} N or ambiguous bases skipped, as in training; skip_n=false scores them)" if skipped else ""
+    print(f"predict: {len(seqs)} sequences, {total:,} scored bases{note} -> {output}"
           + (f" (+ {output.with_suffix('.npz')})" if pc.output_type == "logits" else ""))
     return 0
