@@ -259,7 +259,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
         metrics["test"] = module.last_metrics.get("test", {})
     if trainer.is_global_zero:
         if top.save_model:
-            extra = {"metrics": json_safe({"dev": best.best_metrics, "test": metrics.get("test")})}
+            extra = {"metrics": json_safe({"dev": best.best_metrics, "test": metrics.get("test")}),
+                     "inputs": {"both_strands": data.rc_eval, "max_length": data.max_length}}
             if lora.enabled:
                 save_adapter(model, out / "adapter", lora, base_model=str(checkpoint.resolve()),
                              head=model.head_config(classes), extra=extra, tokenizer=tokenizer)

@@ -45,7 +45,13 @@ def main(cfg: DictConfig) -> int | None:
 
     if pc.reduce not in REDUCTIONS:
         raise ConfigError(f"predict: reduce={pc.reduce!r} must be one of {', '.join(REDUCTIONS)}")
+    from dnalm.inference.classify import is_sequence_model
+
     seqs = read_sequences(pc.input, uppercase=pc.uppercase)
+    if is_sequence_model(pc.checkpoint):
+        print(f"predict: note: {pc.checkpoint} is a fine-tuned classifier; these are its backbone's language-model "
+              f"scores, not class probabilities (those come from: dnalm classify checkpoint={pc.checkpoint} "
+              "input=... out=...)", flush=True)
     model, tokenizer = load_model(pc.checkpoint, pc.device, pc.dtype)
     columns = logit_columns(model, pc.tokens, tokenizer) if pc.output_type == "logits" else None
     rows = [encode_sequence(tokenizer, s.seq, pc.prepend_bos, where=s.where) for s in seqs]
