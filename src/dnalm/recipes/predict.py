@@ -18,6 +18,9 @@ OUTPUT_TYPES = ("loglik", "per_token", "logits")
 @dataclass
 class PredictConfig(InferenceRun):
     input: str | None = None
+    reference: str | None = None
+    strand: str = "auto"
+    chrom_aliases: str | None = None
     output_type: str = "loglik"
     reduce: str = "mean"
     tokens: str = "acgt"
@@ -28,11 +31,13 @@ class PredictConfig(InferenceRun):
 def main(cfg: DictConfig) -> int | None:
     pc = to_dataclass(cfg, PredictConfig, where="predict")
     if not pc.input or not pc.checkpoint or not pc.out:
-        raise ConfigError("predict: set input=FILE (FASTA or CSV), checkpoint=CKPT and out=FILE.parquet")
+        raise ConfigError("predict: set input=FILE (FASTA, CSV, or BED with reference=FASTA), checkpoint=CKPT "
+                          "and out=FILE.parquet")
     if pc.output_type not in OUTPUT_TYPES:
         raise ConfigError(f"predict: output_type={pc.output_type!r} must be one of {', '.join(OUTPUT_TYPES)}")
+    from dnalm.genome.aliases import alias_path
     from dnalm.inference.api import load_model
-    from dnalm.inference.io import read_sequences, write_parquet
+    from dnalm.inference.io import read_inputs, write_parquet
     from dnalm.inference.scoring import (
         REDUCTIONS,
         ambiguous_targets,
@@ -47,7 +52,11 @@ def main(cfg: DictConfig) -> int | None:
         raise ConfigError(f"predict: reduce={pc.reduce!r} must be one of {', '.join(REDUCTIONS)}")
     from dnalm.inference.classify import is_sequence_model
 
-    seqs = read_sequences(pc.input, uppercase=pc.uppercase)
+    inputs = read_inputs(pc.input, pc.uppercase, pc.reference, pc.strand, alias_path(pc.chrom_aliases))
+    seqs = inputs.sequences
+    if inputs.renamed:
+        print(f"predict: chromosome names matched to {pc.reference}: "
+              + ", ".join(f"{a} -> {r}" for a, r in inputs.renamed.items()), flush=True)
     if is_sequence_model(pc.checkpoint):
         print(f"predict: note: {pc.checkpoint} is a fine-tuned classifier; these are its backbone's language-model "
               f"scores, not class probabilities (those come from: dnalm classify checkpoint={pc.checkpoint} "
