@@ -168,6 +168,7 @@ def _trainer(tc: TrainerConfig, opt: OptimConfig, out: Path, callbacks: list, ha
     from lightning.pytorch.loggers import CSVLogger
 
     from dnalm.recipes.train import available_trainer, lightning_strategy
+    from dnalm.training.progress import progress_callbacks
 
     tc = available_trainer(tc, "finetune")
     limit_val = (None if tc.limit_val_batches == 1.0 else tc.limit_val_batches) if has_dev else 0
@@ -181,7 +182,8 @@ def _trainer(tc: TrainerConfig, opt: OptimConfig, out: Path, callbacks: list, ha
                      accumulate_grad_batches=tc.accumulate_grad_batches, gradient_clip_val=opt.grad_clip,
                      deterministic=tc.deterministic, enable_progress_bar=tc.progress_bar, enable_model_summary=False,
                      enable_checkpointing=False, logger=CSVLogger(str(out), name="logs", version=""),
-                     callbacks=callbacks, default_root_dir=str(out))
+                     callbacks=callbacks + progress_callbacks(tc.progress_bar, tc.progress_every, "finetune"),
+                     default_root_dir=str(out))
 
 
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:

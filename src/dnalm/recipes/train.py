@@ -122,6 +122,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     deterministic: bool = False
     progress_bar: bool = True
+    progress_every: float | None = None  # seconds between progress lines when stderr is a file (None: 30)
 
 
 @dataclass
@@ -448,6 +449,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         recover_run_dir,
     )
     from dnalm.training.lightning import NextTokenLM, SeqLenWarmup, truncate_metrics
+    from dnalm.training.progress import progress_callbacks
     from dnalm.training.schedules import Stage, accumulation, plan_stages, steps_per_epoch
 
     run_dir = Path(top.out)
@@ -493,7 +495,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         log_every_n_steps=tc.log_every_n_steps, num_sanity_val_steps=tc.num_sanity_val_steps,
         gradient_clip_val=p.optim.grad_clip,
         deterministic=tc.deterministic, enable_progress_bar=tc.progress_bar, enable_model_summary=False,
-        logger=_loggers(top, run_dir) or False, callbacks=cbs + list(callbacks), plugins=[io],
+        logger=_loggers(top, run_dir) or False,
+        callbacks=cbs + list(callbacks) + progress_callbacks(tc.progress_bar, tc.progress_every, "train"), plugins=[io],
         default_root_dir=str(run_dir), use_distributed_sampler=False,
         reload_dataloaders_every_n_epochs=1 if len(stages) > 1 else 0)
     world = trainer.world_size
