@@ -808,11 +808,17 @@ def learning_curves(metrics: str | Path | pd.DataFrame, out: str | Path, x: str 
 
 def region_bars(values: Mapping[str, Mapping[str, float]] | pd.DataFrame, out: str | Path,
                 regions: Sequence[str] | None = None, ylabel: str = "bits per base",
-                title: str = "bits per base by region class") -> Bars:
+                title: str = "bits per base by region class",
+                intervals: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+                counts: Mapping[str, int] | None = None, reference: float | None = None,
+                reference_label: str = "") -> Bars:
     """Grouped bars of a per-region quantity (e.g. bits/base) for several models.
 
     ``values``: model -> region -> value, or a DataFrame with one row per model and one column per region.
-    Regions appear in ``regions`` order or in order of first appearance. Returns ``values`` (M, R).
+    Regions appear in ``regions`` order or in order of first appearance. ``intervals`` (model -> region ->
+    (low, high)) draws error bars; ``counts`` (region -> number) goes under each region's name (how many
+    bases a bar stands on); ``reference`` draws a dashed line (e.g. 2 bits, a uniform guess) named
+    ``reference_label``. Returns ``values`` (M, R).
     """
     df = values.copy() if isinstance(values, pd.DataFrame) else pd.DataFrame.from_dict(
         {m: dict(v) for m, v in values.items()}, orient="index")
@@ -831,11 +837,19 @@ def region_bars(values: Mapping[str, Mapping[str, float]] | pd.DataFrame, out: s
     width = 0.8 / m
     pos = np.arange(r)
     for i, model in enumerate(models):
-        bars = ax.bar(pos + (i - (m - 1) / 2) * width, np.nan_to_num(mat[i], nan=0.0), width, label=model)
+        yerr = None
+        if intervals is not None and model in intervals:
+            lo_hi = np.array([intervals[model].get(reg, (np.nan, np.nan)) for reg in regs], dtype=np.float64)
+            yerr = np.nan_to_num(np.abs(lo_hi - mat[i][:, None]).T, nan=0.0)  # (2, R)
+        bars = ax.bar(pos + (i - (m - 1) / 2) * width, np.nan_to_num(mat[i], nan=0.0), width, label=model,
+                      yerr=yerr, capsize=2 if yerr is not None else 0, error_kw={"elinewidth": 0.8})
         if m * r <= 40:
             ax.bar_label(bars, labels=["" if not np.isfinite(v) else f"{v:.3g}" for v in mat[i]], fontsize=7,
                          padding=1)
-    ax.set_xticks(pos, regs, rotation=30 if r > 6 else 0, ha="right" if r > 6 else "center")
+    names = [f"{reg}\n{counts[reg]:,} bases" if counts and reg in counts else reg for reg in regs]
+    ax.set_xticks(pos, names, rotation=30 if r > 6 else 0, ha="right" if r > 6 else "center", fontsize=8)
+    if reference is not None:
+        ax.axhline(reference, color="0.4", linestyle="--", linewidth=0.8, label=reference_label or None)
     finite = mat[np.isfinite(mat)]
     if finite.size and finite.min() > 0 and np.ptp(finite) < 0.25 * finite.min():
         # close values (bits/base of 1.9 vs 2.0): start the axis near them so that differences show
