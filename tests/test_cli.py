@@ -119,3 +119,19 @@ def test_console_script_help_is_fast_and_works():
     proc = subprocess.run([sys.executable, "-m", "dnalm.cli", "--help"], capture_output=True, text=True,
                           timeout=60, cwd=Path(__file__).parent)
     assert proc.returncode == 0 and "commands:" in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["predict", "embed", "generate", "score-variants"])
+def test_every_command_writes_to_out_and_output_still_works(command, capsys):
+    """One spelling of the output path across commands (out=, as train, prepare, benchmark, plot and report);
+    the older output= of the inference commands is read as out=."""
+    from dnalm.config import compose
+
+    assert compose(command, ["out=a.x"]).out == "a.x"
+    assert compose(command, ["output=b.x"]).out == "b.x"
+    assert "output" not in compose(command, [])
+    code, out, _ = _main(["config", "show", command, "output=c.x"], capsys)
+    assert code == 0 and yaml.safe_load(out)["out"] == "c.x"
+    for name in available():
+        cfg = compose(name, [])
+        assert "output" not in cfg, f"{name} still names its output 'output'"

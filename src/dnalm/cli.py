@@ -39,6 +39,7 @@ COMMANDS: dict[str, Command] = {
     "convert": Command("dnalm.recipes.convert", "convert a HyenaDNA checkpoint to dnalm's format"),
     "model info": Command("dnalm.recipes.model_info", "parameters, FLOPs and activation memory of a model"),
     "predict": Command("dnalm.recipes.predict", "log-likelihoods, log-probabilities or logits of sequences"),
+    "classify": Command("dnalm.recipes.classify", "class probabilities of sequences under a fine-tuned classifier"),
     "generate": Command("dnalm.recipes.generate", "sample sequences from prompts"),
     "embed": Command("dnalm.recipes.embed", "hidden states of any layer, pooled or per base, at any length"),
     "score-variants": Command("dnalm.recipes.score_variants", "delta log-likelihood of variants (VCF/TSV)"),

@@ -23,9 +23,11 @@ def config_name(command: str) -> str:
     return command.replace("-", "_").replace(" ", "_")
 
 
-# Plain keys of a command that share their name with a config group: Hydra would read ``model=x`` as
-# a group choice, so the command line spelling is mapped to the config key.
-KEY_ALIASES = {"model_info": {"model": "family"}}
+# Command-line spellings mapped to config keys: plain keys of a command that share their name with a config
+# group (Hydra would read ``model=x`` as a group choice), and older names of keys.
+# ``output=`` is the older spelling of ``out=`` in the inference commands (every command now writes to ``out``).
+KEY_ALIASES = {"model_info": {"model": "family"}, "predict": {"output": "out"}, "embed": {"output": "out"},
+               "generate": {"output": "out"}, "score_variants": {"output": "out"}}
 
 
 def _alias(name: str, overrides: list[str]) -> list[str]:

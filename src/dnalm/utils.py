@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic outputs, checksums, progress bars."""
+"""Small shared helpers: atomic outputs, checksums, progress (bars on a terminal, lines in a log file)."""
 
 from __future__ import annotations
 
@@ -78,13 +78,86 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def track(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
-          unit_scale: bool = False) -> Iterable[T]:
-    """A tqdm progress bar with rate and ETA (disabled when stderr is not a terminal)."""
-    from tqdm import tqdm
+#: Seconds between progress lines when stderr is not a terminal (environment variable DNALM_PROGRESS_EVERY).
+DEFAULT_PROGRESS_EVERY = 30.0
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale, dynamic_ncols=True,
-                disable=None, leave=False)
+
+def progress_every() -> float:
+    """Seconds between progress lines in a log file: ``$DNALM_PROGRESS_EVERY``, else 30."""
+    try:
+        return max(0.0, float(os.environ.get("DNALM_PROGRESS_EVERY", DEFAULT_PROGRESS_EVERY)))
+    except ValueError:
+        return DEFAULT_PROGRESS_EVERY
+
+
+def format_seconds(seconds: float) -> str:
+    """``H:MM:SS`` (``D days, H:MM:SS`` beyond a day)."""
+    import datetime
+
+    return str(datetime.timedelta(seconds=round(max(0.0, seconds))))
+
+
+def track(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
+          unit_scale: bool = False, every: float | None = None) -> Iterable[T]:
+    """Progress of a long loop on stderr: a tqdm bar with rate and ETA on a terminal; otherwise (a log file)
+    one line every ``every`` seconds (default :func:`progress_every`) with count, rate, elapsed time and ETA."""
+    import sys
+
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale, dynamic_ncols=True,
+                    leave=False)
+    return _ProgressLines(iterable, total, desc, unit, unit_scale, progress_every() if every is None else every)
+
+
+class _ProgressLines:
+    """What :func:`track` returns off a terminal: iterate it, or call ``update(n)`` and ``close()`` as on a tqdm
+    bar; a line goes to stderr when ``every`` seconds have passed since the last one (not after the last item,
+    where the command's own summary follows)."""
+
+    def __init__(self, iterable: Iterable[T], total: int | None, desc: str, unit: str, unit_scale: bool,
+                 every: float):
+        import time
+
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc or "progress", unit
+        self.unit_scale, self.every = unit_scale, every
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def _count(self, n: float) -> str:
+        if self.unit_scale:
+            from tqdm import tqdm
+
+            return tqdm.format_sizeof(n)
+        return f"{int(n):,}"
+
+    def update(self, n: int = 1) -> None:
+        import sys
+        import time
+
+        self.done += n
+        now = time.monotonic()
+        if now - self.last < self.every or (self.total is not None and self.done >= self.total):
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        if self.total:
+            count = (f"{self._count(self.done)}/{self._count(self.total)} {self.unit} "
+                     f"({100 * self.done / self.total:.1f}%)")
+        else:
+            count = f"{self._count(self.done)} {self.unit}"
+        eta = f", ETA {format_seconds((self.total - self.done) / rate)}" if self.total else ""
+        print(f"{self.desc}: {count}, {self._count(rate) if self.unit_scale else f'{rate:.3g}'} {self.unit}/s, "
+              f"elapsed {format_seconds(now - self.start)}{eta}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[T]:
+        for item in self.iterable:
+            yield item
+            self.update(1)
 
 
 def json_safe(obj: Any) -> Any:

@@ -22,6 +22,7 @@ from dnalm.data.prepare import GenomeSpec, prepare
 from dnalm.data.prepared import PreparedGenome
 from dnalm.errors import ConfigError
 from dnalm.evaluate import genome_benchmark as GB
+from dnalm.evaluate.metrics import auroc_ci
 from dnalm.genome.gff import read_gff3
 from dnalm.genome.splits import SplitSpec
 from dnalm.models.hyena import HyenaConfig, HyenaLM
@@ -298,6 +299,35 @@ def test_synthetic_benchmark_end_to_end(synthetic):
     for name in ("markov", "tiny_tr"):
         ll = np.array([float(r[f"ll_{name}"]) for r in scores])
         assert float(rows[name]["promoter_auroc_ll"]) == pytest.approx(roc_auc_score(labels, ll))
+        low, high = (float(rows[name][f"promoter_auroc_ll_ci_{k}"]) for k in ("low", "high"))
+        assert (low, high) == pytest.approx(auroc_ci(roc_auc_score(labels, ll), labels.sum(), (labels == 0).sum()))
+        assert int(rows[name]["n_promoters"]) == labels.sum() and int(rows[name]["n_background"]) == labels.sum()
+
+    # what a reader sees: counts and 95% intervals, a sentence per quantity, no class scored on a few bases,
+    # every figure explained, and the 30-odd columns of the CSV turned into rows
+    board = (out / "leaderboard.md").read_text()
+    headline = board.split("## Every metric")[0]
+    table = [ln for ln in headline.splitlines() if ln.startswith("|")]
+    assert table[0] == ("| model | parameters | bits/base (95% CI) | promoter AUROC (95% CI) "
+                        "| AUROC vs Markov (95% CI) | probe MCC | k-mer JS, k=6 |")
+    bpb = float(rows["tiny_tr"]["bits_per_base"])
+    low, high = float(rows["tiny_tr"]["bits_per_base_ci_low"]), float(rows["tiny_tr"]["bits_per_base_ci_high"])
+    assert low < bpb < high and f"{bpb:.3f} ({low:.3f}–{high:.3f})" in table[3]
+    assert f"{int(rows['tiny_tr']['n_bases']):,} bases in " in headline and " promoter and " in headline
+    for key in ("Bits per base:", "Promoter AUROC:", "below 0.5 means the model finds promoters less likely",
+                "AUROC vs Markov:", "Probe MCC:", "k-mer JS:"):
+        assert key in headline, key
+    metrics = json.loads((out / "models" / "tiny_tr" / "metrics.json").read_text())["next_base"]["per_class"]
+    few = sorted(c for c, m in metrics.items() if m["n_bases"] < spec.next_base.min_class_bases and c != "N")
+    assert few and all(f"{c}: {metrics[c]['n_bases']:,}" in headline for c in few)
+    assert not any(f"bpb_{c}" in rows["tiny_tr"] for c in few)
+    full = [ln for ln in board.split("## Every metric")[1].splitlines() if ln.startswith("|")]
+    assert full[0] == "| metric | markov | tiny_tr |" and len(full) == len(rows["tiny_tr"]) + 1  # header, rule, rows
+    captions = json.loads((out / "plots" / "captions.json").read_text())
+    assert set(captions) == {p.name for p in (out / "plots").glob("*.png")}
+    assert "95% confidence intervals" in captions["region_bits.png"] and all(c in captions["region_bits.png"]
+                                                                               for c in few)
+    assert all(len(text) > 80 and text.endswith(".") for text in captions.values())
     llr = np.array([float(r["ll_tiny_tr"]) - float(r["ll_markov"]) for r in scores])
     assert float(rows["tiny_tr"]["promoter_auroc_llr"]) == pytest.approx(roc_auc_score(labels, llr))
     assert rows["markov"]["promoter_auroc_llr"] == ""
@@ -403,7 +433,7 @@ def test_yeast_benchmark_cli(tmp_path):
     assert len(html) > 10_000 and str(out.resolve()) in html and ".tmp" not in html  # the final location
     sections = [html.index(f'<h2>{title}</h2>') for title in ("Leaderboard", "Figures", "Dataset card", "Metrics")]
     assert sections == sorted(sections)
-    assert re.findall(r'<img [^>]*alt="([^"]*)"', html)[0].startswith("bits per base by region class")
+    assert re.findall(r'<img [^>]*alt="([^"]*)"', html)[0].startswith("How many bits each model needs per held-out")
     with open(out / "leaderboard.csv") as fh:
         rows = {r["model"]: r for r in csv.DictReader(fh)}
     assert list(rows) == ["markov", "hyena_tiny"]
@@ -422,9 +452,15 @@ def test_yeast_benchmark_cli(tmp_path):
     checked = 0
     for c in np.unique(cls):
         name = pg.region_classes[c]
-        assert float(rows["markov"][f"bpb_{name}"]) == pytest.approx(bits[cls == c].mean(), rel=1e-9)
-        checked += 1
-    assert checked >= 4
+        per_class = metrics["next_base"]["per_class"][name]
+        assert per_class["bits_per_base"] == pytest.approx(bits[cls == c].mean(), rel=1e-9)
+        assert per_class["n_bases"] == int((cls == c).sum())
+        # the leaderboard's per-class columns: only classes with next_base.min_class_bases (1,000) scored bases
+        assert (f"bpb_{name}" in rows["markov"]) == ((cls == c).sum() >= 1000)
+        if (cls == c).sum() >= 1000:
+            assert float(rows["markov"][f"bpb_{name}"]) == pytest.approx(bits[cls == c].mean(), rel=1e-9)
+            checked += 1
+    assert checked >= 2
 
     with open(out / "scores" / "promoter_scores.tsv") as fh:
         scores = list(csv.DictReader(fh, delimiter="\t"))

@@ -123,3 +123,42 @@ def test_first_in_frame_stop():
     # a codon with N is never a stop; an incomplete last codon is not read
     assert M.first_in_frame_stop(ids("TNACCCTAG")) == 2
     assert M.first_in_frame_stop(ids("CCCTA")) == -1
+
+
+def test_ratio_ci_over_windows_by_hand():
+    # windows of (bits, bases): (3, 2), (5, 4), (10, 6): r = 18/12 = 1.5; residuals s - r n = 0, -1, 1;
+    # SE = sqrt(3/2 * 2) / 12 = sqrt(3) / 12
+    low, high = M.ratio_ci(np.array([3.0, 5.0, 10.0]), np.array([2, 4, 6]))
+    half = 1.959963984540054 * math.sqrt(3) / 12
+    assert (low, high) == pytest.approx((1.5 - half, 1.5 + half))
+    assert all(math.isnan(v) for v in M.ratio_ci(np.array([3.0]), np.array([2])))  # one window: no interval
+    acc = M.NextBaseAccumulator()
+    # the same three windows as bases: window 0 two bases of 1.5, window 1 four of 1.25, window 2 six of 10/6
+    acc.add(np.array([1.5, 1.5, 1.25, 1.25, 1.25, 1.25]), np.ones(6, bool), np.ones(6, int),
+            np.array([0, 0, 1, 1, 1, 1]))
+    acc.add(np.full(6, 10 / 6), np.ones(6, bool), np.array([1, 1, 1, 1, 5, 5]), np.full(6, 2))
+    res = acc.result(["intergenic", "CDS", "UTR", "exon_other", "intron", "promoter", "repeat", "N"])
+    assert (res.ci_low, res.ci_high, res.n_windows) == pytest.approx((1.5 - half, 1.5 + half, 3))
+    cds = res.per_class["CDS"]  # windows (3, 2), (5, 4), (4 * 10/6, 4)
+    assert cds.n_windows == 3 and cds.ci_low < cds.bits_per_base < cds.ci_high
+    assert math.isnan(res.per_class["promoter"].ci_low) and res.per_class["promoter"].n_windows == 1
+
+
+def test_auroc_ci_hanley_mcneil_by_hand_and_its_coverage():
+    # A = 0.8, 50 + 50: Q1 = 2/3, Q2 = 1.28/1.8; SE^2 = (0.16 + 49 (Q1 - 0.64) + 49 (Q2 - 0.64)) / 2500
+    se = math.sqrt((0.16 + 49 * (2 / 3 - 0.64) + 49 * (1.28 / 1.8 - 0.64)) / 2500)
+    assert M.auroc_ci(0.8, 50, 50) == pytest.approx((0.8 - 1.959963984540054 * se, 0.8 + 1.959963984540054 * se))
+    low, high = M.auroc_ci(0.0, 2, 2)  # a perfect (inverted) ranking of 2 + 2 windows is not certain
+    assert low == 0.0 and high > 0.3
+    assert all(math.isnan(v) for v in M.auroc_ci(0.5, 0, 10))
+    # coverage on binormal scores (true AUROC = Phi(d / sqrt 2)): about 95% of 400 intervals hold it
+    rng = np.random.default_rng(0)
+    d, n = 1.0, 60
+    true = 0.5 * (1 + math.erf(d / 2))
+    hits = 0
+    for _ in range(400):
+        pos, neg = rng.normal(d, 1, n), rng.normal(0, 1, n)
+        area = M.auroc(np.r_[np.ones(n), np.zeros(n)], np.r_[pos, neg])
+        lo, hi = M.auroc_ci(area, n, n)
+        hits += lo <= true <= hi
+    assert 0.91 <= hits / 400 <= 0.985

@@ -44,14 +44,14 @@ def outs(tmp_path_factory) -> Path:
             f.write(f"chr1\t{pos}\tv{i}\t{ref[pos - 1]}\t{alt}\n")
     with open(d / "experiment.csv", "w") as f:
         f.write("id,value\n" + "".join(f"v{i},{rng.normal():.5f}\n" for i in range(0, 13, 1) if i != 4))
-    for args in (["predict", f"output={d / 'll.parquet'}"],
-                 ["predict", f"output={d / 'lg.parquet'}", "output_type=logits"],
-                 ["predict", f"output={d / 'lga.parquet'}", "output_type=logits", "tokens=all"],
-                 ["generate", f"output={d / 'gen.fasta'}", "max_new_tokens=20", "seed=3"],
-                 ["embed", f"output={d / 'emb'}"]):
+    for args in (["predict", f"out={d / 'll.parquet'}"],
+                 ["predict", f"out={d / 'lg.parquet'}", "output_type=logits"],
+                 ["predict", f"out={d / 'lga.parquet'}", "output_type=logits", "tokens=all"],
+                 ["generate", f"out={d / 'gen.fasta'}", "max_new_tokens=20", "seed=3"],
+                 ["embed", f"out={d / 'emb'}"]):
         run(args + [f"input={d / 'in.csv'}", f"checkpoint={d / 'm'}", "device=cpu"])
     run(["score-variants", f"variants={d / 'variants.tsv'}", f"reference={d / 'ref.fa'}", f"checkpoint={d / 'm'}",
-         f"output={d / 'scores.tsv'}", "window=64", "device=cpu"])
+         f"out={d / 'scores.tsv'}", "window=64", "device=cpu"])
     return d
 
 
@@ -190,3 +190,77 @@ def test_plot_errors(outs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["plot", "kind=gc", f"input={tmp_path / 'missing.fa'}", f"out={tmp_path / 'x.png'}"])
     assert exc.value.code == 2 and "missing.fa: file not found" in capsys.readouterr().err
+
+
+def _training_metrics(path: Path, steps: int = 60) -> None:
+    """A metrics.csv with the columns dnalm train writes (overall and per region class), one row per step and a
+    validation row every 20 steps."""
+    classes = ["intergenic", "CDS", "UTR", "exon_other", "intron", "promoter", "repeat", "N"]
+    cols = ["epoch", "step", "train/loss", "train/acc", "train/bits_per_base", "train/ppl", "train/lr",
+            "train/tokens_per_s", "val/loss", "val/acc", "val/bits_per_base", "val/ppl"]
+    cols += [f"val/loss/{c}" for c in classes] + [f"val/bits_per_base/{c}" for c in classes]
+    rng = np.random.default_rng(1)
+    with open(path, "w") as f:
+        f.write(",".join(cols) + "\n")
+        for s in range(steps):
+            loss = 1.4 - 0.3 * s / steps
+            row = {"epoch": 0, "step": s, "train/loss": loss, "train/acc": 0.3 + 0.1 * s / steps,
+                   "train/bits_per_base": loss / np.log(2), "train/ppl": np.exp(loss),
+                   "train/lr": 1e-3 * (s + 1) / steps, "train/tokens_per_s": 30000 + 1000 * rng.normal()}
+            if s % 20 == 19:
+                row.update({c: loss + 0.05 for c in cols if c.startswith("val/")})
+            f.write(",".join(str(row.get(c, "")) for c in cols) + "\n")
+
+
+def test_curves_of_a_training_run_keep_each_quantity_on_its_own_axis(tmp_path, capsys):
+    """dnalm plot curves input=runs/<name>/metrics.csv out=curves.png: tokens/s is not on the accuracy axis, the
+    16 per-class series are not drawn unless named, the learning rate has a log axis of its own."""
+    _training_metrics(tmp_path / "metrics.csv")
+    assert run(["plot", "curves", f"input={tmp_path / 'metrics.csv'}", f"out={tmp_path / 'curves.png'}"]) == 0
+    res = plot("kind=curves", f"input={tmp_path / 'metrics.csv'}", f"out={tmp_path / 'c.png'}")
+    assert res.panels == {"loss (nats)": ["train/loss", "val/loss"],
+                          "bits per base": ["train/bits_per_base", "val/bits_per_base"],
+                          "perplexity": ["train/ppl", "val/ppl"], "accuracy and scores (0-1)": ["train/acc", "val/acc"],
+                          "learning rate": ["train/lr"], "throughput (per second)": ["train/tokens_per_s"]}
+    assert sum(len(v) for v in res.panels.values()) == 10 and not res.left_out
+    assert "throughput (per second): train/tokens_per_s" in capsys.readouterr().out
+    named = plot("kind=curves", f"input={tmp_path / 'metrics.csv'}", f"out={tmp_path / 'd.png'}",
+                 "series=[" + ",".join(f"val/bits_per_base/{c}" for c in ("CDS", "intron", "UTR")) + "]")
+    assert named.panels == {"bits per base": ["val/bits_per_base/CDS", "val/bits_per_base/intron",
+                                              "val/bits_per_base/UTR"]}
+    assert named.series["val/bits_per_base/CDS"][0].tolist() == [19, 39, 59]
+
+
+def test_logo_of_long_sequences_wraps_into_rows(tmp_path, capsys):
+    """dnalm plot logo input=gen.fasta out=logo.png with 500-base samples: ten rows of 50 positions, not one strip
+    of 500; longer ones are drawn up to a limit (500) and start=/end= pick a window."""
+    from matplotlib.image import imread
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "gen.fasta").write_text("".join(f">s{i}\n{''.join(rng.choice(list('ACGT'), 500))}\n"
+                                                for i in range(8)))
+    assert run(["plot", "logo", f"input={tmp_path / 'gen.fasta'}", f"out={tmp_path / 'logo.png'}"]) == 0
+    assert "8 sequences, 500 positions in 10 rows" in capsys.readouterr().out
+    img = imread(tmp_path / "logo.png")
+    assert img.shape[0] > img.shape[1] / 2 and img.shape[1] <= 24 * 110  # rows stacked, not a 55-inch strip
+    from dnalm.evaluate.plots import sequence_logo
+
+    seqs = ["".join(rng.choice(list("ACGT"), 70)) for _ in range(4)]
+    res = sequence_logo(seqs, tmp_path / "l.png", row_length=20, max_positions=50)
+    assert (len(res.counts), res.n_drawn, res.n_rows) == (70, 50, 3)
+    (tmp_path / "long.fasta").write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
+    window = plot("kind=logo", f"input={tmp_path / 'long.fasta'}", f"out={tmp_path / 'w.png'}", "start=10")
+    assert (len(window.counts), window.n_drawn, window.n_rows) == (60, 60, 2)
+
+
+def test_umap_without_umap_learn_fails_in_one_line(outs, tmp_path, monkeypatch, capsys):
+    """dnalm plot kind=umap input=emb/ out=u.png without umap-learn: exit 2 and the install command, not 'skipped'
+    with exit 0."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "umap", None)
+    with pytest.raises(SystemExit) as exc:
+        main(["plot", "kind=umap", f"input={outs / 'emb'}", f"out={tmp_path / 'u.png'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "pip install 'dnalm[umap]'" in err
+    assert not (tmp_path / "u.png").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -234,18 +235,21 @@ def test_tsne_separates_two_clusters(tmp_path, rng):
         P.embedding_tsne(emb, labels[:5], tmp_path / "x.png")
 
 
-def test_umap_is_optional(tmp_path, rng):
+def test_umap_is_an_optional_extra(tmp_path, rng, monkeypatch):
     emb = np.vstack([rng.normal(size=(15, 6)), rng.normal(size=(15, 6)) + 10.0])
     labels = np.array([0] * 15 + [1] * 15)
-    res = P.embedding_umap(emb, labels, tmp_path / "u.png", n_neighbors=5)
     try:
         import umap  # noqa: F401
     except ImportError:
-        assert res.coords is None and "umap-learn" in res.note
-        assert not (tmp_path / "u.png").exists()
+        pass
     else:
+        res = P.embedding_umap(emb, labels, tmp_path / "u.png", n_neighbors=5)
         assert res.coords.shape == (30, 2) and res.note is None
         assert_png(tmp_path / "u.png")
+    monkeypatch.setitem(sys.modules, "umap", None)  # as without umap-learn: the import fails
+    with pytest.raises(ConfigError, match=r"needs umap-learn, an optional extra .*pip install 'dnalm\[umap\]'"):
+        P.embedding_umap(emb, labels, tmp_path / "v.png", n_neighbors=5)
+    assert not (tmp_path / "v.png").exists()
 
 
 # ----------------------------------------------------------------------------- training and benchmark

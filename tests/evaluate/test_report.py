@@ -181,12 +181,59 @@ window.addEventListener("load", () => {
   document.body.dataset.images = imgs.length;
   document.body.dataset.broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;
   document.body.dataset.overflow = document.documentElement.scrollWidth > window.innerWidth ? "1" : "0";
+  const boxes = Array.from(document.querySelectorAll(".table-wrap, .md table, details"));
+  document.body.dataset.sideways = boxes.filter(e => e.scrollWidth > e.clientWidth + 1).length;
 });
 </script>"""
 
 
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _browse(report: Path, tmp_path: Path) -> tuple[str, str]:
+    """The <body> tag of the report once loaded in headless Chromium (with CHECK_SCRIPT's findings) and the
+    browser's log."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium)")
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text(encoding="utf-8").replace("</body>", CHECK_SCRIPT + "</body>"))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={tmp_path / 'profile'}",
+             "--window-size=1280,2000", "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run(flags + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=60)
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body is not None, dom.stderr[-2000:]
+    return body.group(0), dom.stderr
+
+
+def test_wide_leaderboard_does_not_scroll_sideways(tmp_path):
+    """A benchmark's 30-column leaderboard: leaderboard.md's headline and its full table (metrics as rows, folded)
+    win over the CSV; a CSV alone of more than 10 columns is shown with one row per column; in Chromium no
+    table scrolls sideways."""
+    d = tmp_path / "bench"
+    d.mkdir()
+    columns = ["model"] + [f"metric_with_a_long_name_{i}" for i in range(29)]
+    (d / "leaderboard.csv").write_text(",".join(columns) + "\n" + "".join(
+        f"model_{m}," + ",".join(f"{1.5 + 0.01 * i + m:.4f}" for i in range(29)) + "\n" for m in range(3)))
+    doc = parse(write_report(d, d / "csv.html").read_text())
+    board = doc.tables[0]
+    assert board[0] == ["model", "model_0", "model_1", "model_2"] and len(board) == 30  # turned on its side
+    assert board[1] == ["metric_with_a_long_name_0", "1.5", "2.5", "3.5"]
+    (d / "leaderboard.md").write_text("# Leaderboard\n\nHeadline.\n\n| model | bits/base (95% CI) |\n|---|---|\n"
+                                      "| model_0 | 1.912 (1.905–1.919) |\n\n- Bits per base: lower is better.\n\n"
+                                      "## Every metric\n\n| metric | model_0 |\n|---|---|\n| x | 1 |\n")
+    report = write_report(d, d / "report.html")
+    html = report.read_text()
+    assert "<details><summary>Every metric</summary>" in html and "<h3>Leaderboard</h3>" not in html
+    assert parse(html).tables[0][0] == ["model", "bits/base (95% CI)"]
+    body, log = _browse(report, tmp_path)
+    assert 'data-overflow="0"' in body and 'data-sideways="0"' in body and "data-errors" not in body, body
+    (d / "leaderboard.md").unlink()
+    body, _ = _browse(write_report(d, d / "wide.html"), tmp_path)
+    assert 'data-overflow="0"' in body and 'data-sideways="0"' in body, body
 
 
 def test_report_renders_in_headless_chromium(results, tmp_path):

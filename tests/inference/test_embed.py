@@ -24,7 +24,14 @@ import dnalm
 from conftest import shared_file
 from dnalm.cli import main, run
 from dnalm.errors import ConfigError
-from dnalm.inference.embed import NpyStream, embed_per_base, embed_pooled, embed_to_directory, resolve_layer
+from dnalm.inference.embed import (
+    NpyStream,
+    embed_per_base,
+    embed_pooled,
+    embed_to_directory,
+    per_base_file_names,
+    resolve_layer,
+)
 from dnalm.inference.io import read_sequences
 from dnalm.inference.scoring import encode_sequence
 from dnalm.tokenizers import CharTokenizer
@@ -81,6 +88,11 @@ def test_per_base_beyond_the_context_follows_the_truncated_filter_model(tmp_path
         np.testing.assert_allclose(np.load(out / name), ref, **TOL)
 
 
+def test_per_base_files_are_named_after_their_records():
+    names = per_base_file_names(["chrI", "Chr1", "chr1", "a/b c", "..", "chrI"])
+    assert names == ["chrI.npy", "Chr1.npy", "chr1-2.npy", "a_b_c.npy", "row4.npy", "chrI-2.npy"]
+
+
 def test_pooled_directory_and_float16(tmp_path, hyena):
     rows = _rows(4, 5, 40)
     out = embed_to_directory(hyena, rows, list("wxyz"), tmp_path / "p", layer=1, pool="max", dtype="float16")
@@ -107,7 +119,7 @@ def test_bf16_precision_stays_close_to_float32(tmp_path, hyena, model_dirs, fast
         embed_pooled(model, rows, 1, "mean", precision="fp8")
     fasta = tmp_path / "in.fa"
     fasta.write_text(">one\nACGTAGGA\n")
-    run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'e'}", "precision=bf16",
+    run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'e'}", "precision=bf16",
          "device=cpu"])
     assert json.loads((tmp_path / "e" / "embed.json").read_text())["precision"] == "bf16"
 
@@ -176,7 +188,7 @@ def test_two_megabase_chromosome_per_base_on_disk_with_bounded_memory(tmp_path):
     # the output alone is 2e6 x 16 x 4 bytes = 128 MB; it is on disk, not in memory
     assert peak - before < 300, f"peak RSS grew by {peak - before:.0f} MB"
     assert elapsed < 60
-    emb = np.load(out / "000000.npy", mmap_mode="r")
+    emb = np.load(out / "Chr1.npy", mmap_mode="r")
     assert emb.shape == (2_000_000, 16) and emb.dtype == np.float32
     # the first l_max positions: the plain forward; later windows: the truncated-filter reference run on
     # the window plus the receptive field of two layers (l_max - 1 filter taps and 2 short-conv taps each)
@@ -191,19 +203,19 @@ def test_two_megabase_chromosome_per_base_on_disk_with_bounded_memory(tmp_path):
 def test_embed_command_and_errors(tmp_path, model_dirs, hyena, capsys):
     fasta = tmp_path / "in.fa"
     fasta.write_text(">one\nACGTAGGA\n>two\nttgacca\n")
-    run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'e'}", "layer=1",
+    run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'e'}", "layer=1",
          "pool=none", "device=cpu"])
     table = pq.read_table(tmp_path / "e" / "sequences.parquet").to_pydict()
-    assert table["id"] == ["one", "two"]
+    assert table["id"] == ["one", "two"] and table["file"] == ["one.npy", "two.npy"]  # named after the records
     ref = _plain_hidden(hyena, encode_sequence(CharTokenizer(), "TTGACCA"), 1)
     np.testing.assert_allclose(np.load(tmp_path / "e" / table["file"][1]), ref, **TOL)
     bad = tmp_path / "bad.fa"
     bad.write_text(">one\nACGT\n>one\nACGT\n")
     with pytest.raises(SystemExit) as exc:
-        main(["embed", f"input={bad}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'f'}", "device=cpu"])
+        main(["embed", f"input={bad}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'f'}", "device=cpu"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and "bad.fa" in err and "one" in err
     assert not (tmp_path / "f").exists()
     with pytest.raises(ConfigError, match="pool='median'"):
-        run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'g'}", "pool=median"])
+        run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'g'}", "pool=median"])
     assert not (tmp_path / "g").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.fa", "e", "in.fa"]

@@ -154,18 +154,18 @@ def test_api_generate(model_dirs):
 
 def test_generate_command_writes_fasta_and_jsonl_matching_predict(tmp_path, model_dirs):
     out = tmp_path / "gen" / "samples.fasta"
-    run(["generate", f"checkpoint={model_dirs['hyena']}", "prompts=[ACGTAG,TTG]", f"output={out}", "max_new_tokens=15",
+    run(["generate", f"checkpoint={model_dirs['hyena']}", "prompts=[ACGTAG,TTG]", f"out={out}", "max_new_tokens=15",
          "n_samples=2", "seed=3", "include_prompt=true", "temperature=0.9", "device=cpu"])
     lines = [json.loads(x) for x in (tmp_path / "gen" / "samples.jsonl").read_text().splitlines()]
     assert [x["id"] for x in lines] == ["prompt0_sample0", "prompt0_sample1", "prompt1_sample0", "prompt1_sample1"]
     fasta = out.read_text().splitlines()
     assert fasta[0].startswith(">prompt0_sample0 ")
     assert fasta[1] == lines[0]["prompt"] + lines[0]["completion"]
-    run(["predict", f"input={out}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'p.parquet'}",
+    run(["predict", f"input={out}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'p.parquet'}",
          "output_type=per_token", "device=cpu"])
     per_token = pq.read_table(tmp_path / "p.parquet").column("log_probs").to_pylist()
     for x, lp in zip(lines, per_token, strict=True):
         np.testing.assert_allclose(x["log_probs"], lp[len(x["prompt"]) - 1:], atol=1e-5)
     with pytest.raises(ConfigError, match="not both or neither"):
-        run(["generate", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'x.fasta'}", "device=cpu"])
+        run(["generate", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'x.fasta'}", "device=cpu"])
     assert not (tmp_path / "x.fasta").exists()

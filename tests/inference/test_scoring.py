@@ -30,7 +30,7 @@ from dnalm.inference.scoring import (
     score_sequences,
     token_log_probs,
 )
-from dnalm.tokenizers import A_ID, BOS_ID, CharTokenizer
+from dnalm.tokenizers import A_ID, BOS_ID, N_ID, CharTokenizer
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 rng = np.random.default_rng(11)
@@ -111,8 +111,8 @@ def test_api_score_log_probs_logits(model_dirs):
     m = dnalm.load(model_dirs["hyena"], device="cpu")
     seqs = ["ACGTACGTTA", "ggcat", "TTTTTTTTTTTTTTTTTTTTTA"]
     ids = [encode_sequence(m.tokenizer, s.upper()) for s in seqs]
-    np.testing.assert_allclose(m.score(seqs), [np.sum(_by_hand(m.model, i)) for i in ids], **TOL)
-    assert m.score(seqs[0], reduce="mean") == pytest.approx(np.mean(_by_hand(m.model, ids[0])), abs=1e-5)
+    np.testing.assert_allclose(m.score(seqs, reduce="sum"), [np.sum(_by_hand(m.model, i)) for i in ids], **TOL)
+    assert m.score(seqs[0]) == pytest.approx(np.mean(_by_hand(m.model, ids[0])), abs=1e-5)  # mean, as in predict
     np.testing.assert_allclose(m.log_probs(seqs[1]), _by_hand(m.model, ids[1]), **TOL)
     assert m.logits(seqs[2]).shape == (len(seqs[2]) - 1, 4)
     with pytest.raises(InputError, match="sequence 0: invalid character 'X' at position 2"):
@@ -129,32 +129,34 @@ def test_predict_command_outputs(tmp_path, model_dirs, hyena):
     fasta = _write_fasta(tmp_path / "in.fa", seqs)
     rows = [encode_sequence(CharTokenizer(), s.upper()) for s in seqs]
     model = model_dirs["hyena"]
-    run(["predict", f"input={fasta}", f"checkpoint={model}", f"output={tmp_path / 'll.parquet'}", "reduce=mean",
+    run(["predict", f"input={fasta}", f"checkpoint={model}", f"out={tmp_path / 'll.parquet'}", "reduce=mean",
          "batch_size=3", "device=cpu"])
     table = pq.read_table(tmp_path / "ll.parquet")
     assert table.column("id").to_pylist() == [f"s{i}" for i in range(len(seqs))]
     assert table.column("length").to_pylist() == [len(s) for s in seqs]
-    np.testing.assert_allclose(table.column("log_likelihood").to_numpy(),
-                               [np.mean(_by_hand(hyena, r)) if len(r) <= HYENA_L_MAX else
-                                np.mean(_by_hand(truncated_filter_reference(hyena, len(r)), r)) for r in rows],
-                               **TOL)
+    np.testing.assert_allclose(table.column("log_likelihood").to_numpy(),  # N targets left out (skip_n)
+                               [np.mean(_by_hand(hyena, r)[r[1:] != N_ID]) if len(r) <= HYENA_L_MAX else
+                                np.mean(_by_hand(truncated_filter_reference(hyena, len(r)), r)[r[1:] != N_ID])
+                                for r in rows], **TOL)
     meta = json.loads(table.schema.metadata[b"dnalm"])
     assert meta["reduce"] == "mean" and meta["first_position"] == 1
 
-    run(["predict", f"input={fasta}", f"checkpoint={model}", f"output={tmp_path / 'pt.parquet'}",
+    run(["predict", f"input={fasta}", f"checkpoint={model}", f"out={tmp_path / 'pt.parquet'}",
          "output_type=per_token", "prepend_bos=true", "device=cpu"])
     per_token = pq.read_table(tmp_path / "pt.parquet").column("log_probs").to_pylist()
+    positions = pq.read_table(tmp_path / "pt.parquet").column("positions").to_pylist()
     bos_rows = [encode_sequence(CharTokenizer(), s.upper(), prepend_bos=True) for s in seqs]
-    for got, r in zip(per_token, bos_rows, strict=True):
-        assert len(got) == len(r) - 1
+    for got, r, pos, s in zip(per_token, bos_rows, positions, seqs, strict=True):
+        if "N" not in s:
+            assert len(got) == len(r) - 1 and pos == list(range(1, len(s) + 1))  # with BOS, bases 1..n
     np.testing.assert_allclose(per_token[0], token_log_probs(hyena, [bos_rows[0]])[0], **TOL)
 
-    run(["predict", f"input={fasta}", f"checkpoint={model}", f"output={tmp_path / 'lg.parquet'}",
+    run(["predict", f"input={fasta}", f"checkpoint={model}", f"out={tmp_path / 'lg.parquet'}",
          "output_type=logits", "device=cpu"])
     lg = pq.read_table(tmp_path / "lg.parquet")
     with np.load(tmp_path / "lg.npz") as npz:
-        for key, r in zip(lg.column("key").to_pylist(), rows, strict=True):
-            assert npz[key].shape == (len(r) - 1, 4)
+        for key, r, pos in zip(lg.column("key").to_pylist(), rows, lg.column("positions").to_pylist(), strict=True):
+            assert npz[key].shape == (len(r) - 1, 4) and pos == list(range(2, len(r) + 1))  # predicting bases 2..n
         np.testing.assert_allclose(npz["seq0"], score_rows(hyena, [rows[0]], logits_columns=[7, 8, 9, 10])[0].logits,
                                    **TOL)
 
@@ -162,12 +164,13 @@ def test_predict_command_outputs(tmp_path, model_dirs, hyena):
 def test_predict_reads_csv(tmp_path, model_dirs, hyena):
     csv = tmp_path / "in.csv"
     csv.write_text("id,sequence,label\nx,ACGTAC,1\ny,GGGTTTAA,0\n")
-    run(["predict", f"input={csv}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'o.parquet'}",
+    run(["predict", f"input={csv}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'o.parquet'}",
          "device=cpu"])
     table = pq.read_table(tmp_path / "o.parquet")
     assert table.column("id").to_pylist() == ["x", "y"]
     ids = encode_sequence(CharTokenizer(), "GGGTTTAA")
-    assert table.column("log_likelihood").to_pylist()[1] == pytest.approx(np.sum(_by_hand(hyena, ids)), abs=1e-5)
+    # reduce=mean by default (the README's "mean log-likelihood per base"), as in the Python API
+    assert table.column("log_likelihood").to_pylist()[1] == pytest.approx(np.mean(_by_hand(hyena, ids)), abs=1e-5)
 
 
 @pytest.mark.parametrize("content, name, needle", [
@@ -183,7 +186,7 @@ def test_predict_bad_inputs_give_one_line_errors_and_no_output(tmp_path, model_d
     path.write_text(content)
     out = tmp_path / "out" / "o.parquet"
     with pytest.raises(SystemExit) as exc:
-        main(["predict", f"input={path}", f"checkpoint={model_dirs['hyena']}", f"output={out}", "device=cpu"])
+        main(["predict", f"input={path}", f"checkpoint={model_dirs['hyena']}", f"out={out}", "device=cpu"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("dnalm: error: ") and err.count("\n") == 1
@@ -194,7 +197,7 @@ def test_predict_bad_inputs_give_one_line_errors_and_no_output(tmp_path, model_d
 
 def test_predict_bad_options(tmp_path, model_dirs):
     fasta = _write_fasta(tmp_path / "in.fa", ["ACGT"])
-    base = [f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"output={tmp_path / 'o.parquet'}", "device=cpu"]
+    base = [f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'o.parquet'}", "device=cpu"]
     with pytest.raises(ConfigError, match="output_type='dense'"):
         run(["predict", *base, "output_type=dense"])
     with pytest.raises(ConfigError, match="tokens='acgtn'"):
@@ -215,3 +218,34 @@ def test_base_columns_need_a_character_tokenizer(hyena):
         check_acgt_tokenizer(kmer, True)
     check_acgt_tokenizer(kmer, False)
     assert logit_columns(hyena, "all", kmer) == list(range(16))
+
+
+def test_predict_leaves_n_and_ambiguous_bases_out_and_counts_them(tmp_path, model_dirs, hyena, capsys):
+    """dnalm predict checkpoint=... input=seqs.fa out=ll.parquet on sequences with N runs and IUPAC codes: those
+    bases (read as N, about -6.5 nats each, weight 0 in training) are not scored by default; the table and the
+    summary line count them; skip_n=false scores them (the old total)."""
+    seqs = {"gap": "ACGTTGCANNNNNACGGTTA", "iupac": "ACRYGTSWTTGA", "clean": "ACGTTGCAAC"}
+    fasta = tmp_path / "seqs.fa"
+    fasta.write_text("".join(f">{k}\n{v}\n" for k, v in seqs.items()))
+    assert run(["predict", f"checkpoint={model_dirs['hyena']}", f"input={fasta}", f"out={tmp_path / 'll.parquet'}",
+                "device=cpu"]) == 0
+    assert "9 N or ambiguous bases skipped" in capsys.readouterr().out  # 5 N + R, Y, S, W
+    table = pq.read_table(tmp_path / "ll.parquet").to_pydict()
+    tok = CharTokenizer()
+    rows = [encode_sequence(tok, s) for s in seqs.values()]
+    kept = [r[1:] != N_ID for r in rows]
+    assert table["n_skipped"] == [5, 4, 0] and table["n_scored"] == [int(k.sum()) for k in kept]
+    for got, r, k in zip(table["log_likelihood"], rows, kept, strict=True):
+        assert got == pytest.approx(np.mean(_by_hand(hyena, r)[k]), abs=1e-5)
+    assert run(["predict", f"checkpoint={model_dirs['hyena']}", f"input={fasta}", f"out={tmp_path / 'all.parquet'}",
+                "device=cpu", "skip_n=false", "reduce=sum", "output_type=loglik"]) == 0
+    table = pq.read_table(tmp_path / "all.parquet").to_pydict()
+    assert table["n_skipped"] == [0, 0, 0]
+    assert table["log_likelihood"][0] == pytest.approx(np.sum(_by_hand(hyena, rows[0])), abs=1e-4)
+    assert run(["predict", f"checkpoint={model_dirs['hyena']}", f"input={fasta}", f"out={tmp_path / 'pt.parquet'}",
+                "device=cpu", "output_type=per_token"]) == 0
+    per_token = pq.read_table(tmp_path / "pt.parquet").to_pydict()
+    assert per_token["positions"][0] == [2, 3, 4, 5, 6, 7, 8, 14, 15, 16, 17, 18, 19, 20]  # N at 9..13 left out
+    np.testing.assert_allclose(per_token["log_probs"][0], _by_hand(hyena, rows[0])[kept[0]], **TOL)
+    m = dnalm.load(model_dirs["hyena"], device="cpu")
+    assert m.score(seqs["gap"]) == pytest.approx(np.mean(_by_hand(hyena, rows[0])[kept[0]]), abs=1e-5)

@@ -74,7 +74,7 @@ def test_deltas_equal_two_explicit_predict_calls(tmp_path, model_dirs, reduce):
     fasta, vcf = _write_inputs(tmp_path)
     out = tmp_path / "scores.tsv"
     model = model_dirs["hyena"]
-    run(["score-variants", f"variants={vcf}", f"reference={fasta}", f"checkpoint={model}", f"output={out}",
+    run(["score-variants", f"variants={vcf}", f"reference={fasta}", f"checkpoint={model}", f"out={out}",
          f"window={W}", f"reduce={reduce}", "batch_size=3", "device=cpu"])
     rows = _read_tsv(out)
     assert len(rows) == len(VARIANTS)  # the symbolic <DEL> allele is skipped
@@ -82,7 +82,7 @@ def test_deltas_equal_two_explicit_predict_calls(tmp_path, model_dirs, reduce):
     for name, k in (("ref", 0), ("alt", 1)):
         (tmp_path / f"{name}.fa").write_text("".join(f">w{i}\n{w[k]}\n" for i, w in enumerate(windows)))
         run(["predict", f"input={tmp_path / f'{name}.fa'}", f"checkpoint={model}",
-             f"output={tmp_path / f'{name}.parquet'}", f"reduce={reduce}", "device=cpu"])
+             f"out={tmp_path / f'{name}.parquet'}", f"reduce={reduce}", "device=cpu"])
     ref_ll = pq.read_table(tmp_path / "ref.parquet").column("log_likelihood").to_numpy()
     alt_ll = pq.read_table(tmp_path / "alt.parquet").column("log_likelihood").to_numpy()
     for i, (row, (c, p, r, a)) in enumerate(zip(rows, VARIANTS, strict=True)):
@@ -113,7 +113,7 @@ def test_reverse_complement_average_and_tsv_input(tmp_path, transformer):
     for s, (c, p, r, a) in zip(scores, VARIANTS, strict=True):
         ref_w, alt_w = _windows(c, p, r, a, W)
         seqs = [ref_w, alt_w, ref_w.translate(comp)[::-1], alt_w.translate(comp)[::-1]]
-        ll = score_sequences(transformer, [encode_sequence(tok, x) for x in seqs])
+        ll = score_sequences(transformer, [encode_sequence(tok, x) for x in seqs], "mean")  # the default reduce
         assert s.delta_rc == pytest.approx(ll[3] - ll[2], abs=1e-4)
         assert s.delta == pytest.approx(((ll[1] - ll[0]) + (ll[3] - ll[2])) / 2, abs=1e-4)
 
@@ -131,10 +131,11 @@ def test_ref_mismatches_are_listed_in_one_error(tmp_path, model_dirs, capsys):
     out = tmp_path / "o.tsv"
     with pytest.raises(SystemExit) as exc:
         main(["score-variants", f"variants={vcf}", f"reference={fasta}", f"checkpoint={model_dirs['hyena']}",
-              f"output={out}", "device=cpu"])
+              f"out={out}", "device=cpu", "mismatch=error"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1
     assert "bad_ref.vcf: 10 of 11 variants do not match the reference" in err
+    assert "(8 REF differs, 1 unknown chromosome, 1 past the record end)" in err
     assert f"line 2: chr1:10 REF {lines[1].split()[3]}, reference has {GENOME['chr1'][9]}" in err
     assert "(first 5 shown)" in err and "line 7:" not in err
     assert not out.exists()
@@ -144,7 +145,7 @@ def test_ref_mismatches_are_listed_in_one_error(tmp_path, model_dirs, capsys):
         table = read_variants(vcf)
         with pytest.raises(InputError) as info:
             check_reference(table.variants[-2:], genome, vcf)
-        assert "record 'chrX' is not in the reference" in str(info.value)
+        assert "chromosome 'chrX' is not in the reference" in str(info.value)
         assert "tiny:9 REF ACG runs past the record end (10)" in str(info.value)
 
 
@@ -166,7 +167,7 @@ def test_malformed_variant_files_name_file_and_line(tmp_path, model_dirs, capsys
     out = tmp_path / "o.tsv"
     with pytest.raises(SystemExit) as exc:
         main(["score-variants", f"variants={bad}", f"reference={fasta}", f"checkpoint={model_dirs['hyena']}",
-              f"output={out}", "device=cpu"])
+              f"out={out}", "device=cpu"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1
     assert re.search(r"bad\.txt: " + needle if "line" in needle else needle, err), err
@@ -179,3 +180,43 @@ def test_window_must_hold_the_allele(tmp_path, hyena):
     tsv.write_text(f"chrom\tpos\tref\talt\nchr1\t100\t{_ref('chr1', 100, 12)}\tA\n")
     with FastaIndex(fasta) as genome, pytest.raises(ConfigError, match="use a larger window"):
         score_variants(hyena, CharTokenizer(), read_variants(tsv).variants, genome, window=16)
+
+
+def test_ucsc_names_and_mismatched_records_are_matched_or_skipped_with_a_count(tmp_path, model_dirs, capsys):
+    """dnalm score-variants checkpoint=... variants=calls.vcf reference=genome.fa out=delta.tsv with a VCF that
+    says chrI where the FASTA says BK006935.2 (its header: chromosome I), a REF that differs and a contig the
+    reference lacks: the names are matched, the two bad records skipped and counted, the rest scored as if the
+    VCF had used the FASTA's names; window_start is 1-based like pos."""
+    seq = GENOME["chr1"]
+    fasta = tmp_path / "genome.fa"
+    fasta.write_text(f">BK006935.2 Saccharomyces cerevisiae S288C chromosome I, complete sequence\n{seq}\n")
+    good = [(150, seq[149], "A" if seq[149] != "A" else "C"), (20, seq[19:22], seq[19])]
+    records = [f"chrI\t{p}\t.\t{r}\t{a}" for p, r, a in good]
+    wrong = {"A": "C", "C": "G", "G": "T", "T": "A"}[seq[59]]
+    bad = [f"chrI\t60\t.\t{wrong}\tA", "chrMito\t5\t.\tA\tG"]
+    header = "##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+    (tmp_path / "calls.vcf").write_text(header + "\n".join(f"{r}\t.\t.\t." for r in records[:1] + bad + records[1:])
+                                        + "\n")
+    (tmp_path / "same.vcf").write_text(header + "\n".join(f"{r.replace('chrI', 'BK006935.2')}\t.\t.\t."
+                                                          for r in records) + "\n")
+    model = model_dirs["hyena"]
+    assert run(["score-variants", f"checkpoint={model}", f"variants={tmp_path / 'calls.vcf'}",
+                f"reference={fasta}", f"out={tmp_path / 'delta.tsv'}", f"window={W}", "device=cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "chromosome names matched to" in printed and "chrI -> BK006935.2" in printed
+    assert "2 of 4 variants do not match the reference" in printed
+    assert "(1 REF differs, 1 unknown chromosome)" in printed and "line 4: chrI:60 REF" in printed
+    assert "2 variants, 2 not matching the reference skipped" in printed
+    assert run(["score-variants", f"checkpoint={model}", f"variants={tmp_path / 'same.vcf'}",
+                f"reference={fasta}", f"out={tmp_path / 'same.tsv'}", f"window={W}", "device=cpu"]) == 0
+    rows, same = _read_tsv(tmp_path / "delta.tsv"), _read_tsv(tmp_path / "same.tsv")
+    assert [r["chrom"] for r in rows] == ["chrI", "chrI"] and [int(r["pos"]) for r in rows] == [150, 20]
+    assert [r["delta"] for r in rows] == [r["delta"] for r in same]
+    start = int(rows[0]["window_start"])  # 1-based: the window's first base is seq[start - 1]
+    assert start == 150 - W // 2 and seq[start - 1: start - 1 + W][W // 2] == seq[149]
+    (tmp_path / "none.vcf").write_text(header + "\n".join(f"{r}\t.\t.\t." for r in bad) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["score-variants", f"checkpoint={model}", f"variants={tmp_path / 'none.vcf'}", f"reference={fasta}",
+              f"out={tmp_path / 'none.tsv'}", "device=cpu"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "nothing left to score" in err

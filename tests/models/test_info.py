@@ -241,3 +241,11 @@ def test_command_errors_are_one_line(argv: list[str], needle: str, capsys):
         main(["model", "info", *argv])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_command_derives_d_inner_from_a_new_d_model(tmp_path):
+    """dnalm model info preset=tiny-1k d_model=256: the MLP follows the width (1024), as a trained model's would."""
+    run(["model", "info", "preset=tiny-1k", "d_model=256", f"out={tmp_path / 'a.json'}"])
+    run(["model", "info", "preset=tiny-1k", "d_model=256", "d_inner=300", f"out={tmp_path / 'b.json'}"])
+    assert json.loads((tmp_path / "a.json").read_text())["config"]["d_inner"] == 1024
+    assert json.loads((tmp_path / "b.json").read_text())["config"]["d_inner"] == 300

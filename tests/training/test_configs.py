@@ -135,3 +135,17 @@ def test_stage_totals_match_the_schedule_length():
     plans = plan_stages(stages, 1, p.top.global_batch_size, lambda length: 10**9 // length)
     assert sum(pl.steps for pl in plans) == 20_000 and p.optim.warmup_steps == 200
     assert [pl.accumulate for pl in plans] == [4, 8, 16, 32, 64, 128]
+
+
+@pytest.mark.parametrize(("experiment", "family"), [("yeast/hyena_small", "hyena"), ("yeast/transformer_small",
+                                                                                        "transformer")])
+def test_d_inner_follows_d_model_unless_set(experiment, family, tmp_path):
+    """dnalm train experiment=yeast/hyena_small model.d_model=64: the MLP is 4 x 64 wide, not the preset's 512."""
+    p = parse(compose("train", [f"experiment={experiment}", f"data.prepared={tmp_path}", "model.d_model=64"]))
+    model = build_model(p.model, _longest(p), device="meta")
+    assert model.config.d_inner == 256 and model.backbone.layers[0].mlp.fc1.out_features == 256
+    p = parse(compose("train", [f"experiment={experiment}", f"data.prepared={tmp_path}", "model.d_model=64",
+                                "model.d_inner=100"]))
+    assert model_config(p.model, _longest(p))[1].d_inner == 100
+    cls = {"hyena": hyena.HyenaConfig, "transformer": transformer.TransformerConfig}[family]
+    assert cls(d_model=48).d_inner == 192 and cls(d_model=48, d_inner=40).d_inner == 40

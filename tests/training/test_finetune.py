@@ -368,3 +368,30 @@ def test_shipped_task_configs_compose(shared_data) -> None:
         assert paths["train"] == str(shared_data / folder / "train.csv")
         assert paths["dev"] == str(shared_data / folder / "dev.csv")
 
+
+
+def test_shipped_task_away_from_the_repo_root_names_data_root(tmp_path, tiny_checkpoint, motif_data, monkeypatch,
+                                                              capsys) -> None:
+    """dnalm finetune checkpoint=... task=gue_prom_core_all trainer=gpu data.rc_aug=true data.rc_eval=true, run
+    from another folder on a machine without a GPU: the missing data is one line naming data_root=; with
+    data_root=DIR it fine-tunes (on the CPU)."""
+    import json
+    import shutil
+
+    from dnalm.cli import main, run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    argv = ["finetune", f"checkpoint={tiny_checkpoint}", "task=gue_prom_core_all", "trainer=gpu", "data.rc_aug=true",
+            "data.rc_eval=true"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert "../shared/data/gue/prom/prom_core_all" in err and "data_root=" in err and "gue/prom/prom_core_all" in err
+    shutil.copytree(motif_data, tmp_path / "data" / "gue" / "prom" / "prom_core_all")
+    assert run([*argv, "data_root=data", "out=ft", "trainer.max_epochs=1", "trainer.progress_bar=false"]) == 0
+    assert "finetune: no GPU found, running on the CPU" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 64 and metrics["epochs"] == 1

@@ -207,7 +207,6 @@ def test_init_from_starts_from_the_given_weights(trained, prepared, tmp_path):
 
 def test_user_mistakes_fail_with_one_line(trained, prepared, tmp_path, capsys):
     cases = [
-        (overrides(prepared, trained, "resume=never"), "already holds checkpoints"),
         (overrides(tmp_path / "nowhere", tmp_path / "r1"), "not a prepared dataset directory"),
         (overrides(prepared, tmp_path / "r2", "model.l_max=100"), "model.l_max=100 is shorter"),
         (overrides(prepared, tmp_path / "r3", "trainer.max_steps=-1"), "set trainer.max_steps or trainer.max_epochs"),
@@ -248,3 +247,73 @@ def test_two_process_ddp_on_cpu(prepared, tmp_path):
     assert column(out, "val/loss") == pytest.approx(val, rel=1e-5)  # the same validation losses
     for key, value in one_weights.items():
         torch.testing.assert_close(ddp_weights[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+# The README's yeast command, at sizes a test affords (the run's length, steps, width and loaders).
+TINY_YEAST = ("data.length=128", "data.batch_size=8", "data.eval_max_windows=4", "data.num_workers=0",
+              "trainer.max_steps=4", "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "logger=[csv]",
+              "trainer.progress_bar=false")
+
+
+def _no_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+def test_gpu_experiment_runs_on_a_machine_without_a_gpu(prepared, tmp_path, monkeypatch, capsys):
+    """dnalm train experiment=yeast/hyena_small data.prepared=... (trainer=gpu in the experiment) on a CPU-only
+    machine: it trains on the CPU in 32-bit precision and says so, instead of Lightning's 'No supported gpu
+    backend found!' traceback; several GPUs fail in one line naming trainer=cpu."""
+    _no_gpu(monkeypatch)
+    out = tmp_path / "yeast"
+    assert cli_run(["train", "experiment=yeast/hyena_small", f"data.prepared={prepared}", "model.d_model=16",
+                    f"out={out}", *TINY_YEAST]) == 0
+    printed = capsys.readouterr().out
+    assert "train: no GPU found, running on the CPU with precision 32-true" in printed
+    config = read_pretrained_info(out / "model")["config"]
+    assert config["d_model"] == 16 and config["d_inner"] == 64  # d_inner follows d_model (4 x)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["train", "experiment=yeast/hyena_small", f"data.prepared={prepared}", "trainer=ddp",
+                  "trainer.devices=4", f"out={tmp_path / 'ddp'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "no GPU" in err and "use trainer=cpu" in err
+
+
+def test_changed_model_size_in_the_same_run_folder_says_how_to_go_on(prepared, tmp_path, capsys):
+    """Re-running the yeast command with another model.d_model into the same folder: resume=auto would load a
+    checkpoint of the old size (a raw 'size mismatch' RuntimeError); it fails in one line naming the changed
+    field, out= and resume=never, and resume=never then starts over in that folder."""
+    out = tmp_path / "yeast"
+    argv = ["train", "experiment=yeast/hyena_small", f"data.prepared={prepared}", f"out={out}", *TINY_YEAST,
+            "trainer=cpu"]
+    assert cli_run([*argv, "model.d_model=16"]) == 0
+    assert (out / "checkpoints" / "step-00000004").is_dir()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli_main([*argv, "model.d_model=32"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert "model.d_model 16 -> 32" in err and "out=" in err and "resume=never" in err
+    assert read_pretrained_info(out / "model")["config"]["d_model"] == 16  # nothing was touched
+
+    assert cli_run([*argv, "model.d_model=32", "resume=never", "trainer.max_steps=2"]) == 0
+    assert "resume=never: starting over" in capsys.readouterr().out
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["resumed_from"] is None and summary["global_step"] == 2
+    assert read_pretrained_info(out / "model")["config"]["d_model"] == 32
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last", "step-00000002"]
+    assert sorted(column(out, "val/loss")) == [1]  # the old run's rows (steps 1 and 3) are gone
+    assert cli_run([*argv, "model.d_model=32", "trainer.max_steps=3", "model.resid_dropout=0.2"]) == 0  # resumes
+    assert json.loads((out / "metrics.json").read_text())["resumed_from"].endswith("step-00000002")
+
+
+def test_shipped_genome_away_from_the_repo_root_names_data_root(tmp_path, monkeypatch, capsys):
+    """dnalm train experiment=yeast/hyena_small (no data.prepared) from another folder: one line naming data_root=."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["train", "experiment=yeast/hyena_small"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert "yeast_r64/GCA_000146045.2_R64_genomic.fna.gz: genome FASTA not found" in err
+    assert "data_root=../shared/data" in err and "pass data_root=DIR" in err and "data.prepared=DIR" in err
+    assert not (tmp_path / "runs").exists()

@@ -82,6 +82,7 @@ from dnalm.evaluate.metrics import (
     NextBaseAccumulator,
     NextBaseMetrics,
     auroc,
+    auroc_ci,
     base_codes,
     classification_metrics,
     first_in_frame_stop,
@@ -126,6 +127,7 @@ class NextBaseSpec:
     window: int = 1024
     min_context: int = 512
     max_bases: int = 1_000_000
+    min_class_bases: int = 1000  # region classes with fewer scored bases are left out of the chart and leaderboard
 
 
 @dataclass
@@ -451,7 +453,8 @@ def evaluate_next_base(bm: BenchModel, prepared: PreparedGenome, plan: WindowPla
         picked = np.take_along_axis(lp, np.maximum(code, 0)[..., None], axis=-1)[..., 0]
         bits = -picked[mask] / LN2
         correct = (np.argmax(lp, axis=-1) == code)[mask]
-        acc.add(bits, correct, reg[:, 1:][mask] & CLASS_MASK)
+        windows = np.broadcast_to(np.asarray(idx)[:, None], mask.shape)[mask]
+        acc.add(bits, correct, reg[:, 1:][mask] & CLASS_MASK, windows)
     return acc.result(prepared.region_classes)
 
 
@@ -1007,14 +1010,18 @@ def evaluate_model(bm: BenchModel, prepared: PreparedGenome, data: TaskData, spe
     if el is not None and el.info["promoters"]:
         ll = sequence_log_likelihood(bm, el.ids, bs)
         raw["ll"] = ll
-        res.promoters = {"auroc_ll": auroc(el.label, ll), "n_promoters": int(el.label.sum()),
-                         "n_background": int((el.label == 0).sum()),
+        n_pos, n_neg = int(el.label.sum()), int((el.label == 0).sum())
+        area = auroc(el.label, ll)
+        res.promoters = {"auroc_ll": area, "auroc_ll_ci95": list(auroc_ci(area, n_pos, n_neg)),
+                         "n_promoters": n_pos, "n_background": n_neg,
                          "mean_ll_promoter": float(ll[el.label == 1].mean()),
                          "mean_ll_background": float(ll[el.label == 0].mean())}
         if markov_ll is not None and not bm.is_markov:
             llr = ll - markov_ll
             raw["llr"] = llr
-            res.promoters["auroc_llr"] = auroc(el.label, llr)
+            area = auroc(el.label, llr)
+            res.promoters["auroc_llr"] = area
+            res.promoters["auroc_llr_ci95"] = list(auroc_ci(area, n_pos, n_neg))
     if data.probe_train is not None and data.probe_test is not None:
         pb = spec.probes
         tr_ids = _gather(prepared.tokens, data.probe_train[0], pb.window)
@@ -1132,10 +1139,20 @@ def _model_names(paths: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def leaderboard_rows(results: Sequence[ModelResult], class_names: Sequence[str]) -> list[dict[str, Any]]:
-    """One flat row per model: the leaderboard's columns (NaN where a task did not run)."""
+def shown_classes(results: Sequence[ModelResult], class_names: Sequence[str], min_bases: int = 0) -> list[str]:
+    """Region classes (in ``class_names`` order, N left out) with at least ``min_bases`` scored bases: the
+    classes whose bits per base mean something (a class scored on a handful of bases does not)."""
+    return [c for c in class_names if c != "N" and any(
+        r.next_base and c in r.next_base.per_class and r.next_base.per_class[c].n_bases >= max(min_bases, 1)
+        for r in results)]
+
+
+def leaderboard_rows(results: Sequence[ModelResult], class_names: Sequence[str],
+                     min_class_bases: int = 0) -> list[dict[str, Any]]:
+    """One flat row per model: the leaderboard's columns (NaN where a task did not run), with 95% confidence
+    intervals and the numbers they rest on; per-class bits per base for the classes of :func:`shown_classes`."""
     nan = math.nan
-    present = [c for c in class_names if any(r.next_base and c in r.next_base.per_class for r in results)]
+    present = shown_classes(results, class_names, min_class_bases)
     kmers = sorted({k for r in results if r.generation for k in r.generation if k.startswith("js_k")},
                    key=lambda k: int(k[4:]))
     rows = []
@@ -1143,13 +1160,19 @@ def leaderboard_rows(results: Sequence[ModelResult], class_names: Sequence[str])
         nb = r.next_base
         row: dict[str, Any] = {"model": r.name, "family": r.family, "parameters": r.n_parameters,
                                "bits_per_base": nb.bits_per_base if nb else nan,
+                               "bits_per_base_ci_low": nb.ci_low if nb else nan,
+                               "bits_per_base_ci_high": nb.ci_high if nb else nan,
+                               "n_bases": nb.n_bases if nb else 0,
                                "accuracy": nb.accuracy if nb else nan,
                                "perplexity": nb.perplexity if nb else nan}
         for c in present:
             row[f"bpb_{c}"] = nb.per_class[c].bits_per_base if nb and c in nb.per_class else nan
         pr = r.promoters or {}
-        row["promoter_auroc_ll"] = pr.get("auroc_ll", nan)
-        row["promoter_auroc_llr"] = pr.get("auroc_llr", nan)
+        for key in ("auroc_ll", "auroc_llr"):
+            row[f"promoter_{key}"] = pr.get(key, nan)
+            low, high = pr.get(f"{key}_ci95", (nan, nan))
+            row[f"promoter_{key}_ci_low"], row[f"promoter_{key}_ci_high"] = low, high
+        row["n_promoters"], row["n_background"] = pr.get("n_promoters", 0), pr.get("n_background", 0)
         row["probe_mcc"] = r.probes.mcc if r.probes else nan
         row["probe_macro_f1"] = r.probes.macro_f1 if r.probes else nan
         row["probe_auroc"] = r.probes.auroc if r.probes else nan
@@ -1166,6 +1189,51 @@ def leaderboard_rows(results: Sequence[ModelResult], class_names: Sequence[str])
     return rows
 
 
+def _with_ci(value: Any, low: Any, high: Any, digits: int = 3) -> str:
+    if not isinstance(value, float) or not math.isfinite(value):
+        return "–"
+    if isinstance(low, float) and isinstance(high, float) and math.isfinite(low) and math.isfinite(high):
+        return f"{value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+    return f"{value:.{digits}f}"
+
+
+def headline_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The few columns a reader compares first (header, rows of text): bits per base and promoter AUROCs with
+    95% confidence intervals, probe MCC and the k-mer divergence of generated bases (largest k)."""
+    js = sorted((k for k in (rows[0] if rows else {}) if k.startswith("gen_js_k")), key=lambda k: int(k[8:]))
+    header = ["model", "parameters", "bits/base (95% CI)", "promoter AUROC (95% CI)",
+              "AUROC vs Markov (95% CI)", "probe MCC"] + ([f"k-mer JS, k={js[-1][8:]}"] if js else [])
+    out = []
+    for row in rows:
+        cells = [str(row["model"]), f"{int(row['parameters']):,}",
+                 _with_ci(row["bits_per_base"], row["bits_per_base_ci_low"], row["bits_per_base_ci_high"]),
+                 _with_ci(row["promoter_auroc_ll"], row["promoter_auroc_ll_ci_low"], row["promoter_auroc_ll_ci_high"],
+                          2),
+                 _with_ci(row["promoter_auroc_llr"], row["promoter_auroc_llr_ci_low"],
+                          row["promoter_auroc_llr_ci_high"], 2),
+                 _with_ci(row["probe_mcc"], None, None)]
+        if js:
+            cells.append(_with_ci(row[js[-1]], None, None))
+        out.append(cells)
+    return header, out
+
+
+#: One sentence per leaderboard quantity (leaderboard.md, the report).
+EXPLANATIONS = {
+    "bits/base": "Bits per base: how many bits the model needs, on average, to encode each held-out base given the "
+                 "bases before it (lower is better; 2.0 is a uniform guess over A, C, G, T).",
+    "promoter AUROC": "Promoter AUROC: the probability that a promoter window (upstream of a transcript start) gets a "
+                      "higher log-likelihood than a GC-matched intergenic window; 0.5 is chance, and a value below "
+                      "0.5 means the model finds promoters less likely than background, not that it detects them.",
+    "AUROC vs Markov": "AUROC vs Markov: the same ranking by the log-likelihood minus the Markov baseline's, which "
+                       "removes what short k-mers already explain.",
+    "probe MCC": "Probe MCC: Matthews correlation of a logistic regression that predicts a window's region class "
+                 "from the model's frozen mean-pooled embedding (0 is chance, 1 perfect).",
+    "k-mer JS": "k-mer JS: Jensen–Shannon divergence in bits between the k-mer spectra of generated and real "
+                "continuations of the same prompts (0 is identical).",
+}
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "–" if not math.isfinite(v) else f"{v:.4g}"
@@ -1180,6 +1248,37 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in esc]
     return "\n".join(lines) + "\n"
+
+
+def leaderboard_markdown(rows: Sequence[Mapping[str, Any]], results: Sequence[ModelResult], prepared: PreparedGenome,
+                         data: TaskData, spec: BenchmarkSpec) -> str:
+    """``leaderboard.md``: the headline table with confidence intervals and the counts behind them, one
+    sentence per quantity, and every column of ``leaderboard.csv`` with metrics as rows (so that it never
+    grows sideways with the number of metrics)."""
+    nb = next((r.next_base for r in results if r.next_base), None)
+    counts = []
+    if nb is not None:
+        counts.append(f"{nb.n_bases:,} bases in {nb.n_windows:,} windows of split '{spec.next_base.split}'")
+    pr = next((r.promoters for r in results if r.promoters), None)
+    if pr:
+        counts.append(f"{pr['n_promoters']:,} promoter and {pr['n_background']:,} background windows")
+    hidden = [c for c in prepared.region_classes if c != "N" and nb is not None and c in nb.per_class
+              and nb.per_class[c].n_bases < spec.next_base.min_class_bases]
+    header, table = headline_table(rows)
+    lines = ["# Leaderboard", "", f"Genome {_genome_names(prepared)}; " + "; ".join(counts) + ". "
+             "Intervals are 95% confidence intervals (bits/base: over windows; AUROC: Hanley & McNeil).", "",
+             markdown_table(header, table)]
+    lines += [f"- {text}" for key, text in EXPLANATIONS.items() if any(h.startswith(key) for h in header)]
+    if hidden:
+        lines += [f"- Region classes with fewer than {spec.next_base.min_class_bases:,} scored bases are not shown "
+                  f"({', '.join(f'{c}: {nb.per_class[c].n_bases:,}' for c in hidden)}); see "
+                  "models/<name>/metrics.json."]
+    if data.notes:
+        lines += [f"- Note: {n}" for n in data.notes]
+    full = [[key] + [row[key] for row in rows] for key in (rows[0] if rows else {}) if key != "model"]
+    lines += ["", "## Every metric", "", "The columns of `leaderboard.csv`, one row per metric.", "",
+              markdown_table(["metric"] + [str(r["model"]) for r in rows], full)]
+    return "\n".join(lines)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -1272,20 +1371,14 @@ def write_outputs(out: Path, prepared: PreparedGenome, data: TaskData, results: 
     from dnalm.evaluate import plots as P
     from dnalm.evaluate.report import write_report
 
-    rows = leaderboard_rows(results, prepared.region_classes)
+    rows = leaderboard_rows(results, prepared.region_classes, spec.next_base.min_class_bases)
     header = list(rows[0]) if rows else ["model"]
     with open(out / "leaderboard.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for row in rows:
             w.writerow(["" if isinstance(row[h], float) and not math.isfinite(row[h]) else row[h] for h in header])
-    md = ["# Leaderboard", "",
-          f"Genome {_genome_names(prepared)}; next-base metrics on split '{spec.next_base.split}' (bits per base: "
-          "lower is better), promoter AUROC by log-likelihood (ll) and by its ratio to the Markov baseline (llr), "
-          "probe MCC / macro-F1 / AUROC on frozen embeddings, generation GC and k-mer Jensen–Shannon divergence "
-          "(bits) to the real continuations, in-frame stop rates of CDS continuations.", "",
-          markdown_table(header, [[row[h] for h in header] for row in rows])]
-    (out / "leaderboard.md").write_text("\n".join(md))
+    (out / "leaderboard.md").write_text(leaderboard_markdown(rows, results, prepared, data, spec))
     _write_json(out / "leaderboard.json", {"settings": asdict(spec), "rows": rows,
                                            "classes": list(prepared.region_classes), "notes": data.notes})
     (out / "dataset_card.md").write_text(dataset_card(prepared, data, spec))
@@ -1331,15 +1424,27 @@ def _plots(pdir: Path, prepared: PreparedGenome, data: TaskData, results: Sequen
 
     pdir.mkdir(parents=True, exist_ok=True)
     captions: dict[str, str] = {}
-    order = [c for c in prepared.region_classes if c != "N"]
-    bars = {r.name: {c: m.bits_per_base for c, m in r.next_base.per_class.items()} | {
-        "overall": r.next_base.bits_per_base} for r in results if r.next_base is not None}
-    if bars:
-        regions = [c for c in order if any(c in v for v in bars.values())] + ["overall"]
-        P.region_bars({m: {c: v.get(c, math.nan) for c in regions} for m, v in bars.items()},
-                      pdir / "region_bits.png", regions=regions)
-        captions["region_bits.png"] = (f"bits per base by region class of the target, split '{spec.next_base.split}' "
-                                       "(lower is better)")
+    shown = shown_classes(results, prepared.region_classes, spec.next_base.min_class_bases)
+    scored = [r for r in results if r.next_base is not None]
+    if scored:
+        regions = shown + ["overall"]
+        values = {r.name: {c: r.next_base.per_class[c].bits_per_base for c in shown if c in r.next_base.per_class}
+                  | {"overall": r.next_base.bits_per_base} for r in scored}
+        intervals = {r.name: {c: (m.ci_low, m.ci_high) for c, m in r.next_base.per_class.items()}
+                     | {"overall": (r.next_base.ci_low, r.next_base.ci_high)} for r in scored}
+        nb = scored[0].next_base
+        counts = {c: nb.per_class[c].n_bases for c in shown if c in nb.per_class} | {"overall": nb.n_bases}
+        P.region_bars({m: {c: v.get(c, math.nan) for c in regions} for m, v in values.items()},
+                      pdir / "region_bits.png", regions=regions, intervals=intervals, counts=counts,
+                      reference=2.0, reference_label="uniform guess (2 bits)",
+                      title=f"bits per base by region class (split '{spec.next_base.split}'; lower is better)")
+        hidden = [c for c in prepared.region_classes if c != "N" and c not in shown and c in nb.per_class]
+        captions["region_bits.png"] = (
+            "How many bits each model needs per held-out base, by the region class of the base (lower is better; "
+            "2 bits is a uniform guess); error bars are 95% confidence intervals over windows and each class is "
+            "labelled with the number of bases it rests on"
+            + (f"; classes with fewer than {spec.next_base.min_class_bases:,} bases ({', '.join(hidden)}) are "
+               "not shown." if hidden else "."))
     el = data.elements
     rng = np.random.default_rng([spec.seed, 6])
     for r in results:
@@ -1349,12 +1454,19 @@ def _plots(pdir: Path, prepared: PreparedGenome, data: TaskData, results: Sequen
             f = f"promoter_ll_{r.name}.png"
             P.score_histogram(raw["ll"], pdir / f, groups=groups, xlabel="log-likelihood (bits)",
                               title=f"{r.name}: promoter vs background windows")
-            captions[f] = f"{r.name}: window log-likelihood, AUROC {_fmt((r.promoters or {}).get('auroc_ll'))}"
+            pr = r.promoters or {}
+            captions[f] = (f"{r.name}: log-likelihood of {pr.get('n_promoters', 0)} promoter windows and "
+                           f"{pr.get('n_background', 0)} GC-matched background windows; AUROC "
+                           f"{_with_ci(pr.get('auroc_ll'), *pr.get('auroc_ll_ci95', (None, None)), digits=2)} is "
+                           "the chance that a promoter scores above a background window (0.5 = chance; below 0.5 "
+                           "the model finds promoters less likely).")
             if "llr" in raw:
                 f = f"promoter_llr_{r.name}.png"
                 P.score_histogram(raw["llr"], pdir / f, groups=groups, xlabel="log-likelihood ratio to Markov (bits)",
                                   title=f"{r.name}: promoter vs background, ratio to the Markov baseline")
-                captions[f] = f"{r.name}: LL - LL(Markov), AUROC {_fmt((r.promoters or {}).get('auroc_llr'))}"
+                captions[f] = (f"{r.name}: the same windows scored by log-likelihood minus the Markov baseline's "
+                               "(what the model adds to short k-mers); AUROC "
+                               f"{_with_ci(pr.get('auroc_llr'), *pr.get('auroc_llr_ci95', (None, None)), digits=2)}.")
         if "emb_test" in raw and data.probe_test is not None and len(raw["emb_test"]) >= 3:
             x, lab = raw["emb_test"], data.probe_test[1]
             if len(x) > spec.tsne_points:
@@ -1368,7 +1480,9 @@ def _plots(pdir: Path, prepared: PreparedGenome, data: TaskData, results: Sequen
                     P.embedding_tsne(x[:, keep], np.array([prepared.region_classes[c] for c in lab]), pdir / f,
                                      seed=spec.seed, title=f"{r.name}: t-SNE of window embeddings",
                                      label_name="region class")
-                captions[f] = f"{r.name}: t-SNE of held-out probe windows by majority region class"
+                captions[f] = (f"{r.name}: t-SNE of the frozen, mean-pooled embeddings of {len(x)} held-out "
+                               "windows, coloured by their main region class; separate colours mean the embeddings "
+                               "carry region information (the probe MCC measures how much).")
         if "generated" in raw and data.prompts is not None:
             gen, real = raw["generated"], data.prompts[1]
             gc = np.array([gc_fraction_ids(x) for x in gen] + [gc_fraction_ids(x) for x in real])
@@ -1376,9 +1490,13 @@ def _plots(pdir: Path, prepared: PreparedGenome, data: TaskData, results: Sequen
             f = f"gc_{r.name}.png"
             P.score_histogram(gc, pdir / f, groups=groups, xlabel="GC fraction",
                               title=f"{r.name}: GC of generated vs real continuations")
-            captions[f] = f"{r.name}: GC fraction of each continuation"
+            captions[f] = (f"{r.name}: GC fraction of {len(gen)} generated and {len(real)} real continuations of "
+                           "the same prompts; a model that has learned the genome's composition overlaps the "
+                           "real histogram.")
             f = f"logo_{r.name}.png"
             P.sequence_logo([_seq(x[:spec.logo_positions]) for x in gen], pdir / f,
                             title=f"{r.name}: first {min(spec.logo_positions, gen.shape[1])} generated bases")
-            captions[f] = f"{r.name}: sequence logo of the generated continuations"
+            captions[f] = (f"{r.name}: sequence logo of the first generated bases after each of the {len(gen)} "
+                           "prompts; tall letters mark positions where the samples agree (a model stuck in a "
+                           "repeat shows a pattern).")
     (pdir / "captions.json").write_text(json.dumps(captions, indent=1) + "\n")

@@ -4,9 +4,10 @@ Next-base prediction
     :class:`NextBaseAccumulator` sums, per region class, the surprisal ``-log2 p(x_t | x_<t)`` of
     scored bases and whether the most probable base was the right one; :class:`NextBaseMetrics`
     holds bits per base, accuracy and perplexity ``2 ** bits_per_base`` (a per-base perplexity
-    over the four-letter alphabet, at most 4 for a model no worse than uniform).
+    over the four-letter alphabet, at most 4 for a model no worse than uniform), with 95% confidence
+    intervals over windows (:func:`ratio_ci`).
 Binary and multi-class classification
-    :func:`auroc` (area under the ROC curve, Hanley & McNeil 1982) and
+    :func:`auroc` (area under the ROC curve, Hanley & McNeil 1982) with :func:`auroc_ci`, and
     :func:`classification_metrics`: Matthews correlation coefficient (Matthews 1975; its
     multi-class form, Gorodkin 2004), macro-averaged F1 and one-vs-rest macro AUROC, all from
     scikit-learn.
@@ -47,12 +48,38 @@ def base_codes(ids: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ClassMetrics:
-    """Bits per base, accuracy and perplexity of the scored bases of one region class."""
+    """Bits per base, accuracy and perplexity of the scored bases of one region class; ``ci_low``/``ci_high``: a
+    95% confidence interval of the bits per base over the ``n_windows`` windows that hold these bases
+    (:func:`ratio_ci`; NaN with fewer than two windows or without windows recorded)."""
 
     bits_per_base: float
     accuracy: float
     perplexity: float
     n_bases: int
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    n_windows: int = 0
+
+
+Z95 = 1.959963984540054
+
+
+def ratio_ci(sums: np.ndarray, counts: np.ndarray, z: float = Z95) -> tuple[float, float]:
+    """A confidence interval of ``sum(sums) / sum(counts)`` when whole windows are the independent units.
+
+    Bases within a window are correlated (a repeat, a gene), so the interval treats each window's total
+    ``sums[k]`` over its ``counts[k]`` bases as one draw: the ratio estimator's standard error
+    ``sqrt(K / (K - 1) * sum_k (s_k - r n_k)^2) / sum_k n_k`` (the linearisation of Cochran 1977, §6.4) gives
+    ``r -/+ z SE``. NaN for fewer than two windows.
+    """
+    s = np.asarray(sums, dtype=np.float64)
+    n = np.asarray(counts, dtype=np.float64)
+    K, total = len(s), float(n.sum())
+    if K < 2 or total <= 0:
+        return math.nan, math.nan
+    r = float(s.sum()) / total
+    se = math.sqrt(K / (K - 1) * float(((s - r * n) ** 2).sum())) / total
+    return r - z * se, r + z * se
 
 
 @dataclass(frozen=True)
@@ -64,28 +91,58 @@ class NextBaseMetrics:
     perplexity: float
     n_bases: int
     per_class: dict[str, ClassMetrics] = field(default_factory=dict)
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    n_windows: int = 0
 
     def to_dict(self) -> dict:
-        return {"bits_per_base": self.bits_per_base, "accuracy": self.accuracy, "perplexity": self.perplexity,
-                "n_bases": self.n_bases,
+        return {"bits_per_base": self.bits_per_base, "ci95": [self.ci_low, self.ci_high], "accuracy": self.accuracy,
+                "perplexity": self.perplexity, "n_bases": self.n_bases, "n_windows": self.n_windows,
                 "per_class": {c: vars(m) for c, m in self.per_class.items()}}
 
 
 class NextBaseAccumulator:
-    """Running sums of bits, correct predictions and base counts per region class id (0..127)."""
+    """Running sums of bits, correct predictions and base counts per region class id (0..127), and, when the
+    bases come with window ids, per window and class (for :func:`ratio_ci`)."""
 
     def __init__(self) -> None:
         self.bits = np.zeros(128, dtype=np.float64)
         self.correct = np.zeros(128, dtype=np.int64)
         self.n = np.zeros(128, dtype=np.int64)
+        self._windows: dict[tuple[int, int], list[float]] = {}  # (window, class) -> [bits, n]
 
-    def add(self, bits: np.ndarray, correct: np.ndarray, classes: np.ndarray) -> None:
-        """Add scored bases: ``bits`` (n,) surprisal in bits, ``correct`` (n,) bool, ``classes`` (n,) ids."""
+    def add(self, bits: np.ndarray, correct: np.ndarray, classes: np.ndarray, windows: np.ndarray | None = None
+            ) -> None:
+        """Add scored bases: ``bits`` (n,) surprisal in bits, ``correct`` (n,) bool, ``classes`` (n,) ids and
+        optionally ``windows`` (n,) the id of the window each base was scored in."""
         cls = np.asarray(classes, dtype=np.int64) & 0x7F
-        self.bits += np.bincount(cls, weights=np.asarray(bits, dtype=np.float64), minlength=128)
+        b = np.asarray(bits, dtype=np.float64)
+        self.bits += np.bincount(cls, weights=b, minlength=128)
         self.correct += np.bincount(cls, weights=np.asarray(correct, dtype=np.float64), minlength=128).astype(
             np.int64)
         self.n += np.bincount(cls, minlength=128)
+        if windows is not None:
+            keys = np.asarray(windows, dtype=np.int64) * 128 + cls
+            uniq, inverse = np.unique(keys, return_inverse=True)
+            sums = np.bincount(inverse, weights=b)
+            counts = np.bincount(inverse)
+            for key, sb, sn in zip(uniq.tolist(), sums.tolist(), counts.tolist()):
+                entry = self._windows.setdefault((key // 128, key % 128), [0.0, 0])
+                entry[0] += sb
+                entry[1] += sn
+
+    def _ci(self, cls: int | None) -> tuple[float, float, int]:
+        if not self._windows:
+            return math.nan, math.nan, 0
+        per: dict[int, list[float]] = {}
+        for (w, c), (sb, sn) in self._windows.items():
+            if cls is None or c == cls:
+                entry = per.setdefault(w, [0.0, 0])
+                entry[0] += sb
+                entry[1] += sn
+        arr = np.array(list(per.values()), dtype=np.float64).reshape(-1, 2)
+        lo, hi = ratio_ci(arr[:, 0], arr[:, 1])
+        return lo, hi, len(per)
 
     def result(self, class_names: Sequence[str]) -> NextBaseMetrics:
         """Metrics overall and for every class with at least one scored base (NaN when nothing was scored)."""
@@ -93,19 +150,37 @@ class NextBaseAccumulator:
         per_class = {}
         for c in np.flatnonzero(self.n):
             name = class_names[c] if c < len(class_names) else str(int(c))
-            per_class[name] = _metrics(float(self.bits[c]), int(self.correct[c]), int(self.n[c]))
-        overall = _metrics(float(self.bits.sum()), int(self.correct.sum()), total)
-        return NextBaseMetrics(overall.bits_per_base, overall.accuracy, overall.perplexity, total, per_class)
+            per_class[name] = _metrics(float(self.bits[c]), int(self.correct[c]), int(self.n[c]), *self._ci(int(c)))
+        overall = _metrics(float(self.bits.sum()), int(self.correct.sum()), total, *self._ci(None))
+        return NextBaseMetrics(overall.bits_per_base, overall.accuracy, overall.perplexity, total, per_class,
+                               overall.ci_low, overall.ci_high, overall.n_windows)
 
 
-def _metrics(bits: float, correct: int, n: int) -> ClassMetrics:
+def _metrics(bits: float, correct: int, n: int, ci_low: float = math.nan, ci_high: float = math.nan,
+             n_windows: int = 0) -> ClassMetrics:
     if n == 0:
         return ClassMetrics(math.nan, math.nan, math.nan, 0)
     bpb = bits / n
-    return ClassMetrics(bpb, correct / n, 2.0**bpb, n)
+    return ClassMetrics(bpb, correct / n, 2.0**bpb, n, ci_low, ci_high, n_windows)
 
 
 # ----------------------------------------------------------------------------- classification
+
+
+def auroc_ci(area: float, n_pos: int, n_neg: int, z: float = Z95) -> tuple[float, float]:
+    """A 95% confidence interval of an AUROC ``area`` from ``n_pos`` positives and ``n_neg`` negatives, with the
+    standard error of Hanley & McNeil (1982): ``Q1 = A / (2 - A)``, ``Q2 = 2 A^2 / (1 + A)``,
+    ``SE^2 = (A (1 - A) + (n_pos - 1)(Q1 - A^2) + (n_neg - 1)(Q2 - A^2)) / (n_pos n_neg)``, with ``A`` kept
+    ``1 / (2 n_pos n_neg)`` away from 0 and 1 (where the formula's variance vanishes); clipped to [0, 1]."""
+    if not math.isfinite(area) or n_pos < 1 or n_neg < 1:
+        return math.nan, math.nan
+    # the formula's variance vanishes at 0 and 1; there it uses the nearest AUROC one pair away from perfect
+    edge = 1.0 / (2 * n_pos * n_neg)
+    a = min(max(area, edge), 1.0 - edge)
+    q1, q2 = a / (2 - a), 2 * a**2 / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a**2) + (n_neg - 1) * (q2 - a**2)) / (n_pos * n_neg)
+    se = math.sqrt(max(var, 0.0))
+    return max(0.0, area - z * se), min(1.0, area + z * se)
 
 
 def auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +36,10 @@ DPI = 110
 DNA = "ACGT"
 CHAR_TOKENIZER_ACGT = (7, 8, 9, 10)
 _MAX_CATEGORIES = 20
+LOGO_ROW = 50  # positions per row of a sequence logo
+LOGO_MAX = 500  # positions drawn at most (ten rows)
+UMAP_MISSING = ("plot: kind=umap needs umap-learn, an optional extra that is not installed: pip install "
+                "'dnalm[umap]' (or pip install umap-learn); kind=tsne needs nothing more")
 
 
 # ----------------------------------------------------------------------------- results
@@ -53,6 +57,8 @@ class LogoMatrix:
     matrix: pd.DataFrame
     kind: str
     n_sequences: int
+    n_drawn: int = 0  # positions drawn (the first ones)
+    n_rows: int = 1  # rows the drawn positions wrap into
 
 
 @dataclass(frozen=True)
@@ -126,10 +132,13 @@ class Projection:
 
 @dataclass(frozen=True)
 class Curves:
-    """``series`` name -> (x (n,), y (n,)) with missing values removed."""
+    """``series`` name -> (x (n,), y (n,)) with missing values removed; ``panels``: panel title -> the series
+    drawn in it; ``left_out``: series read but not drawn (beyond a panel's limit)."""
 
     series: dict[str, tuple[np.ndarray, np.ndarray]]
     x: str
+    panels: dict[str, list[str]] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -233,12 +242,15 @@ def _fmt_p(p: float) -> str:
 
 def sequence_logo(sequences: Sequence[str], out: str | Path, kind: Literal["information", "probability"] =
                   "information", pseudocount: float = 0.0, title: str | None = None,
-                  first_position: int = 1) -> LogoMatrix:
+                  first_position: int = 1, row_length: int = LOGO_ROW, max_positions: int = LOGO_MAX) -> LogoMatrix:
     """Sequence logo of ``N`` equal-length sequences (Schneider & Stephens 1990).
 
     Letters other than A/C/G/T (N, IUPAC codes, gaps) are not counted; lower case counts as upper case.
     ``kind="probability"`` draws p_lb = (c_lb + pseudocount) / sum_b (c_lb + pseudocount); ``"information"``
-    draws p_lb * (2 - H_l) bits. A position with no A/C/G/T at all is drawn empty.
+    draws p_lb * (2 - H_l) bits. A position with no A/C/G/T at all is drawn empty. Letters stay legible at
+    any length: a logo longer than ``row_length`` positions wraps into rows of that many, and at most
+    ``max_positions`` are drawn (the first ones; the title says so; choose others with ``start``/``end`` of
+    ``dnalm plot``). The returned counts cover every position.
     """
     import logomaker
 
@@ -263,20 +275,27 @@ def sequence_logo(sequences: Sequence[str], out: str | Path, kind: Literal["info
     if seen.any():
         matrix.loc[seen] = logomaker.transform_matrix(counts.loc[seen], from_type="counts", to_type=kind,
                                                       pseudocount=pseudocount).to_numpy()
-    fig = _figure(min(max(0.3 * length + 1.5, 6.0), 24.0), 2.8)
-    ax = fig.add_subplot()
-    shown = matrix.copy()
-    shown.index = shown.index + first_position
-    logomaker.Logo(shown, ax=ax, color_scheme="classic")
-    ax.set_xlabel("position")
-    ax.set_ylabel("bits" if kind == "information" else "probability")
-    if kind == "information":
-        ax.set_ylim(0, 2)
-    else:
-        ax.set_ylim(0, 1)
-    ax.set_title(title or f"sequence logo ({len(seqs)} sequences)")
+    n_shown = min(length, max_positions)
+    n_rows = -(-n_shown // row_length)
+    per_row = min(n_shown, row_length)
+    fig = _figure(min(max(0.3 * per_row + 1.5, 6.0), 24.0), 0.6 + 2.2 * n_rows)
+    for r in range(n_rows):
+        ax = fig.add_subplot(n_rows, 1, r + 1)
+        piece = matrix.iloc[r * row_length: min((r + 1) * row_length, n_shown)].copy()
+        piece.index = piece.index + first_position
+        logomaker.Logo(piece, ax=ax, color_scheme="classic")
+        ax.set_xlim(piece.index[0] - 0.5, piece.index[0] + per_row - 0.5)  # rows share one scale
+        ax.set_ylabel("bits" if kind == "information" else "probability")
+        ax.set_ylim(0, 2 if kind == "information" else 1)
+        if r == n_rows - 1:
+            ax.set_xlabel("position")
+    heading = title or f"sequence logo ({len(seqs)} sequences)"
+    if n_shown < length:
+        heading += f"; positions {first_position}-{first_position + n_shown - 1} of {length} drawn"
+    fig.suptitle(heading)
     _save(fig, out)
-    return LogoMatrix(counts=counts, matrix=matrix, kind=kind, n_sequences=len(seqs))
+    return LogoMatrix(counts=counts, matrix=matrix, kind=kind, n_sequences=len(seqs), n_drawn=n_shown,
+                      n_rows=n_rows)
 
 
 def gc_fraction(sequence: str) -> float:
@@ -675,14 +694,14 @@ def embedding_umap(embeddings: Any, labels: Any, out: str | Path, n_neighbors: i
                    label_name: str = "label") -> Projection:
     """UMAP (McInnes, Healy & Melville, arXiv:1802.03426) of embeddings (N, D), coloured by labels (N,).
 
-    umap-learn is optional: without it nothing is written and the result has ``coords=None`` and a ``note``.
+    umap-learn is an optional extra: without it this raises a one-line :class:`ConfigError` naming the install
+    command (``pip install 'dnalm[umap]'``) and writes nothing.
     """
     x, lab = _embedding_input(embeddings, labels)
     try:
         import umap
     except ImportError:
-        return Projection(coords=None, labels=lab, method="UMAP",
-                          note="UMAP skipped: umap-learn is not installed (pip install 'dnalm[umap]')")
+        raise ConfigError(UMAP_MISSING) from None
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, x.shape[0] - 1), min_dist=min_dist,
                         random_state=seed)
     coords = np.asarray(reducer.fit_transform(x))
@@ -695,15 +714,39 @@ def embedding_umap(embeddings: Any, labels: Any, out: str | Path, n_neighbors: i
 
 _SKIP_SERIES = {"step", "epoch", "global_step", "time", "wall_time"}
 
+#: Panels of :func:`learning_curves`: (title, test on a lower-cased series name), the first that matches.
+#: Quantities on different scales (nats, bits, a 0-1 score, tokens per second, a learning rate) never share
+#: an axis.
+CURVE_PANELS: tuple[tuple[str, Any], ...] = (
+    ("loss (nats)", lambda n: "loss" in n),
+    ("bits per base", lambda n: "bits_per_base" in n or n.endswith("bpb")),
+    ("perplexity", lambda n: "ppl" in n or "perplexity" in n),
+    ("accuracy and scores (0-1)", lambda n: any(k in n for k in ("acc", "mcc", "f1", "auroc", "r2", "pearson",
+                                                                 "spearman"))),
+    ("learning rate", lambda n: n.endswith("lr") or "learning_rate" in n),
+    ("throughput (per second)", lambda n: "per_s" in n or "/s" in n or "throughput" in n),
+)
+#: Series drawn in one panel at most; further ones are left out with a note (name them with series=[...]).
+MAX_SERIES_PER_PANEL = 8
+
+
+def _panel_of(name: str) -> str:
+    low = name.lower()
+    return next((title for title, test in CURVE_PANELS if test(low)), "other")
+
 
 def learning_curves(metrics: str | Path | pd.DataFrame, out: str | Path, x: str = "step",
                     series: Sequence[str] | None = None, log_y: bool = False,
                     title: str = "learning curves") -> Curves:
-    """Step (or another column ``x``) against several logged series from a metrics CSV or DataFrame.
+    """Step (or another column ``x``) against the logged series of a metrics CSV or DataFrame.
 
     Rows where a series is empty (e.g. validation metrics logged less often, as Lightning's CSVLogger
-    writes them) are dropped per series. Series whose name contains ``loss`` share the left panel, the
-    others the right one. By default every numeric column other than step/epoch/time is drawn.
+    writes them) are dropped per series. Each kind of quantity gets its own panel (:data:`CURVE_PANELS`:
+    loss, bits/base, perplexity, 0-1 scores, learning rate on a log axis, throughput, other), so that tokens
+    per second never share an axis with an accuracy. By default every numeric column other than
+    step/epoch/time is drawn except per-class breakdowns (names with two ``/``, e.g.
+    ``val/bits_per_base/CDS``), which ``series=[...]`` draws when named; a panel shows at most
+    :data:`MAX_SERIES_PER_PANEL` series (the others are listed in ``Curves.left_out``).
     """
     where = str(metrics) if not isinstance(metrics, pd.DataFrame) else "metrics"
     if isinstance(metrics, pd.DataFrame):
@@ -719,7 +762,7 @@ def learning_curves(metrics: str | Path | pd.DataFrame, out: str | Path, x: str 
     if x not in df.columns:
         raise InputError(f"{where}: no column '{x}' (columns: {', '.join(map(str, df.columns))})")
     if series is None:
-        names = [c for c in df.columns if c != x and str(c) not in _SKIP_SERIES
+        names = [c for c in df.columns if c != x and str(c) not in _SKIP_SERIES and str(c).count("/") < 2
                  and pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()]
     else:
         missing = [c for c in series if c not in df.columns]
@@ -735,34 +778,47 @@ def learning_curves(metrics: str | Path | pd.DataFrame, out: str | Path, x: str 
         ys = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
         keep = np.isfinite(xs) & np.isfinite(ys)
         curves[str(name)] = (xs[keep], ys[keep])
-    losses = [n for n in curves if "loss" in n.lower()]
-    others = [n for n in curves if n not in losses]
-    panels = [p for p in (losses, others) if p]
-    fig = _figure(6.0 * len(panels), 4.0)
-    for i, names_in_panel in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+    order = [t for t, _ in CURVE_PANELS] + ["other"]
+    panels: dict[str, list[str]] = {}
+    for name in curves:
+        panels.setdefault(_panel_of(name), []).append(name)
+    panels = {t: panels[t] for t in order if t in panels}
+    left_out = [n for names_in in panels.values() for n in names_in[MAX_SERIES_PER_PANEL:]]
+    panels = {t: v[:MAX_SERIES_PER_PANEL] for t, v in panels.items()}
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = _figure(5.2 * cols, 3.6 * rows + (0.3 if left_out else 0.0))
+    for i, (panel, names_in_panel) in enumerate(panels.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
         for name in names_in_panel:
             xs, ys = curves[name]
             style = "-" if len(xs) > 1 else "o"
             ax.plot(xs, ys, style, linewidth=1.2, markersize=4, label=name)
-        if log_y:
+        if log_y or (panel == "learning rate" and all((curves[n][1] > 0).all() for n in names_in_panel)):
             ax.set_yscale("log")
         ax.set_xlabel(x)
-        ax.set_ylabel("loss" if names_in_panel is losses else "metric")
-        ax.legend(frameon=False, fontsize=8)
+        ax.set_title(panel, fontsize=10)
+        ax.legend(frameon=False, fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    fig.suptitle(title + (f" ({len(left_out)} more series not drawn: name them with series=[...])" if left_out
+                          else ""))
     _save(fig, out)
-    return Curves(series=curves, x=x)
+    return Curves(series=curves, x=x, panels=panels, left_out=left_out)
 
 
 def region_bars(values: Mapping[str, Mapping[str, float]] | pd.DataFrame, out: str | Path,
                 regions: Sequence[str] | None = None, ylabel: str = "bits per base",
-                title: str = "bits per base by region class") -> Bars:
+                title: str = "bits per base by region class",
+                intervals: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+                counts: Mapping[str, int] | None = None, reference: float | None = None,
+                reference_label: str = "") -> Bars:
     """Grouped bars of a per-region quantity (e.g. bits/base) for several models.
 
     ``values``: model -> region -> value, or a DataFrame with one row per model and one column per region.
-    Regions appear in ``regions`` order or in order of first appearance. Returns ``values`` (M, R).
+    Regions appear in ``regions`` order or in order of first appearance. ``intervals`` (model -> region ->
+    (low, high)) draws error bars; ``counts`` (region -> number) goes under each region's name (how many
+    bases a bar stands on); ``reference`` draws a dashed line (e.g. 2 bits, a uniform guess) named
+    ``reference_label``. Returns ``values`` (M, R).
     """
     df = values.copy() if isinstance(values, pd.DataFrame) else pd.DataFrame.from_dict(
         {m: dict(v) for m, v in values.items()}, orient="index")
@@ -781,11 +837,19 @@ def region_bars(values: Mapping[str, Mapping[str, float]] | pd.DataFrame, out: s
     width = 0.8 / m
     pos = np.arange(r)
     for i, model in enumerate(models):
-        bars = ax.bar(pos + (i - (m - 1) / 2) * width, np.nan_to_num(mat[i], nan=0.0), width, label=model)
+        yerr = None
+        if intervals is not None and model in intervals:
+            lo_hi = np.array([intervals[model].get(reg, (np.nan, np.nan)) for reg in regs], dtype=np.float64)
+            yerr = np.nan_to_num(np.abs(lo_hi - mat[i][:, None]).T, nan=0.0)  # (2, R)
+        bars = ax.bar(pos + (i - (m - 1) / 2) * width, np.nan_to_num(mat[i], nan=0.0), width, label=model,
+                      yerr=yerr, capsize=2 if yerr is not None else 0, error_kw={"elinewidth": 0.8})
         if m * r <= 40:
             ax.bar_label(bars, labels=["" if not np.isfinite(v) else f"{v:.3g}" for v in mat[i]], fontsize=7,
                          padding=1)
-    ax.set_xticks(pos, regs, rotation=30 if r > 6 else 0, ha="right" if r > 6 else "center")
+    names = [f"{reg}\n{counts[reg]:,} bases" if counts and reg in counts else reg for reg in regs]
+    ax.set_xticks(pos, names, rotation=30 if r > 6 else 0, ha="right" if r > 6 else "center", fontsize=8)
+    if reference is not None:
+        ax.axhline(reference, color="0.4", linestyle="--", linewidth=0.8, label=reference_label or None)
     finite = mat[np.isfinite(mat)]
     if finite.size and finite.min() > 0 and np.ptp(finite) < 0.25 * finite.min():
         # close values (bits/base of 1.9 vs 2.0): start the axis near them so that differences show

@@ -1,7 +1,8 @@
 """One self-contained HTML report of a results directory.
 
 :func:`write_report` gathers, from anywhere under the directory:
-  * leaderboards: ``leaderboard.csv`` (or ``leaderboard.md`` where no CSV sits beside it);
+  * leaderboards: ``leaderboard.md`` (the benchmark's explained table), or ``leaderboard.csv`` where no
+    Markdown sits beside it (a CSV of more than 10 columns is shown with one row per column);
   * cards: ``dataset_card.md``, ``split_report.md``, ``model_card.md`` (Markdown rendered with
     markdown-it-py in CommonMark mode plus tables, with raw HTML escaped and relative images embedded);
   * metrics: ``metrics.json`` and ``*_metrics.json`` (nested objects become tables);
@@ -31,6 +32,7 @@ from dnalm.utils import atomic_file
 CARD_NAMES = ("dataset_card.md", "split_report.md", "model_card.md")
 MAX_IMAGE_BYTES = 25 * 1024 * 1024
 MAX_TABLE_ROWS = 500
+MAX_TABLE_COLUMNS = 10
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                 ".svg": "image/svg+xml", ".webp": "image/webp"}
@@ -182,6 +184,8 @@ def _json_html(obj: Any, depth: int = 0) -> str:
 
 
 def _csv_table(path: Path) -> str:
+    """A CSV as a table; one wider than :data:`MAX_TABLE_COLUMNS` with few rows is turned on its side (one row per
+    column, the first column's values as the header), so that the page never scrolls sideways."""
     import pandas as pd
 
     try:
@@ -190,7 +194,11 @@ def _csv_table(path: Path) -> str:
         raise InputError(f"{path}: not a readable CSV ({' '.join(str(exc).split())})") from None
     rows = [[None if (isinstance(v, float) and math.isnan(v)) else v for v in r]
             for r in df.astype(object).itertuples(index=False, name=None)]
-    return _table([str(c) for c in df.columns], rows)
+    header = [str(c) for c in df.columns]
+    if len(header) > MAX_TABLE_COLUMNS and len(rows) < len(header):
+        return _table([header[0]] + [str(r[0]) for r in rows], [[h] + [r[i] for r in rows]
+                                                                for i, h in enumerate(header) if i > 0])
+    return _table(header, rows)
 
 
 # ----------------------------------------------------------------------------- markdown and images
@@ -242,6 +250,22 @@ def _markdown_block(path: Path, root: Path) -> str:
     return f'<div class="md">{render_markdown(_read_text(path), path.parent, root, heading_offset=2)}</div>'
 
 
+def _leaderboard_block(path: Path, root: Path) -> str:
+    """A Markdown leaderboard without its title (the section has one); its ``##`` sections (the full table of a
+    benchmark) folded into ``<details>`` under the headline part."""
+    text = _read_text(path)
+    lines = text.splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    parts = "\n".join(lines).split("\n## ")
+    html = [f'<div class="md">{render_markdown(parts[0], path.parent, root, heading_offset=2)}</div>']
+    for part in parts[1:]:
+        title, _, body = part.partition("\n")
+        html.append(f"<details><summary>{escape(title.strip())}</summary><div class=\"md\">"
+                    f"{render_markdown(body, path.parent, root, heading_offset=2)}</div></details>")
+    return "".join(html)
+
+
 def _png_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG's IHDR chunk, or None when ``data`` is not a PNG."""
     if len(data) < 24 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
@@ -288,8 +312,8 @@ def write_report(results_dir: str | Path, out_html: str | Path | None = None,
     def rel(p: Path) -> str:
         return str(p.relative_to(root))
 
-    boards = _find(root, "leaderboard.csv") + [p for p in _find(root, "leaderboard.md")
-                                                if not p.with_suffix(".csv").is_file()]
+    boards = _find(root, "leaderboard.md") + [p for p in _find(root, "leaderboard.csv")
+                                               if not p.with_suffix(".md").is_file()]
     if boards:
         sec = _Section(_anchor("leaderboard", used), "Leaderboard")
         for path in sorted(boards, key=lambda p: rel(p)):
@@ -297,7 +321,7 @@ def write_report(results_dir: str | Path, out_html: str | Path | None = None,
             if path.suffix == ".csv":
                 sec.body.append(_csv_table(path))
             else:
-                sec.body.append(_markdown_block(path, root))
+                sec.body.append(_leaderboard_block(path, root))
         sections.append(sec)
 
     for name in CARD_NAMES:

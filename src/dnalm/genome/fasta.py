@@ -12,8 +12,9 @@ Public API
     ``{record name: number of bases}`` in file order, streaming and validating like
     ``iter_records`` without keeping any sequence.
 ``FastaIndex(path)``
-    Random access: ``.lengths`` (dict), ``.names``, ``.fetch(name, start, end) -> str``
-    (0-based half-open, case preserved), ``.close()``; also a context manager.
+    Random access: ``.lengths`` (dict), ``.names``, ``.descriptions`` (header text after each name; empty
+    with ``validate=False`` on a plain file), ``.fetch(name, start, end) -> str`` (0-based half-open, case
+    preserved), ``.close()``; also a context manager.
 
 Validation (all raise :class:`dnalm.errors.InputError` with the file and line):
 an empty file; text before the first ``>``; a header without a name; a record with no
@@ -305,6 +306,7 @@ class FastaIndex:
         self._fasta = None
         self._tmp_parent = tmp_dir
         self.lengths: dict[str, int] = {}
+        self.descriptions: dict[str, str] = {}  # header text after the name (filled when the file is streamed)
         try:
             if compression(self.path) == "plain":
                 self._fasta = self._open_direct(validate)
@@ -330,6 +332,7 @@ class FastaIndex:
             with open(self.path, "rb") as fh:
                 for rec in iter_records(self.path):
                     streamed[rec.name] = len(rec.seq)
+                    self.descriptions[rec.name] = rec.description
                     agrees = agrees and rec.name in index and _layout_agrees(fh, index[rec.name], rec.seq)
             if not agrees or streamed != lengths:
                 fa.close()
@@ -356,6 +359,7 @@ class FastaIndex:
         lengths = {}
         with open(out, "wb") as f:
             for rec in iter_records(self.path):
+                self.descriptions[rec.name] = rec.description
                 f.write(b">" + rec.name.encode() + b"\n")
                 f.write(rec.seq)
                 f.write(b"\n")

@@ -4,7 +4,7 @@ Example::
 
     import dnalm
     m = dnalm.load("runs/hyena/model")              # any checkpoint load_pretrained reads
-    m.score(["ACGTACGT", "GGGCCC"], reduce="mean")   # (2,) mean log-likelihood per base
+    m.score(["ACGTACGT", "GGGCCC"])                  # (2,) mean log-likelihood per base (reduce="sum": total)
     m.log_probs("ACGTACGT")                          # (7,) log p(x_i | x_<i), i = 1..7
     m.generate(["ACGT"], max_new_tokens=50, temperature=0.8, seed=1)
     m.embed(["ACGT" * 100], layer="final", pool="mean")   # (1, d_model)
@@ -31,10 +31,11 @@ from dnalm.inference.generate import GenerationOptions, check_acgt_tokenizer, ge
 from dnalm.inference.scoring import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_TOKENS,
+    ambiguous_targets,
     encode_sequence,
     logit_columns,
+    reduce_log_probs,
     score_rows,
-    score_sequences,
 )
 from dnalm.models.blocks import CausalLM
 
@@ -130,11 +131,16 @@ class DnaLM:
         return [encode_sequence(self.tokenizer, s.upper(), prepend_bos, where=f"sequence {i}")
                 for i, s in enumerate(seqs)]
 
-    def score(self, seqs: str | Sequence[str], reduce: str = "sum", prepend_bos: bool = False) -> np.ndarray | float:
-        """Log-likelihood of each sequence, summed or averaged over its scored tokens: (N,) float64
-        (a float for a single string)."""
+    def score(self, seqs: str | Sequence[str], reduce: str = "mean", prepend_bos: bool = False,
+              skip_n: bool = True) -> np.ndarray | float:
+        """Log-likelihood of each sequence, averaged (``reduce='mean'``) or summed over its scored tokens, N and
+        IUPAC ambiguity codes left out unless ``skip_n=False`` (as ``dnalm predict``): (N,) float64 (a float
+        for a single string)."""
         single = isinstance(seqs, str)
-        out = score_sequences(self.model, self._rows([seqs] if single else seqs, prepend_bos), reduce, **self._kw())
+        rows = self._rows([seqs] if single else seqs, prepend_bos)
+        scores = score_rows(self.model, rows, **self._kw())
+        out = np.array([reduce_log_probs(r.log_probs, reduce, ~ambiguous_targets(row, self.tokenizer) if skip_n
+                                         else None) for r, row in zip(scores, rows, strict=True)], dtype=np.float64)
         return float(out[0]) if single else out
 
     def log_probs(self, seq: str, prepend_bos: bool = False) -> np.ndarray:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,21 @@ class NpyStream:
         del mm
 
 
+def per_base_file_names(ids: Sequence[str]) -> list[str]:
+    """One ``<id>.npy`` file name per sequence: characters other than letters, digits, ``.``, ``-`` and ``_``
+    become ``_``; a name already taken (ignoring case, for case-insensitive file systems) gets ``-2``, ``-3``..."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for i, name in enumerate(ids):
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", str(name)).lstrip(".") or f"row{i}"
+        candidate, k = base, 2
+        while candidate.lower() in taken:
+            candidate, k = f"{base}-{k}", k + 1
+        taken.add(candidate.lower())
+        names.append(f"{candidate}.npy")
+    return names
+
+
 def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequence[str], out: str | os.PathLike,
                        layer: int | str = -1, pool: str = "mean", skip: int = 0, dtype: str = "float32",
                        batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -171,7 +187,8 @@ def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequenc
 
     Layout: ``sequences.parquet`` (row, id, length in bases [, file]) and ``embed.json`` (layer,
     pool, dtype, precision, width and ``metadata``); pooled: ``embeddings.npy`` (N, D); per base
-    (``pool='none'``): ``<row>.npy`` (length, D) per sequence, streamed to disk.
+    (``pool="none"``): ``<id>.npy`` (length, D) per sequence (named by :func:`per_base_file_names`),
+    streamed to disk.
     """
     from dnalm.inference.io import write_parquet
 
@@ -192,7 +209,7 @@ def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequenc
     with atomic_dir(out) as tmp:
         table: dict[str, Any] = {"row": np.arange(len(rows)), "id": list(ids), "length": np.array(lengths)}
         if pool == "none":
-            names = [f"{i:06d}.npy" for i in range(len(rows))]
+            names = per_base_file_names(ids)
             streams = [NpyStream(tmp / name, (n, D), DTYPES[dtype]) for name, n in zip(names, lengths, strict=True)]
             embed_per_base(model, rows, index, lambda i, s, block: streams[i].write(s, block), skip=skip,
                            batch_size=batch_size, max_tokens=max_tokens, chunk_size=chunk_size, progress=progress,

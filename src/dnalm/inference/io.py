@@ -2,7 +2,8 @@
 
 ``read_sequences(path)`` reads a FASTA (plain, gzip or bgzip) or a CSV/TSV table with a
 ``sequence`` column (optionally gzip-compressed) into :class:`NamedSequence` items whose
-``where`` names the file and record/line for error messages. Every writer goes through
+``where`` names the file and record/line for error messages; :func:`read_inputs` also reads BED
+intervals of a reference FASTA and takes a strand. Every writer goes through
 :func:`dnalm.utils.atomic_file`, so a failed command leaves no partial output.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dnalm.errors import InputError
+from dnalm.errors import ConfigError, InputError
 from dnalm.utils import atomic_file, open_text
 
 #: Column names accepted for the sequence and the identifier in a CSV/TSV input.
@@ -101,10 +102,114 @@ def read_sequences(path: str | os.PathLike, uppercase: bool = True) -> list[Name
     ``uppercase`` folds soft-masked (lowercase) bases to upper case, as the models saw them in
     training. Malformed input raises :class:`InputError` naming the file and record or line.
     """
+    return read_inputs(path, uppercase, strand="forward").sequences
+
+
+STRANDS = ("auto", "forward", "reverse")
+BED_SUFFIXES = (".bed", ".narrowpeak", ".broadpeak")
+
+
+@dataclass
+class Inputs:
+    """What :func:`read_inputs` read: the ``sequences``, the chromosome names it renamed (``{given: record}``)
+    and whether they came from BED intervals."""
+
+    sequences: list[NamedSequence]
+    renamed: dict[str, str]
+    bed: bool = False
+
+
+def _bed_fields(line: str) -> list[str] | None:
+    """The tab-separated fields of a BED data line, or None for a header/comment line."""
+    if not line.strip() or line.startswith(("#", "track", "browser")):
+        return None
+    return line.split("\t")
+
+
+def is_bed(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds BED intervals: a ``.bed`` (``.bed.gz``, narrowPeak) name, or a first data line of
+    at least three tab-separated fields whose second and third are integers."""
     path = Path(path)
+    if any(s.lower() in BED_SUFFIXES for s in path.suffixes):
+        return True
+    for _, line in data_lines(path):
+        fields = _bed_fields(line)
+        if fields is None:
+            continue
+        return len(fields) >= 3 and fields[1].strip().isdigit() and fields[2].strip().isdigit()
+    return False
+
+
+def _read_bed(path: Path, reference: str | os.PathLike, uppercase: bool, strand: str,
+              chrom_aliases: str | os.PathLike | None) -> Inputs:
+    """Sequences of BED intervals (0-based start, end exclusive) of ``reference``; see :func:`read_inputs`."""
+    from dnalm.genome.aliases import ChromAliases
+    from dnalm.genome.fasta import FastaIndex
+    from dnalm.tokenizers import reverse_complement
+
+    out = []
+    with FastaIndex(reference) as genome:
+        aliases = ChromAliases.of(genome, chrom_aliases)
+        for number, line in data_lines(path):
+            fields = _bed_fields(line)
+            if fields is None:
+                continue
+            where = f"{path}: line {number}"
+            if len(fields) < 3:
+                raise InputError(f"{where}: {len(fields)} tab-separated fields, a BED line needs chrom, start, end")
+            chrom, start_text, end_text = (f.strip() for f in fields[:3])
+            try:
+                start, end = int(start_text), int(end_text)
+            except ValueError:
+                raise InputError(f"{where}: start {start_text!r} and end {end_text!r} must be integers") from None
+            record = aliases.resolve(chrom)
+            if record is None:
+                raise InputError(f"{where}: chromosome '{chrom}' is not in {reference} (records: "
+                                 f"{', '.join(genome.names[:6])}{', ...' if len(genome.names) > 6 else ''}; "
+                                 "map other names with chrom_aliases=FILE)")
+            length = genome.lengths[record]
+            if not 0 <= start < end <= length:
+                raise InputError(f"{where}: interval {chrom}:{start}-{end} (BED: 0-based start, end exclusive) is "
+                                 f"empty or outside '{record}' (length {length:,})")
+            name = fields[3].strip() if len(fields) > 3 and fields[3].strip() not in ("", ".") else ""
+            minus = strand == "reverse" or (strand == "auto" and len(fields) > 5 and fields[5].strip() == "-")
+            seq = genome.fetch(record, start, end)
+            seq = reverse_complement(seq) if minus else seq
+            ident = name or f"{chrom}:{start + 1}-{end}" + ("(-)" if minus else "")
+            out.append(NamedSequence(ident, seq.upper() if uppercase else seq, where))
+        renamed = aliases.used()
+    if not out:
+        raise InputError(f"{path}: no intervals")
+    return Inputs(out, renamed, bed=True)
+
+
+def read_inputs(path: str | os.PathLike, uppercase: bool = True, reference: str | os.PathLike | None = None,
+                strand: str = "auto", chrom_aliases: str | os.PathLike | None = None) -> Inputs:
+    """The sequences of a FASTA, a CSV/TSV table, or BED intervals of the FASTA ``reference``.
+
+    BED: ``chrom start end [name [score [strand]]]`` with a 0-based start and an exclusive end (UCSC's
+    convention); a sequence is named by its name column, else ``chrom:start+1-end`` (1-based, inclusive),
+    with ``(-)`` when reverse-complemented. Chromosome names may be aliases (``chrI`` for ``BK006935.2``;
+    :class:`dnalm.genome.aliases.ChromAliases`, ``chrom_aliases`` a two-column file). ``strand``:
+    ``forward`` (as written; BED: the reference's + strand), ``reverse`` (the reverse complement of that),
+    ``auto`` (as written, BED rows with strand ``-`` reverse-complemented).
+    """
+    from dnalm.tokenizers import reverse_complement
+
+    if strand not in STRANDS:
+        raise ConfigError(f"strand={strand!r} must be one of {', '.join(STRANDS)}")
+    path = Path(path)
+    if reference is not None and is_bed(path):
+        return _read_bed(path, reference, uppercase, strand, chrom_aliases)
     if is_fasta(path):
-        return _read_fasta(path, uppercase)
-    return _read_table(path, uppercase)
+        seqs = _read_fasta(path, uppercase)
+    elif is_bed(path):
+        raise InputError(f"{path}: BED intervals need their genome: set reference=FASTA")
+    else:
+        seqs = _read_table(path, uppercase)
+    if strand == "reverse":
+        seqs = [NamedSequence(s.id, reverse_complement(s.seq), s.where) for s in seqs]
+    return Inputs(seqs, {})
 
 
 def write_parquet(path: str | os.PathLike, columns: Mapping[str, Sequence[Any] | np.ndarray],

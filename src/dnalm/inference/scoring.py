@@ -25,7 +25,8 @@ API
     (n-1,) and optionally logits (n-1, C) of every row (a list of (n,) id arrays).
 ``token_log_probs(model, rows, ...) -> list[(n-1,) float32]``
 ``score_sequences(model, rows, reduce='sum', ...) -> (N,) float64``
-``reduce_log_probs(log_probs, reduce) -> float``; ``logit_columns(model, 'acgt' | 'all') -> ids``
+``reduce_log_probs(log_probs, reduce, keep=None) -> float``; ``logit_columns(model, 'acgt' | 'all') -> ids``
+``ambiguous_targets(row, tokenizer) -> (n-1,) bool``: the scored tokens that are N (or [UNK])
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 from dnalm.errors import ConfigError, InputError
 from dnalm.inference.chunked import iter_chunks
 from dnalm.models.blocks import CausalLM
-from dnalm.tokenizers import A_ID, C_ID, G_ID, PAD_ID, T_ID
+from dnalm.tokenizers import A_ID, C_ID, G_ID, N_ID, PAD_ID, T_ID, UNK_ID
 from dnalm.utils import track
 
 REDUCTIONS = ("sum", "mean")
@@ -92,10 +93,24 @@ def logit_columns(model: CausalLM, tokens: str, tokenizer: object | None = None)
     raise ConfigError(f"tokens={tokens!r} must be one of {', '.join(LOGIT_TOKENS)}")
 
 
-def reduce_log_probs(log_probs: np.ndarray, reduce: str) -> float:
-    """Sum, or mean over the scored tokens (NaN when none is scored), in float64."""
+def ambiguous_targets(row: np.ndarray, tokenizer: object) -> np.ndarray:
+    """(n-1,) bool: which scored tokens of ``row`` (its tokens 1..n-1) are N or ``[UNK]`` with a character-level
+    tokenizer (IUPAC ambiguity codes are read as N). Training gives them no weight (``data.n_weight=0``), and a
+    model's log-probability of an N (about -6.5 nats) says nothing about the sequence, so the scores of
+    ``dnalm predict`` leave them out by default. All False for other tokenizers."""
+    targets = np.asarray(row[1:])
+    if getattr(tokenizer, "type", "char") != "char":
+        return np.zeros(targets.shape, dtype=bool)
+    return (targets == N_ID) | (targets == UNK_ID)
+
+
+def reduce_log_probs(log_probs: np.ndarray, reduce: str, keep: np.ndarray | None = None) -> float:
+    """Sum, or mean over the scored tokens (NaN when none is scored), in float64; ``keep`` (bool, same shape)
+    selects the tokens that count."""
     if reduce not in REDUCTIONS:
         raise ConfigError(f"reduce={reduce!r} must be one of {', '.join(REDUCTIONS)}")
+    if keep is not None:
+        log_probs = log_probs[keep]
     total = float(np.sum(log_probs, dtype=np.float64))
     if reduce == "sum":
         return total

@@ -20,10 +20,15 @@ less likely.
 Inputs: VCF (plain or gzip; multi-allelic records give one row per ALT allele; symbolic
 alleles such as ``<DEL>``, breakends, ``*`` and ``.`` are skipped and counted) or a TSV with
 a header naming the columns ``chrom``, ``pos`` (1-based), ``ref``, ``alt`` and optionally ``id``.
-Malformed lines raise :class:`InputError` naming the file and line. Every REF allele is checked
-against the FASTA first; all mismatches are reported in one error (their count and the first few).
+Malformed lines raise :class:`InputError` naming the file and line. Every variant is checked against
+the FASTA first (:func:`match_reference`): its chromosome, possibly under another name (``chrI`` for
+``BK006935.2``, :mod:`dnalm.genome.aliases`), its end and its REF allele; ``dnalm score-variants`` skips
+and counts those that do not match (``mismatch=skip``) or stops on them (``mismatch=error``).
+Positions: ``pos`` is 1-based (VCF); so is the ``window_start`` written to the TSV (the window covers
+``window_start .. window_start + window_length - 1``); :class:`VariantScore` keeps the 0-based ``start``.
 
-API: ``read_variants(path) -> VariantTable``; ``check_reference(variants, genome, source)``;
+API: ``read_variants(path) -> VariantTable``; ``match_reference(variants, genome, aliases) -> ReferenceMatch``;
+``check_reference(variants, genome, source)`` (raises on any mismatch);
 ``variant_windows(variant, genome, window) -> (start, ref_window, alt_window)``;
 ``score_variants(model, tokenizer, variants, genome, ...) -> list[VariantScore]``;
 ``write_variant_scores(path, scores)``.
@@ -35,7 +40,7 @@ import csv
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +59,8 @@ SHOWN_MISMATCHES = 5
 
 @dataclass(frozen=True)
 class Variant:
-    """One alternative allele: ``chrom``, 1-based ``pos``, ``ref``, ``alt``, ``id`` and its input ``line``."""
+    """One alternative allele: ``chrom``, 1-based ``pos``, ``ref``, ``alt``, ``id`` and its input ``line``;
+    ``record``: the reference record ``chrom`` names (set by :func:`match_reference`; empty: ``chrom`` itself)."""
 
     chrom: str
     pos: int
@@ -62,6 +68,11 @@ class Variant:
     alt: str
     id: str
     line: int
+    record: str = ""
+
+    @property
+    def reference_name(self) -> str:
+        return self.record or self.chrom
 
 
 @dataclass
@@ -182,31 +193,65 @@ def read_variants(path: str | os.PathLike) -> VariantTable:
     return table
 
 
-def check_reference(variants: Sequence[Variant], genome: FastaIndex, source: str | os.PathLike) -> None:
-    """Raise one :class:`InputError` listing the variants whose REF differs from the genome (or lies outside it)."""
-    problems = []
+@dataclass
+class ReferenceMatch:
+    """:func:`match_reference`'s verdict: the ``variants`` that match the reference (``record`` filled in) and
+    one ``problems`` line (``line N: ...``) per variant that does not, with its ``kind`` (``unknown chromosome``,
+    ``past the record end``, ``REF differs``)."""
+
+    variants: list[Variant]
+    problems: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+
+    def summary(self, source: str | os.PathLike, reference: str | os.PathLike) -> str:
+        """``'3 of 120 variants do not match ref.fa (2 REF differs, 1 unknown chromosome): line 14: ...'``."""
+        total = len(self.variants) + len(self.problems)
+        counts = ", ".join(f"{self.kinds.count(k)} {k}" for k in dict.fromkeys(self.kinds))
+        shown = "; ".join(self.problems[:SHOWN_MISMATCHES])
+        more = f" (first {SHOWN_MISMATCHES} shown)" if len(self.problems) > SHOWN_MISMATCHES else ""
+        return (f"{source}: {len(self.problems)} of {total} variants do not match the reference {reference} "
+                f"({counts}): {shown}{more}")
+
+
+def match_reference(variants: Sequence[Variant], genome: FastaIndex, aliases=None) -> ReferenceMatch:
+    """Check every variant against the genome: its chromosome (through ``aliases``, a
+    :class:`~dnalm.genome.aliases.ChromAliases`, when given), its end and its REF allele."""
+    out = ReferenceMatch([])
     for v in variants:
-        length = genome.lengths.get(v.chrom)
-        if length is None:
-            problems.append(f"line {v.line}: record '{v.chrom}' is not in the reference")
+        record = aliases.resolve(v.chrom) if aliases is not None else (v.chrom if v.chrom in genome else None)
+        if record is None:
+            out.problems.append(f"line {v.line}: chromosome '{v.chrom}' is not in the reference")
+            out.kinds.append("unknown chromosome")
             continue
+        length = genome.lengths[record]
         end = v.pos - 1 + len(v.ref)
         if end > length:
-            problems.append(f"line {v.line}: {v.chrom}:{v.pos} REF {v.ref} runs past the record end ({length:,})")
+            out.problems.append(f"line {v.line}: {v.chrom}:{v.pos} REF {v.ref} runs past the record end ({length:,})")
+            out.kinds.append("past the record end")
             continue
-        actual = genome.fetch(v.chrom, v.pos - 1, end).upper()
+        actual = genome.fetch(record, v.pos - 1, end).upper()
         if actual != v.ref:
-            problems.append(f"line {v.line}: {v.chrom}:{v.pos} REF {v.ref}, reference has {actual}")
-    if problems:
-        shown = "; ".join(problems[:SHOWN_MISMATCHES])
-        more = f" (first {SHOWN_MISMATCHES} shown)" if len(problems) > SHOWN_MISMATCHES else ""
-        raise InputError(f"{source}: {len(problems)} of {len(variants)} variants do not match the reference "
-                         f"{genome.path}: {shown}{more}")
+            out.problems.append(f"line {v.line}: {v.chrom}:{v.pos} REF {v.ref}, reference has {actual}")
+            out.kinds.append("REF differs")
+            continue
+        out.variants.append(replace(v, record=record if record != v.chrom else ""))
+    return out
+
+
+def check_reference(variants: Sequence[Variant], genome: FastaIndex, source: str | os.PathLike,
+                    aliases=None) -> list[Variant]:
+    """The variants with their reference records; one :class:`InputError` listing those whose REF differs from
+    the genome (or that lie outside it) when there is any."""
+    found = match_reference(variants, genome, aliases)
+    if found.problems:
+        raise InputError(found.summary(source, genome.path))
+    return found.variants
 
 
 def variant_windows(variant: Variant, genome: FastaIndex, window: int) -> tuple[int, str, str]:
     """``(start, ref_window, alt_window)`` of one variant (module docstring); windows upper-cased."""
-    length = genome.lengths[variant.chrom]
+    name = variant.reference_name
+    length = genome.lengths[name]
     W = min(window, length)
     p0 = variant.pos - 1
     start = min(max(p0 - window // 2, 0), length - W)
@@ -214,16 +259,16 @@ def variant_windows(variant: Variant, genome: FastaIndex, window: int) -> tuple[
     if after > start + W:
         raise ConfigError(f"line {variant.line}: REF allele of {len(variant.ref)} bases does not fit a window of "
                           f"{window} bases around {variant.chrom}:{variant.pos}; use a larger window")
-    ref_window = genome.fetch(variant.chrom, start, start + W).upper()
+    ref_window = genome.fetch(name, start, start + W).upper()
     left = ref_window[: p0 - start]
     need = W - len(left) - len(variant.alt)
-    right = genome.fetch(variant.chrom, after, min(after + max(need, 0), length)).upper()
+    right = genome.fetch(name, after, min(after + max(need, 0), length)).upper()
     alt_window = (left + variant.alt + right)[:W]
     return start, ref_window, alt_window
 
 
 def score_variants(model, tokenizer, variants: Sequence[Variant], genome: FastaIndex, window: int = 8192,
-                   reduce: str = "sum", reverse_complement_average: bool = False, prepend_bos: bool = False,
+                   reduce: str = "mean", reverse_complement_average: bool = False, prepend_bos: bool = False,
                    batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
                    chunk_size: int | None = None, progress: bool = False) -> list[VariantScore]:
     """Δ log-likelihood of every variant (see the module docstring); windows shared by variants are scored once."""

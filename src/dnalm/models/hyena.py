@@ -63,6 +63,7 @@ class HyenaConfig:
     ``hyena_dropout``: dropout on the embedding, on each residual branch, on ``v * x1``.
     ``fast_decay_pct``, ``slow_decay_pct``, ``decay_target``: the decay rates
     ``delta = linspace(ln(target)/slow, ln(target)/fast, D)``.
+    ``d_inner``: the MLP's hidden width, 4 x ``d_model`` when not given (as in every released model).
     ``fast_path``: how whole blocks run without an inference state: ``auto`` (the fused kernels of
     :mod:`dnalm.kernels` on CUDA with Triton, the reference code elsewhere), ``fused`` (the fused
     block everywhere; plain PyTorch ops off CUDA) or ``reference``. It changes no weights or keys.
@@ -70,7 +71,7 @@ class HyenaConfig:
 
     d_model: int = 128
     n_layer: int = 2
-    d_inner: int = 512
+    d_inner: int | None = None  # MLP width; None: 4 * d_model
     vocab_size: int = 12
     pad_vocab_size_multiple: int = 8
     l_max: int = 1026
@@ -94,6 +95,8 @@ class HyenaConfig:
     fast_path: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.d_inner is None:
+            object.__setattr__(self, "d_inner", 4 * self.d_model)
         if self.fast_path not in FAST_PATHS:
             raise ConfigError(f"hyena: fast_path must be one of {', '.join(FAST_PATHS)}, got '{self.fast_path}'")
         for name in ("d_model", "n_layer", "d_inner", "vocab_size", "pad_vocab_size_multiple", "l_max",

@@ -37,16 +37,16 @@ from dnalm.models.family import CAUSAL, Family
 class TransformerConfig:
     """Hyperparameters of :class:`TransformerLM`.
 
-    ``d_inner`` is the MLP width, ``max_len`` the longest sequence the KV cache is sized for by
-    default (rotary embeddings themselves have no length limit), ``rope_base`` the base ``b`` of
-    the rotary frequencies ``theta_i = b^(-2i/d_h)``, ``dropout`` the dropout rate on the embedding,
+    ``d_inner`` is the MLP width (4 x ``d_model`` when not given), ``max_len`` the longest sequence the
+    KV cache is sized for by default (rotary embeddings themselves have no length limit), ``rope_base``
+    the base ``b`` of the rotary frequencies ``theta_i = b^(-2i/d_h)``, ``dropout`` the dropout rate on the embedding,
     the residual branches and the attention weights, ``bias`` whether linear layers have biases.
     """
 
     d_model: int = 128
     n_layer: int = 2
     n_head: int = 2
-    d_inner: int = 512
+    d_inner: int | None = None  # MLP width; None: 4 * d_model
     vocab_size: int = 12
     pad_vocab_size_multiple: int = 8
     max_len: int = 1026
@@ -57,6 +57,8 @@ class TransformerConfig:
     initializer_range: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.d_inner is None:
+            object.__setattr__(self, "d_inner", 4 * self.d_model)
         for name in ("d_model", "n_layer", "n_head", "d_inner", "vocab_size", "pad_vocab_size_multiple", "max_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"transformer: {name} must be >= 1, got {getattr(self, name)}")

@@ -11,7 +11,7 @@ class InferenceRun:
     runs, and how inputs are batched (rows, padded tokens and chunk length per forward)."""
 
     checkpoint: str | None = None
-    output: str | None = None
+    out: str | None = None
     prepend_bos: bool = False
     batch_size: int = 16
     max_tokens: int = 262144

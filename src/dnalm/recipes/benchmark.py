@@ -7,6 +7,8 @@ baseline on the held-out split of a prepared genome; writes the leaderboard, a d
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +24,7 @@ from dnalm.evaluate.genome_benchmark import (
     ProbeSpec,
     PromoterSpec,
     benchmark,
+    headline_table,
 )
 from dnalm.genome.splits import SplitSpec
 
@@ -68,6 +71,10 @@ def main(cfg: DictConfig) -> int:
         genomes = [GenomeSpec(bc.name or default_genome_name(bc.genome), bc.genome, bc.annotation)]
     out = benchmark(bc.out, bc.models, spec, prepared=bc.prepared, genomes=genomes, split=bc.split,
                     promoter_window=bc.promoter_window, keep_prepared=bc.keep_prepared)
-    print(f"benchmark: wrote {out}/ (leaderboard.md, report.html)")
-    print((out / "leaderboard.md").read_text().split("\n\n", 2)[-1], end="")
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]
+    header, table = headline_table([{k: math.nan if v is None else v for k, v in r.items()} for r in rows])
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
+    print(f"benchmark: wrote {out}/ (report.html; every metric in leaderboard.csv, explained in leaderboard.md)")
+    for cells in [header] + table:
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
     return 0

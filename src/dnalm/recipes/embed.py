@@ -1,4 +1,4 @@
-"""``dnalm embed input=FASTA|CSV checkpoint=CKPT output=DIR layer=final pool=mean|max|last|none``."""
+"""``dnalm embed input=FASTA|CSV checkpoint=CKPT out=DIR layer=final pool=mean|max|last|none``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from dnalm.recipes import InferenceRun
 @dataclass
 class EmbedConfig(InferenceRun):
     input: str | None = None
+    reference: str | None = None
+    strand: str = "auto"
+    chrom_aliases: str | None = None
     layer: Any = "final"
     pool: str = "mean"
     save_dtype: str = "float32"
@@ -24,20 +27,26 @@ class EmbedConfig(InferenceRun):
 
 def main(cfg: DictConfig) -> int | None:
     ec = to_dataclass(cfg, EmbedConfig, where="embed")
-    if not ec.input or not ec.checkpoint or not ec.output:
-        raise ConfigError("embed: set input=FILE (FASTA or CSV), checkpoint=CKPT and output=DIR")
+    if not ec.input or not ec.checkpoint or not ec.out:
+        raise ConfigError("embed: set input=FILE (FASTA, CSV, or BED with reference=FASTA), checkpoint=CKPT "
+                          "and out=DIR")
+    from dnalm.genome.aliases import alias_path
     from dnalm.inference.api import load_model
     from dnalm.inference.embed import POOLS, embed_to_directory, resolve_layer
-    from dnalm.inference.io import read_sequences
+    from dnalm.inference.io import read_inputs
     from dnalm.inference.scoring import encode_sequence
 
     if ec.pool not in POOLS:
         raise ConfigError(f"embed: pool={ec.pool!r} must be one of {', '.join(POOLS)}")
-    seqs = read_sequences(ec.input, uppercase=ec.uppercase)
+    inputs = read_inputs(ec.input, ec.uppercase, ec.reference, ec.strand, alias_path(ec.chrom_aliases))
+    seqs = inputs.sequences
+    if inputs.renamed:
+        print(f"embed: chromosome names matched to {ec.reference}: "
+              + ", ".join(f"{a} -> {r}" for a, r in inputs.renamed.items()), flush=True)
     model, tokenizer = load_model(ec.checkpoint, ec.device, ec.dtype)
     layer = resolve_layer(model, ec.layer)
     rows = [encode_sequence(tokenizer, s.seq, ec.prepend_bos, where=s.where) for s in seqs]
-    out = embed_to_directory(model, rows, [s.id for s in seqs], ec.output, layer=layer, pool=ec.pool,
+    out = embed_to_directory(model, rows, [s.id for s in seqs], ec.out, layer=layer, pool=ec.pool,
                              skip=int(ec.prepend_bos), dtype=ec.save_dtype, batch_size=ec.batch_size,
                              max_tokens=ec.max_tokens, chunk_size=ec.chunk_size, progress=True,
                              precision=ec.precision,

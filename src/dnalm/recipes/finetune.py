@@ -106,7 +106,7 @@ def _tokenizer_of(checkpoint: Path):
         return CharTokenizer.hyenadna()
 
 
-def _labeled_data(cfg: DictConfig, kind: str):
+def _labeled_data(cfg: DictConfig, kind: str, data_root: str):
     from dnalm.data.datamodule import LabeledDataConfig
 
     node = cfg.get("data")
@@ -114,6 +114,11 @@ def _labeled_data(cfg: DictConfig, kind: str):
         raise ConfigError("finetune: set data.path=DIR (train/dev/test files) or choose a task such as "
                           "task=gue_prom_core_all")
     data = to_dataclass(node, LabeledDataConfig, where="data")
+    path = Path(data.path)
+    if not path.exists() and Path(data_root) in path.parents:
+        raise InputError(f"{path}: the task's data is not there: shipped tasks read it under data_root={data_root} "
+                         f"(relative to the working directory {Path.cwd()}); pass data_root=DIR (the folder holding "
+                         f"{path.relative_to(data_root)}) or data.path=DIR")
     return replace(data, task=kind)
 
 
@@ -162,8 +167,10 @@ def _trainer(tc: TrainerConfig, opt: OptimConfig, out: Path, callbacks: list, ha
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from dnalm.recipes.train import lightning_strategy
+    from dnalm.recipes.train import available_trainer, lightning_strategy
+    from dnalm.training.progress import progress_callbacks
 
+    tc = available_trainer(tc, "finetune")
     limit_val = (None if tc.limit_val_batches == 1.0 else tc.limit_val_batches) if has_dev else 0
     return L.Trainer(accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes,
                      strategy=lightning_strategy(tc),
@@ -175,7 +182,8 @@ def _trainer(tc: TrainerConfig, opt: OptimConfig, out: Path, callbacks: list, ha
                      accumulate_grad_batches=tc.accumulate_grad_batches, gradient_clip_val=opt.grad_clip,
                      deterministic=tc.deterministic, enable_progress_bar=tc.progress_bar, enable_model_summary=False,
                      enable_checkpointing=False, logger=CSVLogger(str(out), name="logs", version=""),
-                     callbacks=callbacks, default_root_dir=str(out))
+                     callbacks=callbacks + progress_callbacks(tc.progress_bar, tc.progress_every, "finetune"),
+                     default_root_dir=str(out))
 
 
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
@@ -194,7 +202,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     from dnalm.training.classify import BestWeights, SequenceTaskModule
     from dnalm.training.schedules import steps_per_epoch
 
-    data = _labeled_data(cfg, task.kind)
+    data = _labeled_data(cfg, task.kind, top.data_root)
     lora = to_dataclass(cfg.get("lora"), LoraSettings, where="lora")
     monitor, mode = _monitor(task)
     out = Path(top.out)
@@ -253,7 +261,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
         metrics["test"] = module.last_metrics.get("test", {})
     if trainer.is_global_zero:
         if top.save_model:
-            extra = {"metrics": json_safe({"dev": best.best_metrics, "test": metrics.get("test")})}
+            extra = {"metrics": json_safe({"dev": best.best_metrics, "test": metrics.get("test")}),
+                     "inputs": {"both_strands": data.rc_eval, "max_length": data.max_length}}
             if lora.enabled:
                 save_adapter(model, out / "adapter", lora, base_model=str(checkpoint.resolve()),
                              head=model.head_config(classes), extra=extra, tokenizer=tokenizer)

@@ -1,4 +1,4 @@
-"""``dnalm generate checkpoint=CKPT prompts=[...] output=samples.fasta``: sampled continuations (FASTA + JSONL)."""
+"""``dnalm generate checkpoint=CKPT prompts=[...] out=samples.fasta``: sampled continuations (FASTA + JSONL)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class GenerateConfig:
     checkpoint: str | None = None
     prompts: list[str] = field(default_factory=list)
     input: str | None = None
-    output: str | None = None
+    out: str | None = None
     jsonl: str | None = None
     max_new_tokens: int = 100
     temperature: float = 1.0
@@ -36,8 +36,8 @@ class GenerateConfig:
 
 def main(cfg: DictConfig) -> int | None:
     gc = to_dataclass(cfg, GenerateConfig, where="generate")
-    if not gc.checkpoint or not gc.output:
-        raise ConfigError("generate: set checkpoint=CKPT, output=FILE.fasta and prompts=[...] or input=FASTA")
+    if not gc.checkpoint or not gc.out:
+        raise ConfigError("generate: set checkpoint=CKPT, out=FILE.fasta and prompts=[...] or input=FASTA")
     if bool(gc.prompts) == bool(gc.input):
         raise ConfigError("generate: give prompts either on the command line (prompts=[ACGT,...]) or in a file "
                           "(input=FASTA), not both or neither")
@@ -70,7 +70,7 @@ def main(cfg: DictConfig) -> int | None:
                       "log_prob_distribution": "unmodified model (no temperature, top-k, top-p or ACGT restriction)",
                       "temperature": gc.temperature, "top_k": gc.top_k, "top_p": gc.top_p, "seed": gc.seed,
                       "prepend_bos": gc.prepend_bos})
-    output = Path(gc.output)
+    output = Path(gc.out)
     jsonl = Path(gc.jsonl) if gc.jsonl else output.with_suffix(".jsonl")
     write_jsonl(jsonl, lines)
     write_fasta(output, records)

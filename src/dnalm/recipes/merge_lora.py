@@ -45,7 +45,8 @@ def main(cfg: DictConfig) -> int | None:
     model = merge_lora(base, adapter)
     base_dir = Path(base) if Path(base).is_dir() else Path(base).parent
     tokenizer = _tokenizer(adapter, base_dir)
-    extra = {"merged_from": {"base": str(Path(base).resolve()), "adapter": str(adapter.resolve())}}
+    extra = {"merged_from": {"base": str(Path(base).resolve()), "adapter": str(adapter.resolve())},
+             **{k: info[k] for k in ("metrics", "inputs") if k in info}}
     if isinstance(model, SequenceClassifier):
         path = save_classifier(model, mc.out, tokenizer=tokenizer, classes=model.classes, extra=extra)
         kind = f"{model.task} model ({model.n_outputs} outputs, {model.pooling} pooling)"

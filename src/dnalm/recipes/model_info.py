@@ -58,6 +58,8 @@ def main(cfg: DictConfig) -> int | None:
     mc = to_dataclass(cfg, ModelInfoConfig, where="model_info")
     overrides = {k: getattr(mc, k) for k in ("d_model", "n_layer", "d_inner", "n_head") if getattr(mc, k) is not None}
     overrides.update(mc.overrides)
+    if "d_model" in overrides and "d_inner" not in overrides:
+        overrides["d_inner"] = None  # a new width gets its MLP width 4 x d_model, not the preset's
     if mc.checkpoint:
         config = _checkpoint_config(mc.checkpoint, overrides)
         name = mc.checkpoint

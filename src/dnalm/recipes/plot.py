@@ -426,7 +426,10 @@ def _summary(res: Any) -> str:
     if isinstance(res, P.Correlation):
         return f"n = {res.n}, Pearson r = {res.pearson_r:.3f}, Spearman rho = {res.spearman_rho:.3f}"
     if isinstance(res, P.LogoMatrix):
-        return f"{res.n_sequences} sequences, {len(res.counts)} positions"
+        drawn = "" if res.n_drawn in (0, len(res.counts)) else \
+            f"; the first {res.n_drawn} drawn (start=/end= pick others)"
+        rows = f" in {res.n_rows} rows" if res.n_rows > 1 else ""
+        return f"{res.n_sequences} sequences, {len(res.counts)} positions{rows}{drawn}"
     if isinstance(res, P.EntropyCurve):
         return f"{len(res.entropy)} positions, mean entropy {res.mean:.3f} bits"
     if isinstance(res, P.Heatmap):
@@ -434,22 +437,18 @@ def _summary(res: Any) -> str:
     if isinstance(res, P.GroupSummary):
         return ", ".join(f"{g}: n = {n}" for g, n in zip(res.groups, res.n))
     if isinstance(res, P.Projection):
-        return res.note or f"{len(res.labels)} points"
+        return f"{len(res.labels)} points"
     if isinstance(res, P.Ranking):
         return f"top {len(res.top)}, bottom {len(res.bottom)}"
     if isinstance(res, P.Curves):
-        return ", ".join(res.series)
+        text = "; ".join(f"{panel}: {', '.join(names)}" for panel, names in res.panels.items())
+        return text + (f"; {len(res.left_out)} more series not drawn" if res.left_out else "")
     return ""
 
 
 def main(cfg: DictConfig) -> int:
-    from dnalm.evaluate.plots import Projection
-
     pc = to_dataclass(cfg, PlotConfig, where="plot")
     res = draw(pc)
-    if isinstance(res, Projection) and res.coords is None:
-        print(f"plot: {res.note}")
-        return 0
     summary = _summary(res)
     print(f"plot: wrote {pc.out}" + (f" ({summary})" if summary else ""))
     return 0

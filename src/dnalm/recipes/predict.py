@@ -1,4 +1,4 @@
-"""``dnalm predict input=FASTA|CSV checkpoint=CKPT output=FILE.parquet``: log-likelihoods, log-probs or logits."""
+"""``dnalm predict input=FASTA|CSV checkpoint=CKPT out=FILE.parquet``: log-likelihoods, log-probs or logits."""
 
 from __future__ import annotations
 
@@ -18,43 +18,75 @@ OUTPUT_TYPES = ("loglik", "per_token", "logits")
 @dataclass
 class PredictConfig(InferenceRun):
     input: str | None = None
+    reference: str | None = None
+    strand: str = "auto"
+    chrom_aliases: str | None = None
     output_type: str = "loglik"
-    reduce: str = "sum"
+    reduce: str = "mean"
     tokens: str = "acgt"
     uppercase: bool = True
+    skip_n: bool = True
 
 
 def main(cfg: DictConfig) -> int | None:
     pc = to_dataclass(cfg, PredictConfig, where="predict")
-    if not pc.input or not pc.checkpoint or not pc.output:
-        raise ConfigError("predict: set input=FILE (FASTA or CSV), checkpoint=CKPT and output=FILE.parquet")
+    if not pc.input or not pc.checkpoint or not pc.out:
+        raise ConfigError("predict: set input=FILE (FASTA, CSV, or BED with reference=FASTA), checkpoint=CKPT "
+                          "and out=FILE.parquet")
     if pc.output_type not in OUTPUT_TYPES:
         raise ConfigError(f"predict: output_type={pc.output_type!r} must be one of {', '.join(OUTPUT_TYPES)}")
+    from dnalm.genome.aliases import alias_path
     from dnalm.inference.api import load_model
-    from dnalm.inference.io import read_sequences, write_parquet
-    from dnalm.inference.scoring import REDUCTIONS, encode_sequence, logit_columns, reduce_log_probs, score_rows
+    from dnalm.inference.io import read_inputs, write_parquet
+    from dnalm.inference.scoring import (
+        REDUCTIONS,
+        ambiguous_targets,
+        encode_sequence,
+        logit_columns,
+        reduce_log_probs,
+        score_rows,
+    )
     from dnalm.utils import atomic_file
 
     if pc.reduce not in REDUCTIONS:
         raise ConfigError(f"predict: reduce={pc.reduce!r} must be one of {', '.join(REDUCTIONS)}")
-    seqs = read_sequences(pc.input, uppercase=pc.uppercase)
+    from dnalm.inference.classify import is_sequence_model
+
+    inputs = read_inputs(pc.input, pc.uppercase, pc.reference, pc.strand, alias_path(pc.chrom_aliases))
+    seqs = inputs.sequences
+    if inputs.renamed:
+        print(f"predict: chromosome names matched to {pc.reference}: "
+              + ", ".join(f"{a} -> {r}" for a, r in inputs.renamed.items()), flush=True)
+    if is_sequence_model(pc.checkpoint):
+        print(f"predict: note: {pc.checkpoint} is a fine-tuned classifier; these are its backbone's language-model "
+              f"scores, not class probabilities (those come from: dnalm classify checkpoint={pc.checkpoint} "
+              "input=... out=...)", flush=True)
     model, tokenizer = load_model(pc.checkpoint, pc.device, pc.dtype)
     columns = logit_columns(model, pc.tokens, tokenizer) if pc.output_type == "logits" else None
     rows = [encode_sequence(tokenizer, s.seq, pc.prepend_bos, where=s.where) for s in seqs]
     scores = score_rows(model, rows, logits_columns=columns, batch_size=pc.batch_size, max_tokens=pc.max_tokens,
                         chunk_size=pc.chunk_size, progress=True)
     first = 0 if pc.prepend_bos else 1
+    # the scored tokens that count: all, or all but N / IUPAC ambiguity codes (skip_n, as training weighs them 0)
+    keep = [~ambiguous_targets(row, tokenizer) if pc.skip_n else np.ones(len(row) - 1, dtype=bool) for row in rows]
+    if pc.output_type == "logits":  # logits predict every position, whatever base is there
+        keep = [np.ones(r.logits.shape[0], dtype=bool) for r in scores]
     table = {"id": [s.id for s in seqs], "length": np.array([len(s.seq) for s in seqs], dtype=np.int64),
-             "n_scored": np.array([r.log_probs.size for r in scores], dtype=np.int64)}
+             "n_scored": np.array([int(k.sum()) for k in keep], dtype=np.int64),
+             "n_skipped": np.array([int((~k).sum()) for k in keep], dtype=np.int64)}
     meta = {"command": "predict", "model": str(pc.checkpoint), "input": str(pc.input), "output_type": pc.output_type,
-            "prepend_bos": pc.prepend_bos, "first_position": first}
-    output = Path(pc.output)
+            "prepend_bos": pc.prepend_bos, "first_position": first, "skip_n": pc.skip_n}
+    output = Path(pc.out)
     if pc.output_type == "loglik":
-        table["log_likelihood"] = np.array([reduce_log_probs(r.log_probs, pc.reduce) for r in scores])
+        table["log_likelihood"] = np.array([reduce_log_probs(r.log_probs, pc.reduce, k)
+                                            for r, k in zip(scores, keep, strict=True)])
         meta["reduce"] = pc.reduce
     elif pc.output_type == "per_token":
-        table["log_probs"] = [r.log_probs for r in scores]
+        table["positions"] = [np.arange(first + 1, first + 1 + r.log_probs.size, dtype=np.int64)[k]
+                              for r, k in zip(scores, keep, strict=True)]
+        table["log_probs"] = [r.log_probs[k] for r, k in zip(scores, keep, strict=True)]
     else:
+        table["positions"] = [np.arange(first + 1, first + 1 + r.logits.shape[0], dtype=np.int64) for r in scores]
         npz = output.with_suffix(".npz")
         keys = [f"seq{i}" for i in range(len(seqs))]
         with atomic_file(npz) as tmp, open(tmp, "wb") as f:
@@ -62,7 +94,8 @@ def main(cfg: DictConfig) -> int | None:
         table["key"] = keys
         meta.update(npz=npz.name, tokens=pc.tokens, columns=[int(c) for c in columns])
     write_parquet(output, table, metadata=meta)
-    total = int(table["n_scored"].sum())
-    print(f"predict: {len(seqs)} sequences, {total:,} scored tokens -> {output}"
+    total, skipped = int(table["n_scored"].sum()), int(table["n_skipped"].sum())
+    note = f" ({skipped:,} N or ambiguous bases skipped, as in training; skip_n=false scores them)" if skipped else ""
+    print(f"predict: {len(seqs)} sequences, {total:,} scored bases{note} -> {output}"
           + (f" (+ {output.with_suffix('.npz')})" if pc.output_type == "logits" else ""))
     return 0

@@ -16,8 +16,9 @@ into ``data.cache`` and reused by later runs. Everything goes to the run directo
                          (``model``) and, with ``test=true``, the test metrics of model/
 
 ``resume=auto`` (default) continues from the newest complete checkpoint of the run directory, with
-the same data order, schedule and dropout masks; ``resume=never`` refuses a run directory that holds
-checkpoints; ``resume=PATH`` continues from that checkpoint. ``stages`` turn on sequence-length
+the same data order, schedule and dropout masks, and refuses (in one line) a checkpoint of another model
+config; ``resume=never`` starts over, replacing the outputs of an earlier run in the directory;
+``resume=PATH`` continues from that checkpoint. ``stages`` turn on sequence-length
 warm-up, ``global_batch_size`` gradient accumulation (see dnalm.training.schedules). Several GPUs:
 ``trainer=ddp trainer.devices=N`` or ``trainer=fsdp`` (Lightning's strategies).
 """
@@ -30,7 +31,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     deterministic: bool = False
     progress_bar: bool = True
+    progress_every: float | None = None  # seconds between progress lines when stderr is a file (None: 30)
 
 
 @dataclass
@@ -252,8 +254,9 @@ def ensure_prepared(source: DataSource, data_root: str | None = None) -> Path:
     if source.source is not None:
         g = source.source
         if not Path(g.fasta).is_file():
-            raise InputError(f"{g.fasta}: genome FASTA not found (data.source.fasta; real data lives in "
-                             f"{data_root or 'data_root'})")
+            raise InputError(f"{g.fasta}: genome FASTA not found: the data option reads it under data_root="
+                             f"{data_root} (relative to the working directory {Path.cwd()}); pass data_root=DIR, "
+                             "or data.prepared=DIR for a genome prepared with 'dnalm prepare'")
         name = g.name or default_genome_name(g.fasta)
         out = cache / name
         if not (out / "manifest.json").is_file() and _is_rank_zero():
@@ -289,6 +292,36 @@ def _tokenizer(prepared):
 # ---------------------------------------------------------------------------------------------
 # Trainer
 # ---------------------------------------------------------------------------------------------
+
+
+GPU_ACCELERATORS = ("gpu", "cuda", "mps")
+MIXED_PRECISIONS = ("bf16-mixed", "16-mixed", "bf16", "16", "bf16-true", "16-true")
+
+
+def _has_gpu(accelerator: str) -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return accelerator != "cuda" and mps is not None and mps.is_available()
+
+
+def available_trainer(tc: TrainerConfig, command: str = "train") -> TrainerConfig:
+    """``tc`` for the machine it runs on: a one-device GPU trainer (``trainer=gpu``, the shipped experiments'
+    choice) runs on the CPU in 32-bit precision when there is no GPU, saying so in one line; several GPUs
+    (``trainer=ddp``, ``fsdp``, ``devices>1``) without a GPU are a ConfigError naming ``trainer=cpu``."""
+    if tc.accelerator not in GPU_ACCELERATORS or _has_gpu(tc.accelerator):
+        return tc
+    single = str(tc.devices) in ("1", "auto", "-1") and tc.num_nodes == 1 and tc.strategy in ("auto", "single_device")
+    if not single:
+        raise ConfigError(f"{command}: this machine has no GPU for trainer.accelerator={tc.accelerator} with "
+                          f"{tc.devices} device(s) and strategy {tc.strategy}; use trainer=cpu (one process) or "
+                          "trainer=cpu trainer.strategy=ddp trainer.devices=N (N CPU processes)")
+    precision = "32-true" if tc.precision in MIXED_PRECISIONS else tc.precision
+    print(f"{command}: no GPU found, running on the CPU with precision {precision} (as trainer=cpu; set it to "
+          "silence this note)", flush=True)
+    return replace(tc, accelerator="cpu", devices=1, precision=precision)
 
 
 def lightning_strategy(tc: TrainerConfig):
@@ -328,15 +361,51 @@ def _resume_from(top: TrainConfig, run_dir: Path) -> Path | None:
     if top.resume == "auto":
         return find_resume_checkpoint(run_dir)
     if top.resume == "never":
-        found = find_resume_checkpoint(run_dir)
-        if found is not None:
-            raise ConfigError(f"train: {run_dir} already holds checkpoints ({found.name}); use resume=auto to "
-                              "continue it, or another out=/name=")
         return None
     path = Path(top.resume)
     if not is_complete(path):
         raise InputError(f"{path}: not a complete checkpoint (model.safetensors, config.json, training_state.pt)")
     return path
+
+
+#: What a finished or interrupted run leaves in its directory (``resume=never`` removes it before starting over).
+RUN_OUTPUTS = ("checkpoints", "best", "model", "metrics.csv", "metrics.json", "tensorboard", "hparams.yaml")
+#: Model config fields that change neither the weights nor their shapes: a run may resume with other values.
+RUNTIME_FIELDS = ("fast_path", "embed_dropout", "resid_dropout", "hyena_dropout", "dropout")
+
+
+def start_over(run_dir: Path) -> list[str]:
+    """Remove a previous run's outputs from ``run_dir`` (``resume=never``); returns the names removed."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def check_resumable(model: Any, checkpoint: Path, run_dir: Path) -> None:
+    """Refuse to resume ``checkpoint`` into ``model`` when their configs differ (in one line that names the
+    changed fields and the two ways out), instead of a state-dict size-mismatch traceback."""
+    from dnalm.models.io import read_pretrained_info
+
+    saved = read_pretrained_info(checkpoint)
+    now = asdict(model.config)
+    family = getattr(model, "family", None)
+    changes = [f"model.family {saved.get('family')} -> {family}"] if saved.get("family") != family else []
+    old = saved.get("config") or {}
+    changes += [f"model.{k} {old.get(k)} -> {now.get(k)}" for k in sorted(set(old) | set(now))
+                if k not in RUNTIME_FIELDS and old.get(k) != now.get(k)]
+    if changes:
+        where = f"{run_dir}" if checkpoint.parent.parent == run_dir else f"{checkpoint}"
+        raise ConfigError(f"train: {where} holds a run of another model ({', '.join(changes[:4])}"
+                          f"{', ...' if len(changes) > 4 else ''}), so it cannot be resumed; pass out=DIR to "
+                          "train the new model in its own folder, or resume=never to start over in this one")
 
 
 @dataclass
@@ -355,7 +424,7 @@ class TrainResult:
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     """The recipe as a function (``callbacks`` are added to the Trainer)."""
     p = parse(cfg)
-    top, tc = p.top, p.trainer
+    top, tc = p.top, available_trainer(p.trainer)
 
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
@@ -368,16 +437,19 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         DirectoryCheckpointIO,
         ResumableGenomeDataModule,
         RunCheckpoints,
+        find_resume_checkpoint,
         read_training_state,
         recover_run_dir,
     )
     from dnalm.training.lightning import NextTokenLM, SeqLenWarmup, truncate_metrics
+    from dnalm.training.progress import progress_callbacks
     from dnalm.training.schedules import Stage, accumulation, plan_stages, steps_per_epoch
 
     run_dir = Path(top.out)
     if _is_rank_zero() and run_dir.is_dir():
         recover_run_dir(run_dir)
     resume = _resume_from(top, run_dir)
+    start_fresh = top.resume == "never" and _is_rank_zero() and find_resume_checkpoint(run_dir) is not None
     prepared_path = ensure_prepared(p.source, top.data_root)
     prepared = PreparedGenome(prepared_path)
     data = to_dataclass({**p.data, "path": str(prepared_path)}, GenomeDataConfig, where="data")
@@ -390,6 +462,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         model = load_pretrained(top.init_from).train()
     else:
         model = build_model(p.model, max_length)
+    if resume is not None:
+        check_resumable(model, resume, run_dir)
     tokenizer = _tokenizer(prepared)
     if getattr(model.config, "vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
         raise ConfigError(f"model.vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
@@ -414,7 +488,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         log_every_n_steps=tc.log_every_n_steps, num_sanity_val_steps=tc.num_sanity_val_steps,
         gradient_clip_val=p.optim.grad_clip,
         deterministic=tc.deterministic, enable_progress_bar=tc.progress_bar, enable_model_summary=False,
-        logger=_loggers(top, run_dir) or False, callbacks=cbs + list(callbacks), plugins=[io],
+        logger=_loggers(top, run_dir) or False,
+        callbacks=cbs + list(callbacks) + progress_callbacks(tc.progress_bar, tc.progress_every, "train"), plugins=[io],
         default_root_dir=str(run_dir), use_distributed_sampler=False,
         reload_dataloaders_every_n_epochs=1 if len(stages) > 1 else 0)
     world = trainer.world_size
@@ -450,6 +525,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
                          activation_checkpointing=top.activation_checkpointing, compile=top.compile)
     resumed_step = int(read_training_state(resume).get("global_step", 0)) if resume is not None else 0
     if trainer.is_global_zero:
+        if start_fresh:
+            removed = start_over(run_dir)
+            print(f"train: resume=never: starting over in {run_dir} (removed the previous run's "
+                  f"{', '.join(removed)})", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_file(run_dir / "config.yaml") as tmp:
             OmegaConf.save(OmegaConf.create(resolved(cfg) if isinstance(cfg, DictConfig) else cfg), tmp)
