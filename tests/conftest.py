@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# torch.compile's on-disk cache is shared by every process of the machine under /tmp; a cache left by an
+# earlier run (another torch build, a killed process) can crash the compiled decoding tests. Each test
+# process compiles into a fresh directory of its own.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="dnalm-test-inductor-"))
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"

@@ -212,9 +212,9 @@ def test_base_columns_need_a_character_tokenizer(hyena):
     from dnalm.tokenizers import KmerTokenizer
 
     kmer = KmerTokenizer(k=3)
-    with pytest.raises(ConfigError, match="tokens=acgt needs a character-level tokenizer"):
+    with pytest.raises(ConfigError, match="tokens=acgt needs one token per base"):
         logit_columns(hyena, "acgt", kmer)
-    with pytest.raises(ConfigError, match="acgt_only=true needs a character-level tokenizer"):
+    with pytest.raises(ConfigError, match="acgt_only=true needs one token per base"):
         check_acgt_tokenizer(kmer, True)
     check_acgt_tokenizer(kmer, False)
     assert logit_columns(hyena, "all", kmer) == list(range(16))

@@ -92,13 +92,23 @@ class ChunkOutput:
 
 
 def context_length(model: nn.Module) -> int | None:
-    """The model's context: Hyena ``l_max``, Transformer ``max_len`` (None when unknown)."""
+    """The model's trained context (its family's ``context_field``: Hyena ``l_max``, Transformer ``max_len``,
+    StripedHyena ``max_seqlen``; None when unknown)."""
+    from dnalm.models.families import family_of
+
     config = getattr(model, "config", None)
-    for name in ("l_max", "max_len"):
-        value = getattr(config, name, None)
-        if value is not None:
-            return int(value)
-    return None
+    try:
+        return family_of(model).context_length(config)
+    except (ConfigError, AttributeError):
+        value = getattr(config, "l_max", None) or getattr(config, "max_len", None)
+        return None if value is None else int(value)
+
+
+def _runs_through_state(model: nn.Module) -> bool:
+    """Whether the model's blocks are not the pre-LN :class:`Block` of the Hyena/Transformer shell: such a
+    family (StripedHyena 2: recurrent long filters, FIR caches, a full KV cache) is chunked through its own
+    inference state, one ``forward_with_hidden(chunk, state=...)`` per chunk, which its mixers make exact."""
+    return not all(isinstance(b, Block) for b in model.backbone.layers)
 
 
 def max_chunk_tokens(model: CausalLM, batch: int = 1) -> int:
@@ -113,7 +123,8 @@ def max_chunk_tokens(model: CausalLM, batch: int = 1) -> int:
     backbone = model.backbone
     D = backbone.embeddings.word_embeddings.embedding_dim
     V = backbone.embeddings.word_embeddings.num_embeddings
-    d_inner = max(block.mlp.fc1.out_features for block in backbone.layers) if len(backbone.layers) else D
+    d_inner = max((m.out_features for block in backbone.layers for m in block.mlp.modules()
+                   if isinstance(m, nn.Linear)), default=D)
     width = max(3 * D, d_inner, V, 1)
     limit = MAX_ELEMENTS // max(batch, 1)
     best = limit // width
@@ -306,6 +317,9 @@ def iter_chunks(model: CausalLM, input_ids: Tensor | np.ndarray, chunk_size: int
     if T > limit:
         raise ConfigError(f"chunk_size {T} with a batch of {B} exceeds the 32-bit index limit "
                           f"(at most {limit} tokens per chunk)")
+    if _runs_through_state(model):
+        yield from _state_chunks(model, input_ids, T, list(layers), logits, amp)
+        return
     keep = model._layer_indices(layers) if layers else []
     backbone = model.backbone
     n = len(backbone.layers)
@@ -362,6 +376,19 @@ def iter_chunks(model: CausalLM, input_ids: Tensor | np.ndarray, chunk_size: int
                 kept[n + 1] = h
             out = ChunkOutput(start, model.lm_head(h) if logits else None, [kept[i] for i in keep])
         yield out
+
+
+def _state_chunks(model: CausalLM, input_ids: Tensor | np.ndarray, T: int, layers: list[int], logits: bool,
+                  amp: bool) -> Iterator[ChunkOutput]:
+    """Chunks through the model's own inference state (see :func:`_runs_through_state`)."""
+    B, L = int(input_ids.shape[0]), int(input_ids.shape[1])
+    p = model.lm_head.weight
+    state = model.allocate_state(B, L, p.device, p.dtype)
+    for start in range(0, L, T):
+        with torch.inference_mode(), (torch.autocast(p.device.type, dtype=torch.bfloat16) if amp else nullcontext()):
+            ids = _as_ids(input_ids, start, min(start + T, L), p.device)
+            out, hidden = model.forward_with_hidden(ids, layers, state=state)
+            yield ChunkOutput(start, out if logits else None, hidden)
 
 
 def chunked_forward(model: CausalLM, input_ids: Tensor | np.ndarray, chunk_size: int | None = None,

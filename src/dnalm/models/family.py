@@ -71,8 +71,9 @@ class Family:
     """Everything generic code needs of one model family (see the module docstring).
 
     ``config_cls`` is a frozen dataclass; ``model_cls(config, device=None, dtype=None)`` builds the model,
-    which carries ``.config`` and ``family`` (this object's ``name``). ``presets``: named configs
-    (``config_cls.preset(name, **overrides)`` builds one with fields replaced). ``context_field``:
+    which carries ``.config``, ``family`` (this object's ``name``) and ``causal``. ``presets``: named configs
+    (``config_cls.preset(name, **overrides)`` builds one with fields replaced), ``"tiny"`` among them (the
+    size the generic family tests run). ``context_field``:
     the config field holding the trained context length, if any. ``lora_targets``: module-name
     suffixes LoRA adapts by default. ``tokenizer(config)``: the family's default tokenizer for a
     config. ``importers``: published checkpoint layouts besides dnalm's own. ``info(config, length,

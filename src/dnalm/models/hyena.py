@@ -137,6 +137,7 @@ PRESETS: dict[str, HyenaConfig] = {
     "medium-450k": HyenaConfig(d_model=256, n_layer=8, d_inner=1024, l_max=450002),
     "large-1m": HyenaConfig(d_model=256, n_layer=8, d_inner=1024, l_max=1000002),
 }
+PRESETS["tiny"] = PRESETS["tiny-1k"]
 
 
 def fftconv_ref(u: Tensor, k: Tensor, D: Tensor) -> Tensor:

@@ -218,6 +218,22 @@ def model_config(node: dict[str, Any], max_length: int):
     return name, config
 
 
+def check_trainable_on_genome(model: Any) -> None:
+    """Next-token training on a prepared genome reads dnalm's character ids (A..T = 7..10): the family must
+    be causal and use those ids. Others stop here in one line (their training objective or vocabulary is
+    not wired to prepared genomes yet) rather than learning from ids that mean something else to them."""
+    from dnalm.models.families import family_of
+    from dnalm.tokenizers import CharTokenizer
+
+    fam = family_of(model)
+    tok = fam.tokenizer(model.config)
+    ok = fam.causal and tok is not None and getattr(tok, "alphabet", None) is not None
+    if not ok or tuple(tok.alphabet.acgt) != CharTokenizer().alphabet.acgt:
+        raise ConfigError(f"model.family={fam.name}: dnalm train fits causal models on a prepared genome's "
+                          f"character ids; a {fam.objective} model with its own vocabulary cannot be trained "
+                          "this way yet (use a hyena or transformer model)")
+
+
 def build_model(node: dict[str, Any], max_length: int, device: Any = None):
     """Build the model of the ``model`` node (on ``device``, e.g. 'meta' to check a large config)."""
     name, config = model_config(node, max_length)
@@ -462,6 +478,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         model = load_pretrained(top.init_from).train()
     else:
         model = build_model(p.model, max_length)
+    check_trainable_on_genome(model)
     if resume is not None:
         check_resumable(model, resume, run_dir)
     tokenizer = _tokenizer(prepared)
