@@ -92,6 +92,8 @@ MALFORMED = [
     (row("c", "gene", 1, 5).replace("\t1\t", "\t1.0\t"), r"line 2: start '1\.0' is not an integer"),
     (row("c", "gene", 1, 5).replace("\t5\t", "\tabc\t"), r"line 2: end 'abc' is not an integer"),
     (row("c", "gene", 0, 5), r"line 2: start 0 must be >= 1"),
+    (row("c", "gene", 1, 10**20), r"line 2: end 100000000000000000000 is larger than any sequence"),
+    (row("c", "gene", 2**62 + 1, 2**63), r"line 2: start 4611686018427387905 is larger than any sequence"),
     (row("c", "gene", 1, 5, strand="x"), r"line 2: strand 'x' is not one of"),
     (row("c", "CDS", 1, 5, phase="3"), r"line 2: phase '3' is not one of 0 1 2"),
     (row("c", "CDS", 1, 5, score="high"), r"line 2: score 'high' is not a number"),
