@@ -112,6 +112,15 @@ def test_malformed_gff_messages(tmp_path, body, message):
         read_gff3(gff(tmp_path, body))
 
 
+def test_undefined_attribute_column_is_empty(tmp_path):
+    """GFF3 writes '.' for every undefined column, the ninth included."""
+    path = gff(tmp_path, row("c", "repeat_region", 1, 5, attrs=".") + row("c", "gene", 2, 4, attrs=" . "))
+    ann = read_gff3(path, {"c": 5})
+    assert [(f.attributes, f.id, f.parents) for f in ann.features] == [({}, None, ()), ({}, None, ())]
+    with index_gff3(path, {"c": 5}) as index:
+        assert len(index.table("c")) == 2
+
+
 def test_forward_parent_reference_is_valid(tmp_path):
     body = row("c", "exon", 1, 5, attrs="Parent=t") + row("c", "mRNA", 1, 5, attrs="ID=t")
     ann = read_gff3(gff(tmp_path, body))

@@ -577,6 +577,8 @@ def _decode(text: str) -> str:
 def _attributes(col: str, path: str | os.PathLike, lineno: int) -> tuple[dict[str, str], tuple[str, ...]]:
     attrs: dict[str, str] = {}
     parents: tuple[str, ...] = ()
+    if col.strip() == ".":  # an undefined column, as GFF3 writes every empty one
+        return attrs, parents
     for item in col.split(";"):
         item = item.strip()
         if not item:
