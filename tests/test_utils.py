@@ -39,3 +39,23 @@ def test_open_text_reads_gzip_by_content_and_names_bad_paths(tmp_path):
         open_text(tmp_path / "missing.csv")
     with pytest.raises(InputError, match="is a directory, not a GFF3 file"):
         open_text(tmp_path, what="GFF3 file")
+
+
+def test_open_text_drops_a_byte_order_mark_and_reports_corrupt_gzip_as_an_os_error(tmp_path):
+    """Spreadsheets write a UTF-8 BOM before the header; corrupt deflate data (here a reserved block type)
+    is an OSError like the gzip module's other failures, not a zlib.error."""
+    import gzip
+
+    import pytest
+
+    from dnalm.utils import open_text
+
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfsequence,label\nACGT,1\n")
+    (tmp_path / "bom.csv.gz").write_bytes(gzip.compress(b"\xef\xbb\xbfsequence,label\n"))
+    for name in ("bom.csv", "bom.csv.gz"):
+        with open_text(tmp_path / name) as f:
+            assert f.readline() == "sequence,label\n"
+    corrupt = gzip.compress(b"sequence,label\n", mtime=0)[:10] + b"\x07" + bytes(16)
+    (tmp_path / "corrupt.csv.gz").write_bytes(corrupt)
+    with open_text(tmp_path / "corrupt.csv.gz") as f, pytest.raises(OSError, match="invalid block type"):
+        f.read()

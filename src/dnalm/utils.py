@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -119,15 +121,39 @@ def open_binary(path: str | os.PathLike, what: str = "file") -> io.BufferedReade
         raise InputError(f"{path}: permission denied") from None
 
 
+class _GzipReader(gzip.GzipFile):
+    """``gzip.GzipFile`` whose corrupt deflate data raises ``gzip.BadGzipFile`` (an OSError, like its other
+    failures: a bad header or CRC is an OSError, truncation an EOFError) instead of ``zlib.error``."""
+
+    def read(self, size: int = -1) -> bytes:
+        return _inflate(super().read, size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return _inflate(super().read1, size)
+
+    def peek(self, n: int) -> bytes:
+        return _inflate(super().peek, n)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return _inflate(super().readline, size)
+
+
+def _inflate(read: Callable[[int | None], bytes], size: int | None) -> bytes:
+    try:
+        return read(size)
+    except zlib.error as exc:
+        raise gzip.BadGzipFile(f"corrupt compressed data ({exc})") from None
+
+
 def open_text(path: str | os.PathLike, what: str = "file", errors: str = "strict",
               newline: str | None = "") -> io.TextIOWrapper:
     """A UTF-8 text stream of ``path``, gunzipped when it starts with the gzip magic bytes (whatever its
     name). A missing, unreadable or directory path is an InputError naming it (``what``: the kind of
-    file expected, for the message). ``newline=""`` keeps line endings as they are (what csv needs)."""
-    import gzip
-
+    file expected, for the message). ``newline=""`` keeps line endings as they are (what csv needs).
+    A byte-order mark at the start (spreadsheets write one) is dropped. Reading truncated or corrupt
+    gzip data raises EOFError or OSError, never ``zlib.error``."""
     raw = open_binary(path, what)
     magic = raw.read(2)
     raw.seek(0)
-    stream = gzip.GzipFile(fileobj=raw, mode="rb") if magic == GZIP_MAGIC else raw
-    return io.TextIOWrapper(stream, encoding="utf-8", errors=errors, newline=newline)  # type: ignore[arg-type]
+    stream = _GzipReader(fileobj=raw, mode="rb") if magic == GZIP_MAGIC else raw
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors=errors, newline=newline)  # type: ignore[arg-type]
