@@ -104,6 +104,15 @@ def json_safe(obj: Any) -> Any:
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def allow_long_csv_fields() -> None:
+    """Let the ``csv`` module read fields of any length: its default limit, 131,072 characters, is shorter
+    than many sequences. The limit is process-wide; it is only ever raised."""
+    import csv
+
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
 
 
 def open_binary(path: str | os.PathLike, what: str = "file") -> io.BufferedReader:

@@ -32,7 +32,7 @@ from dnalm.data.prepared import PreparedGenome
 from dnalm.errors import ConfigError, InputError
 from dnalm.genome.regions import CLASS_MASK
 from dnalm.tokenizers import A_ID, EOS_ID, N_ID, PAD_ID, T_ID, reverse_complement
-from dnalm.utils import open_text
+from dnalm.utils import allow_long_csv_fields, open_text
 
 IGNORE_REGION = -1
 """Region value of targets that are not bases (EOS, padding)."""
@@ -361,6 +361,7 @@ def read_csv_rows(path: Path, sequence_column: str = "sequence", label_column: s
     """Rows of a CSV (TSV when the name ends in ``.tsv``) with a header naming both columns."""
     delimiter = "\t" if _strip_gz(path).endswith(".tsv") else ","
     rows = []
+    allow_long_csv_fields()
     try:
         with open_text(path) as f:
             reader = csv.DictReader(f, delimiter=delimiter)
