@@ -308,6 +308,14 @@ def test_labeled_csv_with_long_sequences_a_byte_order_mark_or_gzip(tmp_path):
         LabeledSequenceDataset.from_path(tmp_path / "bad.csv.gz", CharTokenizer())
 
 
+def test_class_folder_with_a_binary_file(tmp_path):
+    _write(tmp_path / "folders" / "pos" / "a.txt", "ACGT\n")
+    (tmp_path / "folders" / "neg").mkdir()
+    (tmp_path / "folders" / "neg" / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(InputError, match=r"neg/img\.png: cannot read as sequences \('utf-8' codec"):
+        LabeledSequenceDataset.from_path(tmp_path / "folders", CharTokenizer())
+
+
 def test_labeled_fasta_without_label_and_unknown_dev_class(tmp_path):
     with pytest.raises(InputError, match="record 's2' has no label"):
         LabeledSequenceDataset.from_path(_write(tmp_path / "a.fa", ">s1|x\nAC\n>s2\nGG\n"), CharTokenizer())

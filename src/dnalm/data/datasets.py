@@ -406,15 +406,18 @@ def read_class_folders(root: Path) -> list[_Row]:
         if not files:
             raise InputError(f"{root / name}: class folder holds no files")
         for file in files:
-            with open_text(file) as f:
-                head = f.read(1)
-            if head == ">":
-                rows.extend(_Row(r.sequence, name, r.where) for r in read_fasta_rows_unlabeled(file))
-                continue
-            with open_text(file) as f:
-                for line_no, line in enumerate(f, 1):
-                    if line.strip():
-                        rows.append(_Row(line.strip(), name, f"{file}:{line_no}"))
+            try:
+                with open_text(file) as f:
+                    head = f.read(1)
+                if head == ">":
+                    rows.extend(_Row(r.sequence, name, r.where) for r in read_fasta_rows_unlabeled(file))
+                    continue
+                with open_text(file) as f:
+                    for line_no, line in enumerate(f, 1):
+                        if line.strip():
+                            rows.append(_Row(line.strip(), name, f"{file}:{line_no}"))
+            except (UnicodeDecodeError, OSError, EOFError) as exc:
+                raise InputError(f"{file}: cannot read as sequences ({exc})") from None
     return rows
 
 
