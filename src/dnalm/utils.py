@@ -166,3 +166,20 @@ def open_text(path: str | os.PathLike, what: str = "file", errors: str = "strict
     raw.seek(0)
     stream = _GzipReader(fileobj=raw, mode="rb") if magic == GZIP_MAGIC else raw
     return io.TextIOWrapper(stream, encoding="utf-8-sig", errors=errors, newline=newline)  # type: ignore[arg-type]
+
+
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)",
+                 "In PyTorch 2.6", "Re-running")
+
+
+def torch_load_reason(exc: BaseException) -> str:
+    """One short line saying why ``torch.load`` refused or could not read a file: the unpickler's reason
+    (e.g. "Trying to load unsupported GLOBAL posix.system ...") without PyTorch's surrounding advice, which
+    suggests loading the file unsafely."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line.split("WeightsUnpickler error:")[-1].strip() for line in lines if not line.startswith(_TORCH_ADVICE)]
+    text = " ".join(k for k in kept if k) or (lines[0] if lines else "")
+    text = text.split(". ")[0].rstrip(".")
+    if not text:
+        text = "unexpected end of file (empty or truncated)" if isinstance(exc, EOFError) else type(exc).__name__
+    return text
