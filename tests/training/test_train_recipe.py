@@ -22,6 +22,7 @@ from dnalm.cli import main as cli_main
 from dnalm.cli import run as cli_run
 from dnalm.config import compose
 from dnalm.data.prepare import GenomeSpec, prepare
+from dnalm.errors import InputError
 from dnalm.genome.splits import SplitSpec
 from dnalm.genome.synth import SynthConfig, synthesize
 from dnalm.models.io import load_pretrained, read_pretrained_info
@@ -213,12 +214,32 @@ def test_user_mistakes_fail_with_one_line(trained, prepared, tmp_path, capsys):
         (overrides(prepared, tmp_path / "r3", "trainer.max_steps=-1"), "set trainer.max_steps or trainer.max_epochs"),
         (overrides(prepared, tmp_path / "r4", "logger=[csv,mlflow]"), "unknown logger 'mlflow'"),
         (overrides(prepared, tmp_path / "r5", "global_batch_size=12"), "not a multiple of batch_size 8"),
+        (overrides(prepared, tmp_path / "r6", "seed=-1"), "seed=-1 must be in [0, 2^32)"),
+        (overrides(prepared, tmp_path / "r7", f"seed={2**32}"), "seed=4294967296 must be in [0, 2^32)"),
+        (overrides(prepared, tmp_path / "r8", "data.batch_size=100000"), "give no full batch of data.batch_size"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exc:
             cli_main(["train", *argv])
         err = capsys.readouterr().err
         assert exc.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 9))  # nothing written
+
+
+def test_an_unreadable_resume_checkpoint_fails_before_training_starts(trained, prepared, tmp_path, monkeypatch):
+    """The training state is read before the Trainer is made (whose start-up lines would precede the error)."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree((trained / "checkpoints" / "last").resolve(), ckpt)
+    (ckpt / "training_state.pt").write_bytes(b"not a checkpoint")
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("a Trainer was made before the resume checkpoint was read")
+
+    monkeypatch.setattr(L, "Trainer", no_trainer)
+    with pytest.raises(InputError, match=r"ckpt/training_state\.pt: cannot read the training state"):
+        cli_run(["train", *overrides(prepared, tmp_path / "run", f"resume={ckpt}")])
 
 
 @pytest.mark.slow

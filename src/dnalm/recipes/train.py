@@ -177,6 +177,8 @@ def parse(cfg: DictConfig | dict[str, Any]) -> ParsedConfig:
     for name in top.logger:
         if name not in LOGGERS:
             raise ConfigError(f"logger: unknown logger '{name}' (choose from {', '.join(LOGGERS)})")
+    if not 0 <= top.seed < 2**32:
+        raise ConfigError(f"seed={top.seed} must be in [0, 2^32)")
     if top.resume not in ("auto", "never") and not Path(top.resume).exists():
         raise ConfigError(f"resume={top.resume}: no such checkpoint (use auto, never or a checkpoint directory)")
     model = dict(node.get("model") or {})
@@ -385,6 +387,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     if _is_rank_zero() and run_dir.is_dir():
         recover_run_dir(run_dir)
     resume = _resume_from(top, run_dir)
+    resumed_step = int(read_training_state(resume).get("global_step", 0)) if resume is not None else 0
     prepared_path = ensure_prepared(p.source, top.data_root)
     prepared = PreparedGenome(prepared_path)
     data = to_dataclass({**p.data, "path": str(prepared_path)}, GenomeDataConfig, where="data")
@@ -445,6 +448,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
             # Lightning counts training batches; dnalm's interval is in optimizer steps
             trainer.val_check_interval = tc.val_check_interval * acc
         per_epoch = steps_per_epoch(len(dm.dataset("train")), data.batch_size, world, acc)
+        if per_epoch < 1:
+            raise ConfigError(f"train: {len(dm.dataset('train'))} training windows give no full batch of "
+                              f"data.batch_size={data.batch_size} on each of {world} device(s)")
         if tc.max_epochs is None and tc.max_steps <= 0:
             raise ConfigError("train: set trainer.max_steps or trainer.max_epochs (or stages)")
         total = per_epoch * tc.max_epochs if tc.max_epochs is not None else tc.max_steps
@@ -455,7 +461,6 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     module = NextTokenLM(model, p.optim, total, region_classes=prepared.region_classes, seed=top.seed,
                          activation_checkpointing=top.activation_checkpointing, compile=top.compile)
-    resumed_step = int(read_training_state(resume).get("global_step", 0)) if resume is not None else 0
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_file(run_dir / "config.yaml") as tmp:
