@@ -24,15 +24,38 @@ def _umask() -> int:
     return mask
 
 
+def make_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p path``; a path that cannot be a directory (a file in the way, no permission, a name too long)
+    is an InputError naming it."""
+    from dnalm.errors import InputError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create this directory ({exc.strerror or exc})") from None
+    return path
+
+
+def _unwritable(path: Path, exc: OSError) -> Exception:
+    from dnalm.errors import InputError
+
+    return InputError(f"{path}: cannot write an output here ({exc.strerror or exc})")
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
     On any exception the temporary file is removed, so a reader never sees a half-written output.
+    A location that cannot be written is an InputError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -49,11 +72,15 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     """Yield a temporary directory beside ``path``; move it to ``path`` when the block succeeds.
 
     An existing ``path`` is replaced only after the new one is complete (``overwrite=True``).
-    On failure the temporary directory is deleted and ``path`` is left as it was.
+    On failure the temporary directory is deleted and ``path`` is left as it was. A location that
+    cannot be written is an InputError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
