@@ -217,13 +217,17 @@ def test_user_mistakes_fail_with_one_line(trained, prepared, tmp_path, capsys):
         (overrides(prepared, tmp_path / "r6", "seed=-1"), "seed=-1 must be in [0, 2^32)"),
         (overrides(prepared, tmp_path / "r7", f"seed={2**32}"), "seed=4294967296 must be in [0, 2^32)"),
         (overrides(prepared, tmp_path / "r8", "data.batch_size=100000"), "give no full batch of data.batch_size"),
+        (overrides(prepared, tmp_path / ("x" * 300)), "not a usable path (File name too long)"),
+        (overrides(prepared, tmp_path / "afile" / "run"), "afile/run: cannot create this directory (Not a directory)"),
     ]
+    (tmp_path / "afile").write_text("")
     for argv, message in cases:
         with pytest.raises(SystemExit) as exc:
             cli_main(["train", *argv])
         err = capsys.readouterr().err
         assert exc.value.code == 2 and message in err and err.count("\n") == 1, err
     assert not any((tmp_path / f"r{i}").exists() for i in range(1, 9))  # nothing written
+    assert (tmp_path / "afile").read_text() == ""
 
 
 def test_an_unreadable_resume_checkpoint_fails_before_training_starts(trained, prepared, tmp_path, monkeypatch):

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError, InputError
-from dnalm.utils import atomic_dir, atomic_file, json_safe
+from dnalm.utils import atomic_dir, atomic_file, json_safe, make_dir
 
 GROUPS = ("model", "data", "trainer", "optim")
 DATA_SOURCE_KEYS = ("prepared", "cache", "source", "synthetic")
@@ -177,6 +177,10 @@ def parse(cfg: DictConfig | dict[str, Any]) -> ParsedConfig:
     for name in top.logger:
         if name not in LOGGERS:
             raise ConfigError(f"logger: unknown logger '{name}' (choose from {', '.join(LOGGERS)})")
+    try:
+        Path(top.out).exists()
+    except OSError as exc:  # a name longer than the file system allows, a loop of links
+        raise ConfigError(f"out={top.out}: not a usable path ({exc.strerror or exc})") from None
     if not 0 <= top.seed < 2**32:
         raise ConfigError(f"seed={top.seed} must be in [0, 2^32)")
     if top.resume not in ("auto", "never") and not Path(top.resume).exists():
@@ -462,7 +466,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     module = NextTokenLM(model, p.optim, total, region_classes=prepared.region_classes, seed=top.seed,
                          activation_checkpointing=top.activation_checkpointing, compile=top.compile)
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(run_dir)
         with atomic_file(run_dir / "config.yaml") as tmp:
             OmegaConf.save(OmegaConf.create(resolved(cfg) if isinstance(cfg, DictConfig) else cfg), tmp)
         if resume is not None:
