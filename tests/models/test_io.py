@@ -185,6 +185,20 @@ def test_code_in_a_checkpoint_never_runs(tmp_path, reference, how):
     assert not marker.exists()
 
 
+def test_a_raw_pickle_is_refused_with_its_reason(tmp_path):
+    """A plain pickle (no zip container) reaches the restricted unpickler itself; the error names what it
+    refused, without PyTorch's advice to load the file unsafely."""
+    marker = tmp_path / "marker"
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(_RunsCode(os.system, f"touch {marker}"), protocol=2))
+    with pytest.raises(InputError, match=r"pytorch_model\.bin: refused by the restricted unpickler \(.*posix\.system"
+                       ) as err:
+        load_pretrained(tmp_path)
+    assert "weights_only" not in str(err.value) and not marker.exists()
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(InputError, match=r"not a readable PyTorch file \(unexpected end of file"):
+        load_pretrained(tmp_path)
+
+
 def test_unknown_layouts_and_mismatches(tmp_path, hyena_fixture, reference):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty: unknown model layout"):

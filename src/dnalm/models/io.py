@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from dnalm.errors import ConfigError, InputError
 from dnalm.models.hyena import HyenaConfig, HyenaLM
-from dnalm.utils import atomic_dir
+from dnalm.utils import atomic_dir, torch_load_reason
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +161,9 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).split(". ")[-1].splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: refused by the restricted unpickler ({first})") from None
+        raise InputError(f"{path}: refused by the restricted unpickler ({torch_load_reason(exc)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not a readable PyTorch file ({first})") from None
+        raise InputError(f"{path}: not a readable PyTorch file ({torch_load_reason(exc)})") from None
 
 
 # ---------------------------------------------------------------------------------------------
