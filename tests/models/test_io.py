@@ -225,6 +225,22 @@ def test_unknown_layouts_and_mismatches(tmp_path, hyena_fixture, reference):
         load_pretrained(tmp_path / "untied.pt")
 
 
+def _tiny_dnalm_dir(path):
+    torch.manual_seed(0)
+    return save_pretrained(HyenaLM(HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=66, filter_order=8)), path)
+
+
+@pytest.mark.parametrize("edit", ["truncate", "empty", "header"])
+def test_an_unreadable_dnalm_weights_file_is_an_input_error(tmp_path, edit):
+    model_dir = _tiny_dnalm_dir(tmp_path / "m")
+    file = model_dir / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "header": (10**12).to_bytes(8, "little")
+                      + data[8:]}[edit])
+    with pytest.raises(InputError, match=r"model\.safetensors: not a readable safetensors file"):
+        load_pretrained(model_dir)
+
+
 def test_save_requires_a_family(tmp_path):
     with pytest.raises(ValueError):
         save_pretrained(torch.nn.Linear(2, 2), tmp_path / "x")

@@ -394,8 +394,6 @@ def _read_weights(file: Path) -> Mapping[str, Tensor]:
 
 def _load_dnalm(directory: Path, meta: Mapping[str, Any], map_location: str | torch.device,
                 overrides: Mapping[str, Any]) -> nn.Module:
-    from safetensors.torch import load_file
-
     cfg_path = directory / CONFIG_FILE
     family = meta.get("family")
     if family not in FAMILIES:
@@ -410,8 +408,9 @@ def _load_dnalm(directory: Path, meta: Mapping[str, Any], map_location: str | to
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise InputError(f"{weights}: missing (named by {cfg_path})")
+    sd = dict(_read_weights(weights))
     model = model_cls(config)
-    _load_into(model, dict(load_file(str(weights), device="cpu")), weights)
+    _load_into(model, sd, weights)
     return model.to(map_location)
 
 
