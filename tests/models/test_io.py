@@ -230,6 +230,23 @@ def _tiny_dnalm_dir(path):
     return save_pretrained(HyenaLM(HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=66, filter_order=8)), path)
 
 
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("d_model", 1 << 20, r"shape mismatch: backbone\.embeddings\.word_embeddings\.weight \(16, 16\) vs "
+                         r"\(16, 1048576\)"),
+    ("l_max", 1 << 40, r"shape mismatch: .*pos_emb\.t \(1, 66, 1\) vs \(1, 1099511627776, 1\)"),
+    ("n_layer", 10**5, r"n_layer=100,000 but only \d+ tensors are stored"),
+])
+def test_a_config_that_claims_a_huge_model_fails_before_allocating(tmp_path, field, value, message):
+    """The weights file bounds the model: a config.json that disagrees is refused on the meta device, not after
+    trying to allocate terabytes (or building 10^5 layers)."""
+    model_dir = _tiny_dnalm_dir(tmp_path / "m")
+    meta = json.loads((model_dir / "config.json").read_text())
+    meta["config"][field] = value
+    (model_dir / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"model\.safetensors: weights do not fit the model config: " + message):
+        load_pretrained(model_dir)
+
+
 @pytest.mark.parametrize("edit", ["truncate", "empty", "header"])
 def test_an_unreadable_dnalm_weights_file_is_an_input_error(tmp_path, edit):
     model_dir = _tiny_dnalm_dir(tmp_path / "m")

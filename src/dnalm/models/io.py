@@ -357,6 +357,23 @@ def _fill_aliases(model: nn.Module, sd: dict[str, Tensor], where: Path) -> dict[
     return sd
 
 
+def _check_fits(model_cls: type, config: Any, sd: Mapping[str, Tensor], where: Path) -> None:
+    """Raise InputError when ``sd`` cannot hold the weights of ``model_cls(config)``, before any memory is
+    allocated for the model: a config that claims a huge model (a hostile or corrupt config.json) fails at
+    once instead of exhausting memory. Each block has tensors of its own, so ``n_layer`` is at most the
+    number of tensors; the shapes are compared on a model built on the meta device."""
+    n_layer = getattr(config, "n_layer", None)
+    if isinstance(n_layer, int) and n_layer > len(sd):
+        raise InputError(f"{where}: weights do not fit the model config: n_layer={n_layer:,} but only "
+                         f"{len(sd)} tensors are stored")
+    own = model_cls(config, device=torch.device("meta")).state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items()
+           if k in own and v.shape != own[k].shape]
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise InputError(f"{where}: weights do not fit the model config: shape mismatch: {', '.join(bad[:3])}{more}")
+
+
 def _load_into(model: nn.Module, sd: dict[str, Tensor], where: Path) -> None:
     sd = _fill_aliases(model, sd, where)
     own = model.state_dict()
@@ -409,6 +426,7 @@ def _load_dnalm(directory: Path, meta: Mapping[str, Any], map_location: str | to
     if not weights.is_file():
         raise InputError(f"{weights}: missing (named by {cfg_path})")
     sd = dict(_read_weights(weights))
+    _check_fits(model_cls, config, sd, weights)
     model = model_cls(config)
     _load_into(model, sd, weights)
     return model.to(map_location)
@@ -457,6 +475,7 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
         raise InputError(f"{file}: cannot infer the model config, missing tensor {exc}") from None
     except (TypeError, ConfigError) as exc:
         raise InputError(f"{file}: {exc}") from None
+    _check_fits(HyenaLM, config, sd, file)
     model = HyenaLM(config)
     _load_into(model, sd, file)
     return model.to(map_location).eval()
