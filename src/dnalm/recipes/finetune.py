@@ -36,7 +36,7 @@ from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError, InputError
 from dnalm.recipes.train import TrainerConfig
 from dnalm.training.lightning import OptimConfig, time_budget_fraction
-from dnalm.utils import atomic_file, json_safe
+from dnalm.utils import atomic_file, json_safe, make_dir
 
 TASK_KINDS = ("classification", "regression", "lm")
 
@@ -198,7 +198,6 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     lora = to_dataclass(cfg.get("lora"), LoraSettings, where="lora")
     monitor, mode = _monitor(task)
     out = Path(top.out)
-    out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(top.seed, workers=True, verbose=False)
 
     checkpoint = Path(top.checkpoint)
@@ -215,6 +214,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     model.train()  # load_pretrained returns eval mode; dropout should be active while fine-tuning
     if lora.enabled:
         apply_lora(model, lora)
+    for split in ("dev", "test"):  # every input is read before anything is written
+        dm.dataset(split)
+    make_dir(out)
 
     has_dev = paths["dev"] is not None
     if tc.max_epochs is None and tc.max_steps <= 0:
