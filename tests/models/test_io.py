@@ -235,6 +235,7 @@ def _tiny_dnalm_dir(path):
                          r"\(16, 1048576\)"),
     ("l_max", 1 << 40, r"shape mismatch: .*pos_emb\.t \(1, 66, 1\) vs \(1, 1099511627776, 1\)"),
     ("n_layer", 10**5, r"n_layer=100,000 but only \d+ tensors are stored"),
+    ("d_model", 10**9, r"it cannot be built \(Storage size calculation overflowed"),
 ])
 def test_a_config_that_claims_a_huge_model_fails_before_allocating(tmp_path, field, value, message):
     """The weights file bounds the model: a config.json that disagrees is refused on the meta device, not after

@@ -366,7 +366,11 @@ def _check_fits(model_cls: type, config: Any, sd: Mapping[str, Tensor], where: P
     if isinstance(n_layer, int) and n_layer > len(sd):
         raise InputError(f"{where}: weights do not fit the model config: n_layer={n_layer:,} but only "
                          f"{len(sd)} tensors are stored")
-    own = model_cls(config, device=torch.device("meta")).state_dict()
+    try:
+        own = model_cls(config, device=torch.device("meta")).state_dict()
+    except (RuntimeError, ValueError, OverflowError) as exc:  # sizes beyond what a tensor can have
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{where}: weights do not fit the model config: it cannot be built ({first})") from None
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items()
            if k in own and v.shape != own[k].shape]
     if bad:
