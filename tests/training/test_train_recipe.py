@@ -152,6 +152,16 @@ def test_killed_run_resumes_to_the_same_model(trained, prepared, tmp_path):
     assert not leftovers(out)
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_its_log_again(prepared, tmp_path):
+    """resume=auto finds no checkpoint and starts from step 0; the rows the killed attempt logged go."""
+    out = tmp_path / "early"
+    out.mkdir()
+    (out / "metrics.csv").write_text("epoch,step,train/loss\n0,0,9.5\n0,1,9.25\n")
+    assert cli_run(["train", *overrides(prepared, out, "trainer.max_steps=3")]) == 0
+    loss = column(out, "train/loss")  # fails on a step logged twice
+    assert sorted(loss) == [0, 1, 2] and 9.25 not in loss.values() and 9.5 not in loss.values()
+
+
 class Recorder(L.Callback):
     def __init__(self):
         self.batches: list[tuple[int, tuple[int, ...], int]] = []

@@ -469,8 +469,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         make_dir(run_dir)
         with atomic_file(run_dir / "config.yaml") as tmp:
             OmegaConf.save(OmegaConf.create(resolved(cfg) if isinstance(cfg, DictConfig) else cfg), tmp)
+        # rows logged after the checkpoint (all of them when a killed run never wrote one) are logged again
+        truncate_metrics(run_dir / "metrics.csv", resumed_step)
         if resume is not None:
-            truncate_metrics(run_dir / "metrics.csv", resumed_step)
             print(f"train: resuming from {resume} (step {resumed_step})", flush=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume is not None else None)
