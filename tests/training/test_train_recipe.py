@@ -162,6 +162,23 @@ def test_a_run_killed_before_its_first_checkpoint_starts_its_log_again(prepared,
     assert sorted(loss) == [0, 1, 2] and 9.25 not in loss.values() and 9.5 not in loss.values()
 
 
+def test_a_run_killed_after_its_final_checkpoint_reports_the_same_metrics(trained, prepared, tmp_path):
+    """Killed while writing model/ and metrics.json: the resumed run has nothing left to train or validate,
+    and reports the final validation of the checkpoint (it reported none)."""
+    import shutil
+
+    out = tmp_path / "late"
+    shutil.copytree(trained, out, symlinks=True)
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+    assert cli_run(["train", *overrides(prepared, out)]) == 0
+    want, got = (json.loads((d / "metrics.json").read_text()) for d in (trained, out))
+    assert got["global_step"] == want["global_step"] == STEPS
+    assert got["val"] == want["val"]
+    assert got["val"]["loss"] == pytest.approx(column(trained, "val/loss")[STEPS - 1], rel=1e-6)  # logged as float32
+    assert got["best"] == want["best"] and got["model"] == want["model"]
+
+
 class Recorder(L.Callback):
     def __init__(self):
         self.batches: list[tuple[int, tuple[int, ...], int]] = []
