@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import io
 import json
 import os
 import random
@@ -41,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import zlib
@@ -266,6 +268,7 @@ class Assets:
     variants: Path
     labeled: Path
     genome: dict[str, str]
+    checkpoint: Path  # a full training checkpoint of the tiny model on ``prepared``
 
 
 Builder = Callable[[random.Random, Path, Assets], Built]
@@ -814,6 +817,7 @@ TRAIN_BASE = ["experiment=synthetic/hyena_demo", "model.d_model=16", "model.d_in
               "data.length=64", "data.batch_size=4", "data.eval_max_windows=2", "trainer.max_steps=1",
               "trainer.val_check_interval=1", "checkpoint.every_n_steps=0", "logger=[csv]",
               "trainer.progress_bar=false"]
+CHECKPOINT_STEPS = 2
 #: For each command: baseline argv (a valid run) and typed keys to fuzz (int, float, bool, str-with-choices).
 COMMANDS = {
     "prepare": {"int": ["promoter_window", "window", "split.seed", "split.sketch_k"],
@@ -836,6 +840,8 @@ COMMANDS = {
               "float": ["optim.lr", "data.rc_prob", "data.max_n_frac"], "bool": ["test", "data.rc_aug"],
               "choice": ["resume", "trainer.precision", "trainer.accelerator", "logger"],
               "path": ["data.prepared", "init_from"], "out": "out"},
+    "synth": {"int": ["n_chromosomes", "chromosome_length", "ploidy", "seed", "line_width"],
+              "float": ["gc", "snp_rate"], "bool": ["gzip"], "choice": [], "path": [], "out": "out"},
     "model info": {"int": ["seq_len", "batch_size", "d_model", "n_layer"], "float": [], "bool": [],
                    "choice": ["preset", "dtype", "model"], "path": ["checkpoint"], "out": "out"},
 }
@@ -863,6 +869,9 @@ def command_argv(command: str, d: Path, a: Assets) -> tuple[list[str], Path]:
     if command == "train":
         out = d / "run"
         return ["train", *TRAIN_BASE, f"data.prepared={a.prepared}", f"out={out}"], out
+    if command == "synth":
+        out = d / "synth"
+        return ["synth", f"out={out}", "n_chromosomes=1", "chromosome_length=10000"], out
     if command == "model info":
         out = d / "info.json"
         return ["model", "info", f"out={out}"], out
@@ -877,6 +886,7 @@ def _override(rng: random.Random, command: str, d: Path, a: Assets, how: str) ->
         return rng.choice(spec[group] or spec["int"])
 
     afile = write(d / "afile", "x")
+    first_path = (spec["path"] or [spec["out"]])[0]
     table = {
         "unknown_key": [f"{rng.choice(['foo', 'inptu', 'nonexistent_option', 'Output'])}=1"],
         "unknown_nested_key": [f"{rng.choice(['trainer', 'model', 'data', 'split', 'optim'])}.nosuchkey=1"],
@@ -892,11 +902,11 @@ def _override(rng: random.Random, command: str, d: Path, a: Assets, how: str) ->
         "zero": [f"{pick('int')}=0"],
         "huge_int": [f"{pick('int')}=99999999999999999999999999"],
         "bad_choice": [f"{pick('choice')}={rng.choice(['nope', 'fp64', 'tpu', 'cuda:7', 'MEAN'])}"],
-        "null_required_path": [f"{spec['path'][0]}=null"],
-        "empty_path": [f"{spec['path'][0]}="],
+        "null_required_path": [f"{first_path}=null"],
+        "empty_path": [f"{first_path}="],
         "missing_path": [f"{pick('path')}=/nonexistent/dir/file.txt"],
-        "directory_as_file": [f"{spec['path'][0]}={d}"],
-        "dev_null_input": [f"{spec['path'][0]}=/dev/null"],
+        "directory_as_file": [f"{first_path}={d}"],
+        "dev_null_input": [f"{first_path}=/dev/null"],
         "output_under_a_file": [f"{spec['out']}={afile}/sub/out"],
         "output_in_proc": [f"{spec['out']}=/proc/dnalm_fuzz_out"],
         "output_name_too_long": [f"{spec['out']}={d}/{'x' * 300}"],
@@ -909,7 +919,7 @@ def _override(rng: random.Random, command: str, d: Path, a: Assets, how: str) ->
         "dash_flag": [rng.choice(["--bogus", "-x", "--config-dir"])],
         "config_dir_missing": ["--config-dir", "/nonexistent/conf"],
         "unicode_key": ["ключ=1"],
-        "surrogate_value": [f"{spec['path'][0]}=\udcff\udcfe"],
+        "surrogate_value": [f"{first_path}=\udcff\udcfe"],
     }
     return table[how]
 
@@ -923,15 +933,18 @@ _OVERRIDE_KINDS = ["unknown_key", "unknown_nested_key", "append_unknown_key", "d
                    "surrogate_value"]
 #: Overrides that some commands accept (a key that is optional there, a value in range for it).
 _ANY_OVERRIDES = {"delete_key": "any", "negative": "any", "zero": "any", "huge_int": "any", "null_required_path": "any"}
+#: Overrides of an input path (synth has none: its only path is the output).
+_INPUT_PATH_OVERRIDES = ("null_required_path", "empty_path", "missing_path", "directory_as_file", "dev_null_input")
 #: Commands whose valid runs are quick; ``train`` runs a step when an override happens to be valid.
-_FAST_COMMANDS = ["prepare", "predict", "score-variants", "embed", "generate", "model info"]
+_FAST_COMMANDS = ["prepare", "predict", "score-variants", "embed", "generate", "model info", "synth"]
 
 
 def _config_builder(how: str) -> tuple[str, Builder]:
     expect = _ANY_OVERRIDES.get(how, "error")
 
     def build(rng: random.Random, d: Path, a: Assets) -> Built:
-        command = rng.choice(_FAST_COMMANDS + ["train"] * (how not in ("negative", "zero", "delete_key")))
+        commands = [c for c in _FAST_COMMANDS if c != "synth" or how not in _INPUT_PATH_OVERRIDES]
+        command = rng.choice(commands + ["train"] * (how not in ("negative", "zero", "delete_key")))
         argv, out = command_argv(command, d / "run", a)
         extra = _override(rng, command, d, a, how)
         n_cmd = 2 if command == "model info" else 1
@@ -1296,9 +1309,26 @@ def _ck_hyena_cfg(rng: random.Random, d: Path, a: Assets) -> Built:
 
 # --- training states (resume) -----------------------------------------------------------------
 
+_CHECKPOINT_LOCK = threading.Lock()
+
+
+def training_checkpoint(a: Assets) -> Path:
+    """A full training checkpoint of the tiny model (two steps on the prepared base genome), made on first use."""
+    with _CHECKPOINT_LOCK:
+        if not (a.checkpoint / "training_state.pt").is_file():
+            from dnalm.cli import run
+
+            argv = [x for x in TRAIN_BASE if not x.startswith("trainer.max_steps=")]
+            with contextlib.redirect_stdout(io.StringIO()):
+                run(["train", *argv, f"trainer.max_steps={CHECKPOINT_STEPS}", f"data.prepared={a.prepared}",
+                     f"out={a.root / 'run'}"])
+    return a.checkpoint
+
+
 def _state_kind(name: str, expect: str, make: Callable[[random.Random, Path], None]) -> None:
+    """A copy of a real training checkpoint (two steps of the tiny model) whose training state ``make`` edits."""
     def build(rng: random.Random, d: Path, a: Assets) -> Built:
-        m = _model_copy(d, a)
+        m = Path(shutil.copytree(training_checkpoint(a), d / "model"))
         make(rng, m / "training_state.pt")
         built = one(m)
         built.names = ["training_state.pt", "model"]
@@ -1306,26 +1336,30 @@ def _state_kind(name: str, expect: str, make: Callable[[random.Random, Path], No
     _ckpt(name, expect, target="training_state")(build)
 
 
-def _valid_state(r: random.Random, path: Path) -> None:
-    import torch
-
-    torch.save({"global_step": 5, "epoch": 0, "optimizer_states": [{"state": {}, "param_groups": []}],
-                "loops": {"fit_loop": {"state_dict": {}}}}, path)
-
-
 def _truncated_state(r: random.Random, path: Path) -> None:
-    _valid_state(r, path)
     data = path.read_bytes()
     path.write_bytes(data[: r.randint(0, len(data) - 1)])
 
 
-_state_kind("valid", "accept", _valid_state)
+def _incomplete_state(r: random.Random, path: Path) -> None:
+    import torch
+
+    state = torch.load(path, weights_only=True)
+    for key in r.sample(["pytorch-lightning_version", "global_step", "epoch", "loops", "optimizer_states"],
+                        r.randint(1, 3)):
+        del state[key]
+    torch.save(state, path)
+
+
+_state_kind("valid", "accept", lambda r, p: None)
 _state_kind("truncated", "error", _truncated_state)
+_state_kind("incomplete", "error", _incomplete_state)
+_state_kind("not_a_dict", "error", lambda r, p: _torch_save(r.choice([[1, 2], 3, "state"]), p, r))
 _state_kind("garbage", "error", lambda r, p: p.write_bytes(garbage(r)))
 _state_kind("empty", "error", lambda r, p: p.write_bytes(b""))
 _state_kind("pickle_code", "error", lambda r, p: _torch_save({"global_step": _payloads(r, p.parent.parent)}, p, r))
 _state_kind("pickle_code_raw", "error", lambda r, p: _raw_pickle(_payloads(r, p.parent.parent), p, r))
-_state_kind("missing", "error", lambda r, p: None)
+_state_kind("missing", "error", lambda r, p: p.unlink())
 
 
 def generate(seed: int = 0, scale: float = 1.0) -> list[Case]:
@@ -1363,7 +1397,8 @@ def make_assets(root: Path) -> Assets:
 
     genome = dict(base_genome())
     a = Assets(root, root / "genome.fa", root / "genome.gff3", root / "model", root / "prepared",
-               root / "seqs.fa", root / "variants.vcf", root / "labeled.csv", genome)
+               root / "seqs.fa", root / "variants.vcf", root / "labeled.csv", genome,
+               root / "run" / "checkpoints" / f"step-{CHECKPOINT_STEPS:08d}")
     done = root / ".complete"
     if done.exists():
         return a
@@ -1729,7 +1764,9 @@ def cli_argv(case: Case, built: Built, assets: Assets, d: Path) -> tuple[list[st
         return ["predict", f"input={assets.seqs}", f"checkpoint={p}", f"output={out}", "device=cpu"], [out]
     if case.target == "training_state":
         out = d / "run"
-        return ["train", *TRAIN_BASE, f"data.prepared={assets.prepared}", f"out={out}", f"resume={p}"], [out]
+        argv = [x for x in TRAIN_BASE if not x.startswith("trainer.max_steps=")]
+        return ["train", *argv, f"trainer.max_steps={CHECKPOINT_STEPS + 1}", f"data.prepared={assets.prepared}",
+                f"out={out}", f"resume={p}"], [out]
     raise ValueError(case.target)
 
 
