@@ -7,7 +7,8 @@ of ``--kills`` runs is started in a fresh run directory, killed with SIGKILL aft
 drawn uniformly over the reference's wall time (start-up, training, validation, checkpoint writes and the
 final outputs all get hit), and resumed with ``resume=auto`` until a run exits with status 0. ``--late N``
 adds N kills 0-0.3 s after the final checkpoint is complete, while the run writes ``model/`` and
-``metrics.json`` (a window too short for random moments to hit often).
+``metrics.json`` (a window too short for random moments to hit often); ``--in-save N`` N kills at the
+first checkpoint write after a random delay, while its temporary directory exists.
 
 After every kill, every checkpoint directory left in the run directory (``checkpoints/step-*``, ``last``,
 ``best/``, ``model/``) is loaded (``load_pretrained``, and ``read_training_state`` for full checkpoints);
@@ -16,7 +17,7 @@ next run deletes them). The finished run must match the reference exactly (bitwi
 validation loss, the validation loss of every validation, the training loss of every step, and the final
 weights.
 
-    python benchmarks/crash_resume.py --kills 20 --late 5 --steps 400 --every 25 --out benchmarks/crash_resume
+    python benchmarks/crash_resume.py --kills 20 --late 5 --in-save 5 --steps 400 --every 25 --out DIR
 
 writes ``crash_resume.json`` and ``crash_resume.md``. One training process at a time (``--jobs 2`` runs two
 killed runs side by side), each with one thread.
@@ -141,10 +142,23 @@ def reference_run(prepared: Path, work: Path, steps: int, every: int, seed: int)
     return outcome(out), seconds
 
 
+def _writing(out: Path) -> bool:
+    """Whether a checkpoint, best/ or model/ is being written (its temporary directory exists)."""
+    for d in (out, out / "checkpoints"):
+        try:
+            if any(p.name.startswith(".") and p.name.endswith(".tmp") and p.is_dir() for p in d.iterdir()):
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def killed_run(i: int, delay: float, prepared: Path, work: Path, steps: int, every: int, seed: int,
-               reference: dict, max_resumes: int, timeout: float, late: bool = False) -> dict[str, Any]:
+               reference: dict, max_resumes: int, timeout: float, late: bool = False,
+               in_save: bool = False) -> dict[str, Any]:
     """Start a run, SIGKILL it after ``delay`` seconds (``late``: ``delay`` seconds after its final checkpoint
-    is complete, while it writes best/, model/ and metrics.json), check its checkpoints and resume it."""
+    is complete, while it writes best/, model/ and metrics.json; ``in_save``: at the first checkpoint write
+    after ``delay`` seconds, while its temporary directory exists), check its checkpoints and resume it."""
     out = work / f"run{i:02d}"
     log = work / f"run{i:02d}.log"
     argv = train_argv(prepared, out, steps, every, seed)
@@ -157,11 +171,13 @@ def killed_run(i: int, delay: float, prepared: Path, work: Path, steps: int, eve
         t0 = time.perf_counter()
     while proc.poll() is None and time.perf_counter() - t0 < delay:
         time.sleep(0.002)
+    while in_save and proc.poll() is None and not _writing(out):
+        time.sleep(0.0005)
     finished_first = proc.poll() is not None
     if not finished_first:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
-    result: dict[str, Any] = {"run": i, "kill_after_s": round(delay, 3), "late": late,
+    result: dict[str, Any] = {"run": i, "kill_after_s": round(delay, 3), "late": late, "in_save": in_save,
                               "exit_before_kill": finished_first, "first_status": proc.returncode}
     result["after_kill"] = check_checkpoints(out) if out.exists() else {"checkpoints": [], "unreadable": [],
                                                                          "temporaries": []}
@@ -198,6 +214,7 @@ def summarize(results: list[dict], reference: dict, ref_seconds: float, args: ar
     return {
         "kills": len(results),
         "late_kills": sum(bool(r.get("late")) for r in results),
+        "in_save_kills": sum(bool(r.get("in_save")) for r in results),
         "killed_before_exit": sum(not r["exit_before_kill"] for r in results),
         "finished": sum(bool(r.get("finished")) for r in results),
         "same_final_step": sum(r.get("global_step") == reference["global_step"] for r in results),
@@ -212,13 +229,14 @@ def summarize(results: list[dict], reference: dict, ref_seconds: float, args: ar
         "reference": {"global_step": reference["global_step"], "val_loss": reference["val_loss"],
                       "wall_s": round(ref_seconds, 1), "model": reference["model"]},
         "settings": {"steps": args.steps, "every": args.every, "seed": args.seed, "kill_seed": args.kill_seed,
-                     "late": args.late},
+                     "late": args.late, "in_save": args.in_save},
     }
 
 
 def markdown(s: dict, results: list[dict]) -> str:
     ref = s["reference"]
-    lines = [f"# Crash and resume ({s['kills']} SIGKILLs, {s['late_kills']} of them after the final checkpoint)", "",
+    lines = [f"# Crash and resume ({s['kills']} SIGKILLs: {s['late_kills']} after the final checkpoint, "
+             f"{s['in_save_kills']} while a checkpoint was written)", "",
              f"Reference: {s['settings']['steps']} steps (checkpoint and validation every {s['settings']['every']}),"
              f" {ref['wall_s']} s, final val loss {ref['val_loss']!r}.", "",
              "| killed | finished | same final step | same final val loss | bitwise identical run | "
@@ -232,6 +250,7 @@ def markdown(s: dict, results: list[dict]) -> str:
     for r in results:
         cks = ", ".join(r["after_kill"]["checkpoints"]) or "-"
         killed = (f"{r['kill_after_s']}" + (" after the final checkpoint" if r.get("late") else "")
+                  + (", then in a checkpoint write" if r.get("in_save") else "")
                   + (" (had exited)" if r["exit_before_kill"] else ""))
         lines.append(f"| {r['run']} | {killed} | {cks} | {r.get('global_step')} | {r.get('val_loss')} | "
                      f"{'yes' if r.get('same_as_reference') else 'NO: ' + ', '.join(r.get('differs', [])) or '-'} |")
@@ -244,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kills", type=int, default=20, help="kills at random moments of a run")
     p.add_argument("--late", type=int, default=0, help="further kills 0-0.3 s after the final checkpoint")
+    p.add_argument("--in-save", type=int, default=0, help="further kills while a checkpoint is being written")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="training seed")
@@ -264,17 +284,21 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(args.kill_seed)
         delays = [rng.uniform(0.0, ref_seconds) for _ in range(args.kills)]
         delays += [rng.uniform(0.0, 0.3) for _ in range(args.late)]
+        delays += [rng.uniform(0.0, 0.9 * ref_seconds) for _ in range(args.in_save)]
+        n = len(delays)
 
         def one(i: int) -> dict:
             r = killed_run(i, delays[i], prepared, work, args.steps, args.every, args.seed, reference,
-                           args.max_resumes, timeout=10 * ref_seconds + 60, late=i >= args.kills)
+                           args.max_resumes, timeout=10 * ref_seconds + 60,
+                           late=args.kills <= i < args.kills + args.late, in_save=i >= args.kills + args.late)
             print(f"run {i}: killed after {r['kill_after_s']} s, checkpoints {r['after_kill']['checkpoints']}, "
-                  f"unreadable {len(r['after_kill']['unreadable'])}, resumes {r.get('resumes')}, "
+                  f"temporaries {r['after_kill']['temporaries']}, unreadable {len(r['after_kill']['unreadable'])}, "
+                  f"resumes {r.get('resumes')}, "
                   f"identical {r.get('same_as_reference')}", flush=True)
             return r
 
         with ThreadPoolExecutor(max_workers=args.jobs) as ex:
-            results = list(ex.map(one, range(args.kills + args.late)))
+            results = list(ex.map(one, range(n)))
         summary = summarize(results, reference, ref_seconds, args)
         text = markdown(summary, results)
         print(text)
@@ -287,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    ok = (summary["finished"] == summary["identical_to_reference"] == args.kills + args.late
+    ok = (summary["finished"] == summary["identical_to_reference"] == len(results)
           and summary["unreadable_checkpoints"] == 0)
     return 0 if ok else 1
 
