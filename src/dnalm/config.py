@@ -41,10 +41,12 @@ def _alias(name: str, overrides: list[str]) -> list[str]:
 
 def compose(command: str, overrides: list[str], config_dir: str | None = None):
     """Compose ``conf/<command>.yaml`` with Hydra overrides; raise a one-line ConfigError."""
+    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     name = config_name(command)
@@ -67,11 +69,19 @@ def compose(command: str, overrides: list[str], config_dir: str | None = None):
                 overrides.append(f"hydra.searchpath=[file://{user_dir}]")
             init = initialize_config_module("dnalm.conf", version_base=None)
         with init:
-            return hydra_compose(config_name=name, overrides=overrides)
+            cfg = hydra_compose(config_name=name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain(exc, command)) from None
+    except yaml.YAMLError as exc:  # a config file of --config-dir that is not YAML (the message names it)
+        raise ConfigError(f"{command}: not a valid YAML config: {' '.join(str(exc).split())}") from None
     finally:
         GlobalHydra.instance().clear()
+    try:  # every interpolation resolves (a recipe that resolves later would raise outside the ConfigError)
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise ConfigError(f"{command}: bad value for '{key}': {str(exc).splitlines()[0]}") from None
+    return cfg
 
 
 def _explain(exc: BaseException, command: str) -> str:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,15 +24,38 @@ def _umask() -> int:
     return mask
 
 
+def make_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p path``; a path that cannot be a directory (a file in the way, no permission, a name too long)
+    is an InputError naming it."""
+    from dnalm.errors import InputError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create this directory ({exc.strerror or exc})") from None
+    return path
+
+
+def _unwritable(path: Path, exc: OSError) -> Exception:
+    from dnalm.errors import InputError
+
+    return InputError(f"{path}: cannot write an output here ({exc.strerror or exc})")
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
     On any exception the temporary file is removed, so a reader never sees a half-written output.
+    A location that cannot be written is an InputError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -47,11 +72,15 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     """Yield a temporary directory beside ``path``; move it to ``path`` when the block succeeds.
 
     An existing ``path`` is replaced only after the new one is complete (``overwrite=True``).
-    On failure the temporary directory is deleted and ``path`` is left as it was.
+    On failure the temporary directory is deleted and ``path`` is left as it was. A location that
+    cannot be written is an InputError naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
@@ -175,6 +204,15 @@ def json_safe(obj: Any) -> Any:
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def allow_long_csv_fields() -> None:
+    """Let the ``csv`` module read fields of any length: its default limit, 131,072 characters, is shorter
+    than many sequences. The limit is process-wide; it is only ever raised."""
+    import csv
+
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
 
 
 def open_binary(path: str | os.PathLike, what: str = "file") -> io.BufferedReader:
@@ -192,15 +230,56 @@ def open_binary(path: str | os.PathLike, what: str = "file") -> io.BufferedReade
         raise InputError(f"{path}: permission denied") from None
 
 
+class _GzipReader(gzip.GzipFile):
+    """``gzip.GzipFile`` whose corrupt deflate data raises ``gzip.BadGzipFile`` (an OSError, like its other
+    failures: a bad header or CRC is an OSError, truncation an EOFError) instead of ``zlib.error``."""
+
+    def read(self, size: int = -1) -> bytes:
+        return _inflate(super().read, size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return _inflate(super().read1, size)
+
+    def peek(self, n: int) -> bytes:
+        return _inflate(super().peek, n)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return _inflate(super().readline, size)
+
+
+def _inflate(read: Callable[[int | None], bytes], size: int | None) -> bytes:
+    try:
+        return read(size)
+    except zlib.error as exc:
+        raise gzip.BadGzipFile(f"corrupt compressed data ({exc})") from None
+
+
 def open_text(path: str | os.PathLike, what: str = "file", errors: str = "strict",
               newline: str | None = "") -> io.TextIOWrapper:
     """A UTF-8 text stream of ``path``, gunzipped when it starts with the gzip magic bytes (whatever its
     name). A missing, unreadable or directory path is an InputError naming it (``what``: the kind of
-    file expected, for the message). ``newline=""`` keeps line endings as they are (what csv needs)."""
-    import gzip
-
+    file expected, for the message). ``newline=""`` keeps line endings as they are (what csv needs).
+    A byte-order mark at the start (spreadsheets write one) is dropped. Reading truncated or corrupt
+    gzip data raises EOFError or OSError, never ``zlib.error``."""
     raw = open_binary(path, what)
     magic = raw.read(2)
     raw.seek(0)
-    stream = gzip.GzipFile(fileobj=raw, mode="rb") if magic == GZIP_MAGIC else raw
-    return io.TextIOWrapper(stream, encoding="utf-8", errors=errors, newline=newline)  # type: ignore[arg-type]
+    stream = _GzipReader(fileobj=raw, mode="rb") if magic == GZIP_MAGIC else raw
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors=errors, newline=newline)  # type: ignore[arg-type]
+
+
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)",
+                 "In PyTorch 2.6", "Re-running")
+
+
+def torch_load_reason(exc: BaseException) -> str:
+    """One short line saying why ``torch.load`` refused or could not read a file: the unpickler's reason
+    (e.g. "Trying to load unsupported GLOBAL posix.system ...") without PyTorch's surrounding advice, which
+    suggests loading the file unsafely."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    kept = [line.split("WeightsUnpickler error:")[-1].strip() for line in lines if not line.startswith(_TORCH_ADVICE)]
+    text = " ".join(k for k in kept if k) or (lines[0] if lines else "")
+    text = text.split(". ")[0].rstrip(".")
+    if not text:
+        text = "unexpected end of file (empty or truncated)" if isinstance(exc, EOFError) else type(exc).__name__
+    return text

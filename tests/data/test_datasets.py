@@ -292,6 +292,30 @@ def test_labeled_errors_name_file_and_line(tmp_path, text, task, message):
         LabeledSequenceDataset.from_path(_write(tmp_path / "x.csv", text), CharTokenizer(), task=task)
 
 
+def test_labeled_csv_with_long_sequences_a_byte_order_mark_or_gzip(tmp_path):
+    """Sequences longer than the csv module's default field limit (131,072 characters) and a spreadsheet's
+    UTF-8 byte-order mark are read; corrupt gzip data is an InputError naming the file."""
+    import gzip
+
+    long = "ACGT" * 50_000
+    path = tmp_path / "long.csv"
+    path.write_bytes(b"\xef\xbb\xbfsequence,label\n" + long.encode() + b",1\nGG,0\n")
+    ds = LabeledSequenceDataset.from_path(path, CharTokenizer(add_eos=False))
+    assert ds.sequences == [long, "GG"] and ds.labels.tolist() == [1, 0]
+    corrupt = gzip.compress(b"sequence,label\nAC,1\n", mtime=0)[:10] + b"\x07" + bytes(16)
+    (tmp_path / "bad.csv.gz").write_bytes(corrupt)
+    with pytest.raises(InputError, match=r"bad\.csv\.gz: cannot read as CSV \(corrupt compressed data"):
+        LabeledSequenceDataset.from_path(tmp_path / "bad.csv.gz", CharTokenizer())
+
+
+def test_class_folder_with_a_binary_file(tmp_path):
+    _write(tmp_path / "folders" / "pos" / "a.txt", "ACGT\n")
+    (tmp_path / "folders" / "neg").mkdir()
+    (tmp_path / "folders" / "neg" / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(InputError, match=r"neg/img\.png: cannot read as sequences \('utf-8' codec"):
+        LabeledSequenceDataset.from_path(tmp_path / "folders", CharTokenizer())
+
+
 def test_labeled_fasta_without_label_and_unknown_dev_class(tmp_path):
     with pytest.raises(InputError, match="record 's2' has no label"):
         LabeledSequenceDataset.from_path(_write(tmp_path / "a.fa", ">s1|x\nAC\n>s2\nGG\n"), CharTokenizer())

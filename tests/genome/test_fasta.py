@@ -171,6 +171,14 @@ def test_fasta_index_fetch_equals_stream_slices(tmp_path, data, kind):
     assert sorted(os.listdir(tmp_path)) == before  # nothing written beside the input
 
 
+def test_fasta_index_of_a_plain_file_named_gz(tmp_path):
+    """The content decides the compression: pyfaidx would read a '.gz' name as bgzip (and need Biopython)."""
+    path = write(tmp_path, IRREGULAR, "g.fa.gz")
+    with FastaIndex(path) as index:
+        assert index.lengths == {"a": 20, "b": 22, "c": 1}
+        assert index.fetch("a", 4, 12) == "ACGTacgT"
+
+
 def test_yeast_genome_stream_lengths_and_index():
     path = shared_file("yeast_r64", "GCA_000146045.2_R64_genomic.fna.gz")
     records = list(iter_records(path))

@@ -92,6 +92,8 @@ MALFORMED = [
     (row("c", "gene", 1, 5).replace("\t1\t", "\t1.0\t"), r"line 2: start '1\.0' is not an integer"),
     (row("c", "gene", 1, 5).replace("\t5\t", "\tabc\t"), r"line 2: end 'abc' is not an integer"),
     (row("c", "gene", 0, 5), r"line 2: start 0 must be >= 1"),
+    (row("c", "gene", 1, 10**20), r"line 2: end 100000000000000000000 is larger than any sequence"),
+    (row("c", "gene", 2**62 + 1, 2**63), r"line 2: start 4611686018427387905 is larger than any sequence"),
     (row("c", "gene", 1, 5, strand="x"), r"line 2: strand 'x' is not one of"),
     (row("c", "CDS", 1, 5, phase="3"), r"line 2: phase '3' is not one of 0 1 2"),
     (row("c", "CDS", 1, 5, score="high"), r"line 2: score 'high' is not a number"),
@@ -108,6 +110,15 @@ MALFORMED = [
 def test_malformed_gff_messages(tmp_path, body, message):
     with pytest.raises(InputError, match=message):
         read_gff3(gff(tmp_path, body))
+
+
+def test_undefined_attribute_column_is_empty(tmp_path):
+    """GFF3 writes '.' for every undefined column, the ninth included."""
+    path = gff(tmp_path, row("c", "repeat_region", 1, 5, attrs=".") + row("c", "gene", 2, 4, attrs=" . "))
+    ann = read_gff3(path, {"c": 5})
+    assert [(f.attributes, f.id, f.parents) for f in ann.features] == [({}, None, ()), ({}, None, ())]
+    with index_gff3(path, {"c": 5}) as index:
+        assert len(index.table("c")) == 2
 
 
 def test_forward_parent_reference_is_valid(tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dnalm.cli import main, run
-from dnalm.errors import ConfigError
+from dnalm.errors import ConfigError, InputError
 from dnalm.genome.synth import SynthConfig, synthesize
 
 STOPS = {"TAA", "TAG", "TGA"}
@@ -361,6 +361,12 @@ def test_too_dense_raises_config_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="chromosome_length"):
         synthesize(SynthConfig(n_chromosomes=1, chromosome_length=10_000, genes_per_mb=2000.0), tmp_path / "x")
     assert not (tmp_path / "x" / "genome.fa").exists()
+
+
+def test_an_output_directory_that_cannot_be_made(tmp_path: Path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(InputError, match=r"afile/g: cannot create this directory \(Not a directory\)"):
+        synthesize(SynthConfig(n_chromosomes=1, chromosome_length=10_000), tmp_path / "afile" / "g")
 
 
 def test_command_runs_in_process(tmp_path: Path, capsys):

@@ -183,6 +183,20 @@ def test_code_in_a_checkpoint_never_runs(tmp_path, reference, how):
     assert not marker.exists()
 
 
+def test_a_raw_pickle_is_refused_with_its_reason(tmp_path):
+    """A plain pickle (no zip container) reaches the restricted unpickler itself; the error names what it
+    refused, without PyTorch's advice to load the file unsafely."""
+    marker = tmp_path / "marker"
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(_RunsCode(os.system, f"touch {marker}"), protocol=2))
+    with pytest.raises(InputError, match=r"pytorch_model\.bin: refused by the restricted unpickler \(.*posix\.system"
+                       ) as err:
+        load_pretrained(tmp_path)
+    assert "weights_only" not in str(err.value) and not marker.exists()
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(InputError, match=r"not a readable PyTorch file \(unexpected end of file"):
+        load_pretrained(tmp_path)
+
+
 def test_unknown_layouts_and_mismatches(tmp_path, hyena_fixture, reference):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty: unknown model layout"):
@@ -207,6 +221,40 @@ def test_unknown_layouts_and_mismatches(tmp_path, hyena_fixture, reference):
     torch.save(sd, tmp_path / "untied.pt")
     with pytest.raises(InputError, match="lm_head.weight' differs"):
         load_pretrained(tmp_path / "untied.pt")
+
+
+def _tiny_dnalm_dir(path):
+    torch.manual_seed(0)
+    return save_pretrained(HyenaLM(HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=66, filter_order=8)), path)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("d_model", 1 << 20, r"shape mismatch: backbone\.embeddings\.word_embeddings\.weight \(16, 16\) vs "
+                         r"\(16, 1048576\)"),
+    ("l_max", 1 << 40, r"shape mismatch: .*pos_emb\.t \(1, 66, 1\) vs \(1, 1099511627776, 1\)"),
+    ("n_layer", 10**5, r"n_layer=100,000 but only \d+ tensors are stored"),
+    ("d_model", 10**9, r"it cannot be built \(Storage size calculation overflowed"),
+])
+def test_a_config_that_claims_a_huge_model_fails_before_allocating(tmp_path, field, value, message):
+    """The weights file bounds the model: a config.json that disagrees is refused on the meta device, not after
+    trying to allocate terabytes (or building 10^5 layers)."""
+    model_dir = _tiny_dnalm_dir(tmp_path / "m")
+    meta = json.loads((model_dir / "config.json").read_text())
+    meta["config"][field] = value
+    (model_dir / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"model\.safetensors: weights do not fit the model config: " + message):
+        load_pretrained(model_dir)
+
+
+@pytest.mark.parametrize("edit", ["truncate", "empty", "header"])
+def test_an_unreadable_dnalm_weights_file_is_an_input_error(tmp_path, edit):
+    model_dir = _tiny_dnalm_dir(tmp_path / "m")
+    file = model_dir / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "header": (10**12).to_bytes(8, "little")
+                      + data[8:]}[edit])
+    with pytest.raises(InputError, match=r"model\.safetensors: not a readable safetensors file"):
+        load_pretrained(model_dir)
 
 
 def test_save_requires_a_family(tmp_path):

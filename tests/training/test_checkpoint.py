@@ -113,7 +113,35 @@ def test_training_state_with_pickled_code_is_refused(tmp_path):
     model = _model()
     DirectoryCheckpointIO(model).save_checkpoint(_lightning_like_checkpoint(model, 1), tmp_path / "c")
     torch.save({"global_step": 1, "evil": Payload()}, tmp_path / "c" / TRAINING_STATE)
-    with pytest.raises(InputError, match="cannot read the training state"):
+    with pytest.raises(InputError, match=r"cannot read the training state \(Unsupported global: GLOBAL print was "
+                                         r"not an allowed global by default\)") as err:
+        read_training_state(tmp_path / "c")
+    assert "weights_only" not in str(err.value)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", r"cannot read the training state \(unexpected end of file"),
+    (b"\x80\x02}q\x00.", r"cannot read the training state \(.*"),
+    (b"PK\x03\x04garbage", r"cannot read the training state \(PytorchStreamReader failed reading zip archive"),
+])
+def test_unreadable_training_state_is_one_line(tmp_path, content, message):
+    model = _model()
+    DirectoryCheckpointIO(model).save_checkpoint(_lightning_like_checkpoint(model, 1), tmp_path / "c")
+    (tmp_path / "c" / TRAINING_STATE).write_bytes(content)
+    with pytest.raises(InputError, match=message) as err:
+        read_training_state(tmp_path / "c")
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_training_state_without_what_resuming_needs(tmp_path):
+    model = _model()
+    DirectoryCheckpointIO(model).save_checkpoint(_lightning_like_checkpoint(model, 1), tmp_path / "c")
+    torch.save({"global_step": 5, "epoch": 0}, tmp_path / "c" / TRAINING_STATE)
+    with pytest.raises(InputError, match=r"not a training state written by dnalm \(missing pytorch-lightning_version, "
+                                         r"loops, optimizer_states\)"):
+        read_training_state(tmp_path / "c")
+    torch.save([1, 2], tmp_path / "c" / TRAINING_STATE)
+    with pytest.raises(InputError, match=r"not a training state written by dnalm \(holds a list\)"):
         read_training_state(tmp_path / "c")
 
 

@@ -351,7 +351,15 @@ def test_finetune_user_errors(tmp_path, tiny_checkpoint, motif_data, capsys) -> 
     with pytest.raises(InputError, match=r"bad.csv:3: label '2' is not a known class"):
         run(["finetune", f"checkpoint={tiny_checkpoint}", f"data.path={motif_data / 'train.csv'}",
              f"out={tmp_path / 'o'}", f"data.dev={bad}", *FAST])
-    assert not (tmp_path / "o" / "metrics.json").exists()
+    no_column = tmp_path / "nocol.csv"
+    no_column.write_text("seq,label\nACGT,0\n")
+    with pytest.raises(InputError, match=r"nocol.csv:1: missing column 'sequence'"):
+        run(["finetune", f"checkpoint={tiny_checkpoint}", f"data.path={no_column}", f"out={tmp_path / 'o'}", *FAST])
+    too_long = tmp_path / "long.csv"
+    too_long.write_text("sequence,label\nACGT,0\n" + "A" * 2000 + ",1\n")
+    with pytest.raises(InputError, match=r"long.csv:3: 2,001 tokens, more than the model's context l_max="):
+        run(["finetune", f"checkpoint={tiny_checkpoint}", f"data.path={too_long}", f"out={tmp_path / 'o'}", *FAST])
+    assert not (tmp_path / "o").exists()  # bad inputs leave no output directory behind
 
 
 def test_shipped_task_configs_compose(shared_data) -> None:

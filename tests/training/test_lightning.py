@@ -281,3 +281,14 @@ def test_validation_epoch_metrics_equal_pooled_loss():
     den = sum(float(o.weight.sum()) for o in outs)
     assert got["loss"] == pytest.approx(num / den, rel=1e-5)
     assert trainer.callback_metrics["val/bits_per_base"].item() == pytest.approx(num / den / math.log(2), rel=1e-5)
+
+
+def test_last_metrics_travel_with_the_checkpoint():
+    """A run resumed from its final checkpoint runs no validation; it reports what the checkpoint carries."""
+    module = NextTokenLM(_tiny_model(), OptimConfig(), total_steps=1)
+    module.last_metrics = {"val": {"loss": torch.tensor(1.25), "bits_per_base": torch.tensor(1.8033688)}}
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    resumed = NextTokenLM(_tiny_model(), OptimConfig(), total_steps=1)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.last_metrics == {"val": {"loss": 1.25, "bits_per_base": float(torch.tensor(1.8033688))}}

@@ -22,6 +22,7 @@ from dnalm.cli import main as cli_main
 from dnalm.cli import run as cli_run
 from dnalm.config import compose
 from dnalm.data.prepare import GenomeSpec, prepare
+from dnalm.errors import InputError
 from dnalm.genome.splits import SplitSpec
 from dnalm.genome.synth import SynthConfig, synthesize
 from dnalm.models.io import load_pretrained, read_pretrained_info
@@ -151,6 +152,33 @@ def test_killed_run_resumes_to_the_same_model(trained, prepared, tmp_path):
     assert not leftovers(out)
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_its_log_again(prepared, tmp_path):
+    """resume=auto finds no checkpoint and starts from step 0; the rows the killed attempt logged go."""
+    out = tmp_path / "early"
+    out.mkdir()
+    (out / "metrics.csv").write_text("epoch,step,train/loss\n0,0,9.5\n0,1,9.25\n")
+    assert cli_run(["train", *overrides(prepared, out, "trainer.max_steps=3")]) == 0
+    loss = column(out, "train/loss")  # fails on a step logged twice
+    assert sorted(loss) == [0, 1, 2] and 9.25 not in loss.values() and 9.5 not in loss.values()
+
+
+def test_a_run_killed_after_its_final_checkpoint_reports_the_same_metrics(trained, prepared, tmp_path):
+    """Killed while writing model/ and metrics.json: the resumed run has nothing left to train or validate,
+    and reports the final validation of the checkpoint (it reported none)."""
+    import shutil
+
+    out = tmp_path / "late"
+    shutil.copytree(trained, out, symlinks=True)
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+    assert cli_run(["train", *overrides(prepared, out)]) == 0
+    want, got = (json.loads((d / "metrics.json").read_text()) for d in (trained, out))
+    assert got["global_step"] == want["global_step"] == STEPS
+    assert got["val"] == want["val"]
+    assert got["val"]["loss"] == pytest.approx(column(trained, "val/loss")[STEPS - 1], rel=1e-6)  # logged as float32
+    assert got["best"] == want["best"] and got["model"] == want["model"]
+
+
 class Recorder(L.Callback):
     def __init__(self):
         self.batches: list[tuple[int, tuple[int, ...], int]] = []
@@ -212,12 +240,36 @@ def test_user_mistakes_fail_with_one_line(trained, prepared, tmp_path, capsys):
         (overrides(prepared, tmp_path / "r3", "trainer.max_steps=-1"), "set trainer.max_steps or trainer.max_epochs"),
         (overrides(prepared, tmp_path / "r4", "logger=[csv,mlflow]"), "unknown logger 'mlflow'"),
         (overrides(prepared, tmp_path / "r5", "global_batch_size=12"), "not a multiple of batch_size 8"),
+        (overrides(prepared, tmp_path / "r6", "seed=-1"), "seed=-1 must be in [0, 2^32)"),
+        (overrides(prepared, tmp_path / "r7", f"seed={2**32}"), "seed=4294967296 must be in [0, 2^32)"),
+        (overrides(prepared, tmp_path / "r8", "data.batch_size=100000"), "give no full batch of data.batch_size"),
+        (overrides(prepared, tmp_path / ("x" * 300)), "not a usable path (File name too long)"),
+        (overrides(prepared, tmp_path / "afile" / "run"), "afile/run: cannot create this directory (Not a directory)"),
     ]
+    (tmp_path / "afile").write_text("")
     for argv, message in cases:
         with pytest.raises(SystemExit) as exc:
             cli_main(["train", *argv])
         err = capsys.readouterr().err
         assert exc.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert not any((tmp_path / f"r{i}").exists() for i in range(1, 9))  # nothing written
+    assert (tmp_path / "afile").read_text() == ""
+
+
+def test_an_unreadable_resume_checkpoint_fails_before_training_starts(trained, prepared, tmp_path, monkeypatch):
+    """The training state is read before the Trainer is made (whose start-up lines would precede the error)."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree((trained / "checkpoints" / "last").resolve(), ckpt)
+    (ckpt / "training_state.pt").write_bytes(b"not a checkpoint")
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("a Trainer was made before the resume checkpoint was read")
+
+    monkeypatch.setattr(L, "Trainer", no_trainer)
+    with pytest.raises(InputError, match=r"ckpt/training_state\.pt: cannot read the training state"):
+        cli_run(["train", *overrides(prepared, tmp_path / "run", f"resume={ckpt}")])
 
 
 @pytest.mark.slow

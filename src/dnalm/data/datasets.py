@@ -32,7 +32,7 @@ from dnalm.data.prepared import PreparedGenome
 from dnalm.errors import ConfigError, InputError
 from dnalm.genome.regions import CLASS_MASK
 from dnalm.tokenizers import A_ID, EOS_ID, N_ID, PAD_ID, T_ID, reverse_complement
-from dnalm.utils import open_text
+from dnalm.utils import allow_long_csv_fields, open_text
 
 IGNORE_REGION = -1
 """Region value of targets that are not bases (EOS, padding)."""
@@ -361,6 +361,7 @@ def read_csv_rows(path: Path, sequence_column: str = "sequence", label_column: s
     """Rows of a CSV (TSV when the name ends in ``.tsv``) with a header naming both columns."""
     delimiter = "\t" if _strip_gz(path).endswith(".tsv") else ","
     rows = []
+    allow_long_csv_fields()
     try:
         with open_text(path) as f:
             reader = csv.DictReader(f, delimiter=delimiter)
@@ -405,15 +406,18 @@ def read_class_folders(root: Path) -> list[_Row]:
         if not files:
             raise InputError(f"{root / name}: class folder holds no files")
         for file in files:
-            with open_text(file) as f:
-                head = f.read(1)
-            if head == ">":
-                rows.extend(_Row(r.sequence, name, r.where) for r in read_fasta_rows_unlabeled(file))
-                continue
-            with open_text(file) as f:
-                for line_no, line in enumerate(f, 1):
-                    if line.strip():
-                        rows.append(_Row(line.strip(), name, f"{file}:{line_no}"))
+            try:
+                with open_text(file) as f:
+                    head = f.read(1)
+                if head == ">":
+                    rows.extend(_Row(r.sequence, name, r.where) for r in read_fasta_rows_unlabeled(file))
+                    continue
+                with open_text(file) as f:
+                    for line_no, line in enumerate(f, 1):
+                        if line.strip():
+                            rows.append(_Row(line.strip(), name, f"{file}:{line_no}"))
+            except (UnicodeDecodeError, OSError, EOFError) as exc:
+                raise InputError(f"{file}: cannot read as sequences ({exc})") from None
     return rows
 
 

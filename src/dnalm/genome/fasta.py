@@ -322,7 +322,8 @@ class FastaIndex:
 
         try:
             fa = self._open_pyfaidx(self.path)
-        except (pyfaidx.FastaIndexingError, ValueError, OSError):
+        except (pyfaidx.FastaIndexingError, ValueError, OSError, ImportError):
+            # ImportError: pyfaidx takes a name ending in .gz for bgzip and needs Biopython for it
             return None
         index = fa.faidx.index
         lengths = {name: int(entry.rlen) for name, entry in index.items()}

@@ -119,6 +119,8 @@ _PHASES = {".": None, "0": 0, "1": 1, "2": 2}
 _PART_TYPES = CDS_TYPES | EXON_TYPES | UTR_TYPES
 _FRAGMENT_ROWS = 1 << 16
 _NO_LINE = np.iinfo(np.int64).max
+MAX_COORDINATE = 1 << 62
+"""Largest start or end accepted (coordinates are kept as int64)."""
 
 CHILD = 1
 """Bit of :attr:`FeatureTable.children`: some feature names this ID as its Parent."""
@@ -575,6 +577,8 @@ def _decode(text: str) -> str:
 def _attributes(col: str, path: str | os.PathLike, lineno: int) -> tuple[dict[str, str], tuple[str, ...]]:
     attrs: dict[str, str] = {}
     parents: tuple[str, ...] = ()
+    if col.strip() == ".":  # an undefined column, as GFF3 writes every empty one
+        return attrs, parents
     for item in col.split(";"):
         item = item.strip()
         if not item:
@@ -636,6 +640,9 @@ def _coordinate(text: str, what: str, path: str | os.PathLike, lineno: int) -> i
         raise InputError(f"{path}: line {lineno}: {what} '{text}' is not an integer") from None
     if value < 1:
         raise InputError(f"{path}: line {lineno}: {what} {value} must be >= 1 (GFF3 is 1-based)")
+    if value > MAX_COORDINATE:
+        raise InputError(f"{path}: line {lineno}: {what} {text} is larger than any sequence (at most "
+                         f"{MAX_COORDINATE:,})")
     return value
 
 
@@ -700,7 +707,7 @@ def _read(path: str | os.PathLike, seq_lengths: dict[str, int] | None, index: Gf
         seqid_s, source, type_s, start_s, end_s, score_s, strand, phase_s, attr_s = cols
         try:
             start, end = int(start_s), int(end_s)
-            ok = 0 < start <= end
+            ok = 0 < start <= end <= MAX_COORDINATE
         except ValueError:
             ok = False
         if not ok or strand not in _STRANDS or phase_s not in _PHASES:

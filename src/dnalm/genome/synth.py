@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from dnalm.errors import ConfigError
-from dnalm.utils import atomic_file, track
+from dnalm.utils import atomic_file, make_dir, track
 
 __all__ = ["SynthConfig", "synthesize", "record_names", "GENETIC_CODE", "STOP_CODONS"]
 
@@ -642,8 +642,7 @@ def synthesize(cfg: SynthConfig, out_dir: str | Path) -> dict[str, Path]:
     ``summary`` (``synth.json``: the config and per-record statistics). Each file is written
     atomically; the same ``cfg`` always gives byte-identical files.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out_dir)
     paths = {"fasta": out / ("genome.fa.gz" if cfg.gzip else "genome.fa"), "gff3": out / "annotation.gff3",
              "homology": out / "homology.tsv", "summary": out / "synth.json"}
     root = np.random.SeedSequence(cfg.seed)

@@ -70,9 +70,10 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def load_model(path: str | os.PathLike, device: str | torch.device = "auto",
                dtype: str | torch.dtype = "fp32") -> tuple[CausalLM, object]:
     """A causal LM in eval mode and its tokenizer (``tokenizer.json`` beside it, else dnalm's
-    default character tokenizer)."""
+    default character tokenizer; a tokenizer file that cannot be read is an InputError, never
+    silently replaced by the default)."""
     from dnalm.models.io import load_pretrained
-    from dnalm.tokenizers import CharTokenizer, load_tokenizer
+    from dnalm.tokenizers import BPE_SIDE_FILE, CONFIG_FILE, CharTokenizer, load_tokenizer
 
     path = Path(path)
     model = load_pretrained(path, map_location="cpu")
@@ -80,10 +81,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "auto",
         raise InputError(f"{path}: holds a {type(model).__name__}, not a language model")
     model = model.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).eval()
     directory = path if path.is_dir() else path.parent
-    try:
-        tokenizer = load_tokenizer(directory)
-    except InputError:
-        tokenizer = CharTokenizer()
+    saved = any((directory / name).is_file() for name in (CONFIG_FILE, BPE_SIDE_FILE, "tokenizer_config.json"))
+    tokenizer = load_tokenizer(directory) if saved else CharTokenizer()
     return model, tokenizer
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from dnalm.errors import ConfigError, InputError
-from dnalm.utils import atomic_file, open_text
+from dnalm.utils import allow_long_csv_fields, atomic_file, open_text
 
 #: Column names accepted for the sequence and the identifier in a CSV/TSV input.
 SEQUENCE_COLUMNS = ("sequence", "seq")
@@ -66,6 +66,7 @@ def _read_table(path: Path, uppercase: bool) -> list[NamedSequence]:
     suffixes = [s.lower() for s in path.suffixes]
     delimiter = "\t" if ".tsv" in suffixes or ".txt" in suffixes else ","
     out = []
+    allow_long_csv_fields()
     try:
         with open_text(path) as f:
             reader = csv.reader(f, delimiter=delimiter)

@@ -651,7 +651,7 @@ def _hyenadna_detect(path: Path, meta: Any) -> bool:
 def load_hyenadna(path: Path, map_location: str | torch.device = "cpu",
                   overrides: Mapping[str, Any] | None = None) -> HyenaLM:
     """A HyenaDNA checkpoint (any layout above; ``path`` a directory or weight file), float32, eval mode."""
-    from dnalm.models.io import WEIGHT_NAMES, load_state_into, read_config_json, read_weights
+    from dnalm.models.io import WEIGHT_NAMES, check_fits, load_state_into, read_config_json, read_weights
 
     path = Path(path)
     overrides = dict(overrides or {})
@@ -674,6 +674,7 @@ def load_hyenadna(path: Path, map_location: str | torch.device = "cpu",
         raise InputError(f"{file}: cannot infer the model config, missing tensor {exc}") from None
     except (TypeError, ConfigError) as exc:
         raise InputError(f"{file}: {exc}") from None
+    check_fits(HyenaLM, config, sd, file)
     model = HyenaLM(config)
     load_state_into(model, sd, file)
     return model.to(map_location).eval()

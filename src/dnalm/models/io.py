@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from dnalm.errors import ConfigError, InputError
-from dnalm.utils import atomic_dir
+from dnalm.utils import atomic_dir, torch_load_reason
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +148,9 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).split(". ")[-1].splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: refused by the restricted unpickler ({first})") from None
+        raise InputError(f"{path}: refused by the restricted unpickler ({torch_load_reason(exc)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not a readable PyTorch file ({first})") from None
+        raise InputError(f"{path}: not a readable PyTorch file ({torch_load_reason(exc)})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +205,27 @@ def _fill_aliases(model: nn.Module, sd: dict[str, Tensor], where: Path) -> dict[
     return sd
 
 
+def check_fits(model_cls: type, config: Any, sd: Mapping[str, Tensor], where: Path) -> None:
+    """Raise InputError when ``sd`` cannot hold the weights of ``model_cls(config)``, before any memory is
+    allocated for the model: a config that claims a huge model (a hostile or corrupt config.json) fails at
+    once instead of exhausting memory. Each block has tensors of its own, so ``n_layer`` is at most the
+    number of tensors; the shapes are compared on a model built on the meta device."""
+    n_layer = getattr(config, "n_layer", None)
+    if isinstance(n_layer, int) and n_layer > len(sd):
+        raise InputError(f"{where}: weights do not fit the model config: n_layer={n_layer:,} but only "
+                         f"{len(sd)} tensors are stored")
+    try:
+        own = model_cls(config, device=torch.device("meta")).state_dict()
+    except (RuntimeError, ValueError, OverflowError) as exc:  # sizes beyond what a tensor can have
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{where}: weights do not fit the model config: it cannot be built ({first})") from None
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items()
+           if k in own and v.shape != own[k].shape]
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise InputError(f"{where}: weights do not fit the model config: shape mismatch: {', '.join(bad[:3])}{more}")
+
+
 def load_state_into(model: nn.Module, sd: dict[str, Tensor], where: Path) -> None:
     """Load ``sd`` into ``model`` strictly; shape mismatches, missing and unexpected keys raise InputError
     naming ``where`` (tied tensors may be stored under any of their names)."""
@@ -246,7 +265,6 @@ def read_weights(file: Path) -> Mapping[str, Tensor]:
 
 def _load_dnalm(directory: Path, meta: Mapping[str, Any], map_location: str | torch.device,
                 overrides: Mapping[str, Any]) -> nn.Module:
-    from safetensors.torch import load_file
 
     from dnalm.models.families import FAMILIES
 
@@ -262,8 +280,10 @@ def _load_dnalm(directory: Path, meta: Mapping[str, Any], map_location: str | to
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise InputError(f"{weights}: missing (named by {cfg_path})")
+    sd = dict(read_weights(weights))
+    check_fits(fam.model_cls, config, sd, weights)
     model = fam.build(config)
-    load_state_into(model, dict(load_file(str(weights), device="cpu")), weights)
+    load_state_into(model, sd, weights)
     return model.to(map_location)
 
 

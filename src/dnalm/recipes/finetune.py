@@ -36,7 +36,7 @@ from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError, InputError
 from dnalm.recipes.train import TrainerConfig
 from dnalm.training.lightning import OptimConfig, time_budget_fraction
-from dnalm.utils import atomic_file, json_safe
+from dnalm.utils import atomic_file, json_safe, make_dir
 
 TASK_KINDS = ("classification", "regression", "lm")
 
@@ -186,6 +186,18 @@ def _trainer(tc: TrainerConfig, opt: OptimConfig, out: Path, callbacks: list, ha
                      default_root_dir=str(out))
 
 
+def _check_context(ds: Any, l_max: int | None) -> None:
+    """InputError naming the first sequence of ``ds`` whose tokens are more than a model with a fixed context
+    (``l_max``: Hyena's filters are defined for that many positions) reads. A token covers at least one base
+    and at most two specials are added, so only sequences longer than ``l_max - 2`` bases are tokenized."""
+    if ds is None or l_max is None:
+        return
+    for i, seq in enumerate(ds.sequences):
+        if len(seq) + 2 > l_max and (n := len(ds[i]["input_ids"])) > l_max:
+            raise InputError(f"{ds.where[i]}: {n:,} tokens, more than the model's context l_max={l_max} "
+                             f"(set data.max_length={l_max} to truncate)")
+
+
 def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     """The recipe: parse ``cfg``, fine-tune, evaluate, write ``out/``; ``callbacks`` are added to the Trainer."""
     cfg = resolved(cfg)
@@ -206,7 +218,6 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     lora = to_dataclass(cfg.get("lora"), LoraSettings, where="lora")
     monitor, mode = _monitor(task)
     out = Path(top.out)
-    out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(top.seed, workers=True, verbose=False)
 
     checkpoint = Path(top.checkpoint)
@@ -217,12 +228,16 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     classes = dm.classes if task.kind == "classification" else None
     if task.kind == "classification" and n_outputs < 2:
         raise InputError(f"{paths['train']}: classification needs at least 2 classes, found {n_outputs}")
-    model = SequenceClassifier(load_pretrained(checkpoint), n_outputs, task=task.kind, pooling=task.pooling,
-                               dropout=task.dropout, layer=task.layer)
+    base = load_pretrained(checkpoint)
+    model = SequenceClassifier(base, n_outputs, task=task.kind, pooling=task.pooling, dropout=task.dropout,
+                               layer=task.layer)
     model.classes = classes
     model.train()  # load_pretrained returns eval mode; dropout should be active while fine-tuning
     if lora.enabled:
         apply_lora(model, lora)
+    for split in ("train", "dev", "test"):  # every input is read and checked before anything is written
+        _check_context(dm.dataset(split), getattr(base.config, "l_max", None))
+    make_dir(out)
 
     has_dev = paths["dev"] is not None
     if tc.max_epochs is None and tc.max_steps <= 0:

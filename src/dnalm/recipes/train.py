@@ -41,7 +41,7 @@ from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError, InputError
 from dnalm.models.families import family
 from dnalm.models.families import names as family_names
-from dnalm.utils import atomic_dir, atomic_file, json_safe
+from dnalm.utils import atomic_dir, atomic_file, json_safe, make_dir
 
 GROUPS = ("model", "data", "trainer", "optim")
 DATA_SOURCE_KEYS = ("prepared", "cache", "source", "synthetic")
@@ -181,6 +181,12 @@ def parse(cfg: DictConfig | dict[str, Any]) -> ParsedConfig:
     for name in top.logger:
         if name not in LOGGERS:
             raise ConfigError(f"logger: unknown logger '{name}' (choose from {', '.join(LOGGERS)})")
+    try:
+        Path(top.out).exists()
+    except OSError as exc:  # a name longer than the file system allows, a loop of links
+        raise ConfigError(f"out={top.out}: not a usable path ({exc.strerror or exc})") from None
+    if not 0 <= top.seed < 2**32:
+        raise ConfigError(f"seed={top.seed} must be in [0, 2^32)")
     if top.resume not in ("auto", "never") and not Path(top.resume).exists():
         raise ConfigError(f"resume={top.resume}: no such checkpoint (use auto, never or a checkpoint directory)")
     model = dict(node.get("model") or {})
@@ -466,6 +472,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         recover_run_dir(run_dir)
     resume = _resume_from(top, run_dir)
     start_fresh = top.resume == "never" and _is_rank_zero() and find_resume_checkpoint(run_dir) is not None
+    resumed_step = int(read_training_state(resume).get("global_step", 0)) if resume is not None else 0
     prepared_path = ensure_prepared(p.source, top.data_root)
     prepared = PreparedGenome(prepared_path)
     data = to_dataclass({**p.data, "path": str(prepared_path)}, GenomeDataConfig, where="data")
@@ -530,6 +537,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
             # Lightning counts training batches; dnalm's interval is in optimizer steps
             trainer.val_check_interval = tc.val_check_interval * acc
         per_epoch = steps_per_epoch(len(dm.dataset("train")), data.batch_size, world, acc)
+        if per_epoch < 1:
+            raise ConfigError(f"train: {len(dm.dataset('train'))} training windows give no full batch of "
+                              f"data.batch_size={data.batch_size} on each of {world} device(s)")
         if tc.max_epochs is None and tc.max_steps <= 0:
             raise ConfigError("train: set trainer.max_steps or trainer.max_epochs (or stages)")
         total = per_epoch * tc.max_epochs if tc.max_epochs is not None else tc.max_steps
@@ -540,17 +550,17 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     module = NextTokenLM(model, p.optim, total, region_classes=prepared.region_classes, seed=top.seed,
                          activation_checkpointing=top.activation_checkpointing, compile=top.compile)
-    resumed_step = int(read_training_state(resume).get("global_step", 0)) if resume is not None else 0
     if trainer.is_global_zero:
         if start_fresh:
             removed = start_over(run_dir)
             print(f"train: resume=never: starting over in {run_dir} (removed the previous run's "
                   f"{', '.join(removed)})", flush=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(run_dir)
         with atomic_file(run_dir / "config.yaml") as tmp:
             OmegaConf.save(OmegaConf.create(resolved(cfg) if isinstance(cfg, DictConfig) else cfg), tmp)
+        # rows logged after the checkpoint (all of them when a killed run never wrote one) are logged again
+        truncate_metrics(run_dir / "metrics.csv", resumed_step)
         if resume is not None:
-            truncate_metrics(run_dir / "metrics.csv", resumed_step)
             print(f"train: resuming from {resume} (step {resumed_step})", flush=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume is not None else None)

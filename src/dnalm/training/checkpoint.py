@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Sampler
 from dnalm.data.datamodule import GenomeDataModule
 from dnalm.errors import InputError
 from dnalm.models.io import WEIGHTS_FILE, load_pretrained, save_pretrained
-from dnalm.utils import atomic_dir, json_safe
+from dnalm.utils import atomic_dir, json_safe, torch_load_reason
 
 TRAINING_STATE = "training_state.pt"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -187,15 +187,25 @@ class DirectoryFSDPStrategy(FSDPStrategy):
         return checkpoint
 
 
+#: Keys of a training state that Lightning needs to resume.
+TRAINING_STATE_KEYS = ("pytorch-lightning_version", "global_step", "epoch", "loops", "optimizer_states")
+
+
 def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``training_state.pt`` of a checkpoint directory (never unpickles code)."""
+    """The ``training_state.pt`` of a checkpoint directory (never unpickles code); InputError for a file
+    that cannot be read or lacks what resuming needs (:data:`TRAINING_STATE_KEYS`)."""
     file = Path(path) / TRAINING_STATE
     if not file.is_file():
         raise InputError(f"{path}: not a resumable checkpoint (no {TRAINING_STATE})")
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise InputError(f"{file}: cannot read the training state ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{file}: cannot read the training state ({torch_load_reason(exc)})") from None
+    missing = [k for k in TRAINING_STATE_KEYS if k not in state] if isinstance(state, dict) else None
+    if missing is None or missing:
+        what = f"missing {', '.join(missing)}" if missing else f"holds a {type(state).__name__}"
+        raise InputError(f"{file}: not a training state written by dnalm ({what})")
+    return state
 
 
 def data_position(state: Mapping[str, Any]) -> dict[str, int] | None:

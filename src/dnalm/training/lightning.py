@@ -227,6 +227,14 @@ class NextTokenLM(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._last_batch_time = None
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a run resumed from its final checkpoint validates no more: it reports these
+        checkpoint["last_metrics"] = {stage: {k: float(v) for k, v in values.items()}
+                                      for stage, values in self.last_metrics.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.last_metrics = {stage: dict(values) for stage, values in (checkpoint.get("last_metrics") or {}).items()}
+
 
 class SeqLenWarmup(L.Callback):
     """Sequence-length warm-up: switch window length, batch size and accumulation at stage boundaries.
