@@ -18,7 +18,8 @@ Hence the rule used by the float32 tests::
 with ``n`` the longest FFT of either computation, ``depth`` the number of layers, ``S`` the largest
 magnitude of every reference tensor compared, and ``C = 16``. The worst ratio measured over the
 chunked-inference cases of ``tests/inference/test_chunked.py`` on one machine under MKL's SSE4.2,
-AVX2 and AVX-512 code paths and ATen's default and AVX-512 kernels was 6.3 (``C`` leaves 2.5x).
+AVX2 and AVX-512 code paths and ATen's default and AVX-512 kernels was 5.7 (``C`` leaves 2.8x;
+benchmarks/RESULTS.md).
 Exactness itself is proven by the same comparisons in float64 at ``FLOAT64_ATOL``.
 """
 
