@@ -379,7 +379,9 @@ def test_command_runs_in_process(tmp_path: Path, capsys):
 
 
 @pytest.mark.parametrize("override, key", [("ploidy=0", "ploidy"), ("snp_rate=abc", "snp_rate"),
-                                           ("colour=red", "colour")])
+                                           ("colour=red", "colour"),
+                                           ("chromosome_length=99999999999999999999999999", "chromosome_length"),
+                                           ("line_width=99999999999999999999999999", "line_width")])
 def test_command_bad_option(tmp_path: Path, capsys, override: str, key: str):
     with pytest.raises(SystemExit) as exc:
         main(["synth", f"out={tmp_path / 'o'}", override])

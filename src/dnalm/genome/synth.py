@@ -102,6 +102,10 @@ SOURCE = "dnalm_synth"
 
 PROTECT_FREE, PROTECT_SNP_OK, PROTECT_ALL = 0, 1, 2
 
+#: Longest synthetic chromosome and FASTA line (2^32 bases: longer than any real chromosome; beyond it
+#: the generator's Poisson draws and array shapes overflow).
+MAX_CHROMOSOME = 2**32
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -139,7 +143,8 @@ class SynthConfig:
         checks = [
             ("seed", self.seed >= 0, "must be >= 0"),
             ("n_chromosomes", 1 <= self.n_chromosomes <= 10_000, "must be in [1, 10000]"),
-            ("chromosome_length", self.chromosome_length >= 10_000, "must be >= 10000"),
+            ("chromosome_length", 10_000 <= self.chromosome_length <= MAX_CHROMOSOME,
+             f"must be in [10000, {MAX_CHROMOSOME}]"),
             ("ploidy", 1 <= self.ploidy <= 26, "must be in [1, 26]"),
             ("gc", 0.1 <= self.gc <= 0.9, "must be in [0.1, 0.9]"),
             ("markov_order", 1 <= self.markov_order <= 6, "must be in [1, 6]"),
@@ -156,7 +161,7 @@ class SynthConfig:
             ("n_gaps_per_mb", self.n_gaps_per_mb >= 0, "must be >= 0"),
             ("n_gap_min", self.n_gap_min >= 1, "must be >= 1"),
             ("n_gap_max", self.n_gap_max >= self.n_gap_min, f"must be >= n_gap_min ({self.n_gap_min})"),
-            ("line_width", self.line_width >= 1, "must be >= 1"),
+            ("line_width", 1 <= self.line_width <= MAX_CHROMOSOME, f"must be in [1, {MAX_CHROMOSOME}]"),
         ]
         for key, ok, why in checks:
             if not ok:
