@@ -380,15 +380,39 @@ def iter_chunks(model: CausalLM, input_ids: Tensor | np.ndarray, chunk_size: int
 
 def _state_chunks(model: CausalLM, input_ids: Tensor | np.ndarray, T: int, layers: list[int], logits: bool,
                   amp: bool) -> Iterator[ChunkOutput]:
-    """Chunks through the model's own inference state (see :func:`_runs_through_state`)."""
+    """Chunks through the mixers' own states (see :func:`_runs_through_state`): each convolution carries its
+    inference state (FIR histories, the long filters' recurrent state: exact at any length), each attention
+    layer the keys and values of its last ``W - 1`` positions (:func:`attention_chunk`: a sliding window of
+    the trained context ``W``, so that memory stays flat at any length; up to ``W`` tokens it is one pass)."""
     B, L = int(input_ids.shape[0]), int(input_ids.shape[1])
+    backbone = model.backbone
     p = model.lm_head.weight
-    state = model.allocate_state(B, L, p.device, p.dtype)
+    n = len(backbone.layers)
+    indices = model._layer_indices(layers) if layers else []
+    keep = set(indices)
+    carries: list[Any] = [AttentionCarry() if isinstance(b.mixer, CausalSelfAttention)
+                          else b.mixer.allocate_state(B, T, p.device, p.dtype) for b in backbone.layers]
+    window = _window(model) if any(isinstance(c, AttentionCarry) for c in carries) else 0
+
+    def mixer_fn(block: nn.Module, carry: Any, start: int) -> Callable[[Tensor], Tensor]:
+        if isinstance(carry, AttentionCarry):
+            return lambda h: attention_chunk(block.mixer, h, carry, start, window)
+        return lambda h: block.mixer(h, state=carry, offset=start)
+
     for start in range(0, L, T):
         with torch.inference_mode(), (torch.autocast(p.device.type, dtype=torch.bfloat16) if amp else nullcontext()):
             ids = _as_ids(input_ids, start, min(start + T, L), p.device)
-            out, hidden = model.forward_with_hidden(ids, layers, state=state)
-            yield ChunkOutput(start, out if logits else None, hidden)
+            x = wide(backbone.embeddings(ids))
+            kept: dict[int, Tensor] = {0: x} if 0 in keep else {}
+            for i, (block, carry) in enumerate(zip(backbone.layers, carries)):
+                x = block.with_mixer(x, mixer_fn(block, carry, start))
+                if i + 1 in keep:
+                    kept[i + 1] = x
+            h = backbone.ln_f(x)
+            if n + 1 in keep:
+                kept[n + 1] = h
+            out = ChunkOutput(start, model.lm_head(h) if logits else None, [kept[i] for i in indices])
+        yield out
 
 
 def chunked_forward(model: CausalLM, input_ids: Tensor | np.ndarray, chunk_size: int | None = None,

@@ -624,9 +624,14 @@ class StripedHyenaBlock(nn.Module):
         self.mlp = mlp
 
     def forward(self, x: Tensor, layer_state: object | None = None, offset: int = 0) -> Tensor:
+        if layer_state is None:
+            return self.with_mixer(x, self.mixer)
+        return self.with_mixer(x, lambda h: self.mixer(h, state=layer_state, offset=offset))
+
+    def with_mixer(self, x: Tensor, mixer: Callable[[Tensor], Tensor]) -> Tensor:
+        """The block on x (B, L, d) with its mixer's call replaced by ``mixer`` (chunked inference)."""
         x = x.to(_wide(x.dtype))
-        h = self.pre_norm(x)
-        x = x + (self.mixer(h) if layer_state is None else self.mixer(h, state=layer_state, offset=offset))
+        x = x + mixer(self.pre_norm(x))
         return x + self.mlp(self.post_norm(x))
 
     def step(self, x: Tensor, layer_state: object, offset: int) -> Tensor:

@@ -1,0 +1,222 @@
+"""StripedHyena 2 (Evo 2's architecture) at evo2-1b size on one GPU: training, forward, decoding, embedding.
+
+    python benchmarks/sh2_gpu.py [--preset 1b-8k] [--train-len 8192] [--forward 8192,1048576]
+        [--decode-context 65536] [--decode-batches 1,32] [--new-tokens 64] [--embed-mb 1,10]
+        [--embed-small-mb 100] [--out results.json]
+
+Random weights (dnalm's initialisation), the preset's published shape (``1b-8k``: 25 layers, d 1920,
+1,107,989,760 parameters). Rows:
+
+* training: AdamW steps on (1, ``train_len``) random byte ids, float32 master weights under bf16 autocast
+  (what ``trainer.precision=bf16-mixed`` does); tokens/s over the timed steps after 2 warm-up steps, and
+  peak memory;
+* forward: the next-token logits of one (1, L) sequence under bf16 autocast, weights in bf16; at the trained
+  context in one pass, past it by :func:`dnalm.inference.chunked.iter_chunks` (the long filters carry their
+  recurrent state between chunks, attention a sliding window of the trained context); tokens/s;
+* decoding: a (B, context) random prompt prefilled into the inference state (bf16 weights, full K/V cache
+  of context + new tokens), then ``new_tokens`` one-token steps; the rate is B * (N - 2) / (time of N steps -
+  time of the first 2);
+* embedding: :func:`dnalm.inference.embed.embed_pooled` (mean-pooled final hidden state, bf16) of one
+  random sequence of each ``--embed-mb`` megabases, after a 50 kb warm-up; Mb/s and peak memory. At 100 Mb
+  the 1b model would take about a quarter of an hour here, so ``--embed-small-mb`` runs the ``small``
+  preset (6.5M parameters) at that length to show memory staying flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+from dnalm.inference.chunked import iter_chunks
+from dnalm.inference.embed import embed_pooled
+from dnalm.models.stripedhyena import StripedHyenaConfig, StripedHyenaLM
+
+
+def _sync() -> None:
+    torch.cuda.synchronize()
+
+
+def _peak_gib() -> float:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+
+def _ids(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """Random DNA as byte ids (A, C, G, T = 65, 67, 71, 84)."""
+    return np.array([65, 67, 71, 84], dtype=np.int64)[rng.integers(0, 4, size=shape)]
+
+
+def _build(preset: str, dtype: torch.dtype) -> StripedHyenaLM:
+    torch.manual_seed(0)
+    config = StripedHyenaConfig.preset(preset)
+    return StripedHyenaLM(config, device=torch.device("cuda"), dtype=dtype)
+
+
+def bench_training(preset: str, length: int, steps: int, rng: np.random.Generator) -> dict:
+    model = _build(preset, torch.float32).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    ids = torch.from_numpy(_ids(rng, 1, length + 1)).cuda()
+    torch.cuda.reset_peak_memory_stats()
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync()
+    t = time.perf_counter() - t0
+    row = {"length": length, "batch": 1, "steps": steps, "tokens_per_s": round(steps * length / t),
+           "peak_gib": _peak_gib()}
+    del model, opt
+    torch.cuda.empty_cache()
+    return row
+
+
+@torch.inference_mode()
+def bench_forward(model: StripedHyenaLM, length: int, rng: np.random.Generator) -> dict:
+    context = model.config.max_seqlen
+    ids = _ids(rng, 1, length)
+    torch.cuda.reset_peak_memory_stats()
+    if length <= context:
+        x = torch.from_numpy(ids).cuda()
+        model(x)  # warm-up
+        _sync()
+        t0 = time.perf_counter()
+        model(x)
+        _sync()
+        how = "one pass"
+    else:
+        for _ in iter_chunks(model, ids[:, :2 * context], precision="bf16"):
+            pass
+        _sync()
+        t0 = time.perf_counter()
+        for out in iter_chunks(model, ids, precision="bf16"):
+            del out
+        _sync()
+        how = f"chunks of {context}"
+    t = time.perf_counter() - t0
+    return {"length": length, "how": how, "tokens_per_s": round(length / t), "seconds": round(t, 2),
+            "peak_gib": _peak_gib()}
+
+
+@torch.inference_mode()
+def bench_decoding(model: StripedHyenaLM, context: int, batch: int, new_tokens: int,
+                   rng: np.random.Generator) -> dict:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        state = model.allocate_state(batch, context + new_tokens)
+        ids = torch.from_numpy(_ids(rng, batch, context)).cuda()
+        piece = max(256, 2**19 // batch)
+        t0 = time.perf_counter()
+        for start in range(0, context, piece):
+            logits = model(ids[:, start:start + piece], state)[:, -1]
+        _sync()
+        prefill = time.perf_counter() - t0
+        times = []
+        token = logits.argmax(-1, keepdim=True)
+        _sync()
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            logits = model(token, state)[:, -1]
+            token = logits.argmax(-1, keepdim=True)
+            _sync()
+            times.append(time.perf_counter() - t0)
+    except torch.OutOfMemoryError as exc:
+        del exc
+        torch.cuda.empty_cache()
+        return {"context": context, "batch": batch, "error": "out of memory"}
+    steady = times[-1] - times[1]
+    row = {"context": context, "batch": batch, "new_tokens": new_tokens, "prefill_s": round(prefill, 2),
+           "tokens_per_s": round(batch * (new_tokens - 2) / steady, 1),
+           "step_ms": round(1000 * steady / (new_tokens - 2), 2), "peak_gib": _peak_gib()}
+    del state
+    torch.cuda.empty_cache()
+    return row
+
+
+def bench_embedding(model: StripedHyenaLM, megabases: float, rng: np.random.Generator) -> dict:
+    n = int(megabases * 1_000_000)
+    seq = _ids(rng, n)
+    embed_pooled(model, [seq[:50_000]], layer=-1, pool="mean", precision="bf16")
+    _sync()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    vec = embed_pooled(model, [seq], layer=-1, pool="mean", precision="bf16")
+    _sync()
+    t = time.perf_counter() - t0
+    return {"megabases": megabases, "seconds": round(t, 1), "mb_per_s": round(megabases / t, 4),
+            "peak_gib": _peak_gib(), "finite": bool(np.isfinite(vec).all())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="1b-8k")
+    ap.add_argument("--train-len", type=int, default=8192)
+    ap.add_argument("--train-steps", type=int, default=8)
+    ap.add_argument("--forward", default="8192,1048576")
+    ap.add_argument("--decode-context", type=int, default=65536)
+    ap.add_argument("--decode-batches", default="1,32")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--embed-mb", default="1,10")
+    ap.add_argument("--embed-small-mb", default="100")
+    ap.add_argument("--out", default="sh2_gpu.json")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs a CUDA device", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(0)
+    config = StripedHyenaConfig.preset(args.preset)
+    result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": args.preset,
+                    "parameters": sum(p.numel() for p in _build(args.preset, torch.bfloat16).parameters()),
+                    "layers": config.pattern, "rows": {}}
+    torch.cuda.empty_cache()
+
+    def save() -> None:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+    def record(kind: str, fn) -> None:
+        t0 = time.perf_counter()
+        try:
+            row = fn()
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            row = {"error": "out of memory"}
+        row["wall_s"] = round(time.perf_counter() - t0, 1)
+        result["rows"].setdefault(kind, []).append(row)
+        print(kind, row, flush=True)
+        save()
+
+    record("training", lambda: bench_training(args.preset, args.train_len, args.train_steps, rng))
+    model = _build(args.preset, torch.bfloat16).eval()
+    for length in [int(x) for x in args.forward.split(",") if x]:
+        record("forward", lambda n=length: bench_forward(model, n, rng))
+    for batch in [int(x) for x in args.decode_batches.split(",") if x]:
+        record("decoding", lambda b=batch: bench_decoding(model, args.decode_context, b, args.new_tokens, rng))
+    for mb in [float(x) for x in args.embed_mb.split(",") if x]:
+        record("embedding", lambda m=mb: {"preset": args.preset, **bench_embedding(model, m, rng)})
+    del model
+    torch.cuda.empty_cache()
+    small = _build("small", torch.bfloat16).eval()
+    for mb in [float(x) for x in args.embed_small_mb.split(",") if x]:
+        record("embedding", lambda m=mb: {"preset": "small", **bench_embedding(small, m, rng)})
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
