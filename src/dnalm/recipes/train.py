@@ -471,7 +471,7 @@ def check_resumable(model: Any, checkpoint: Path, run_dir: Path) -> None:
     from dnalm.models.io import read_pretrained_info
 
     saved = read_pretrained_info(checkpoint)
-    now = asdict(model.config)
+    now = json.loads(json.dumps(json_safe(asdict(model.config))))  # as saved: tuples are JSON lists
     family = getattr(model, "family", None)
     changes = [f"model.family {saved.get('family')} -> {family}"] if saved.get("family") != family else []
     old = saved.get("config") or {}
@@ -649,7 +649,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = (), lora: Any = None) -> Tra
             print(f"train: resuming from {resume} (step {resumed_step})", flush=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume is not None else None)
-    metrics: dict[str, Any] = {"global_step": trainer.global_step, "epoch": trainer.current_epoch,
+    metrics: dict[str, Any] = {"objective": family_of(model).objective, "global_step": trainer.global_step, "epoch": trainer.current_epoch,
                                "total_steps": total, "train_seconds": round(time.perf_counter() - start, 2),
                                "resumed_from": str(resume) if resume else None,
                                "best": {top.checkpoint.monitor: ckpt.best_score, "step": ckpt.best_step},

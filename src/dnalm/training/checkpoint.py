@@ -144,14 +144,16 @@ class DirectoryCheckpointIO(CheckpointIO):
             extra.update(storage_options.get("extra") or {})
         state = {k: v for k, v in checkpoint.items() if k != "state_dict"}
         with atomic_dir(path) as tmp:
-            model = self._model_with(weights)
-            if self.lora is not None:
+            if self.lora is None:
+                save_pretrained(self._model_with(weights), tmp, tokenizer=self.tokenizer, extra=json_safe(extra))
+            else:
                 from dnalm.models.lora import merge_and_unload, save_adapter
 
-                save_adapter(model, tmp / ADAPTER_DIR, self.lora, base_model=str(Path(self.base_model).resolve()),
-                             tokenizer=self.tokenizer)
-                model = merge_and_unload(model)  # safe merge: the trained base tensors are not written to
-            save_pretrained(model, tmp, tokenizer=self.tokenizer, extra=json_safe(extra))
+                # a safe merge writes W0 + (alpha / r) B A into new tensors: the trained ones stay as they are
+                save_pretrained(merge_and_unload(self._model_with(weights)), tmp, tokenizer=self.tokenizer,
+                                extra=json_safe(extra))
+                save_adapter(self._model_with(weights), tmp / ADAPTER_DIR, self.lora,
+                             base_model=str(Path(self.base_model).resolve()), tokenizer=self.tokenizer)
             if "optimizer_states" in checkpoint:
                 torch.save(state, tmp / TRAINING_STATE)
 
