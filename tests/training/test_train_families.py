@@ -338,3 +338,46 @@ def test_bad_combinations_fail_with_one_line(prepared, bpe, tmp_path, capsys):
         err = capsys.readouterr().err
         assert exc.value.code == 2 and message in err and err.count("\n") == 1, err
         assert not (tmp_path / f"r{i}" / "model").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16 and activation checkpointing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_activation_checkpointing_finds_the_blocks_of_every_family():
+    """checkpoint_blocks wraps the n_layer blocks of a masked encoder too, keeps its keys and its gradients."""
+    from dnalm.training.lightning import checkpoint_blocks
+
+    config = Dnabert2Config(vocab_size=32, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                            intermediate_size=24, hidden_dropout_prob=0.0)
+    torch.manual_seed(0)
+    plain = Dnabert2Model(config).double().train()
+    wrapped = Dnabert2Model(config).double().train()
+    wrapped.load_state_dict(plain.state_dict())
+    keys = list(wrapped.state_dict())
+    assert checkpoint_blocks(wrapped) == 3 and checkpoint_blocks(wrapped) == 0 and list(wrapped.state_dict()) == keys
+    ids = torch.randint(5, 32, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    for model in (plain, wrapped):
+        model(ids, mask).sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), wrapped.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("family", ["stripedhyena", "dnabert2"])
+def test_bf16_mixed_training_with_activation_checkpointing(family, prepared, bpe, tmp_path):
+    """trainer.precision=bf16-mixed and activation_checkpointing=true train both families (on the CPU here; the
+    GPU runs of the yeast experiments use the same path) and save float32 weights."""
+    model = SH2 if family == "stripedhyena" else [*BERT, f"model.tokenizer={bpe}"]
+    out = tmp_path / "run"
+    try:
+        code = cli_run(common(prepared, out, *model, "trainer.precision=bf16-mixed", "activation_checkpointing=true",
+                              "trainer.max_steps=3", "trainer.val_check_interval=3", "data.eval_max_windows=4"))
+    except RuntimeError as exc:  # a CPU whose kernels lack some bf16 operation
+        pytest.skip(f"bf16 autocast training on this CPU: {exc}")
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 3 and math.isfinite(metrics["val"]["loss"])
+    assert all(p.dtype == torch.float32 for p in load_pretrained(out / "model").parameters())
