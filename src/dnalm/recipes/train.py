@@ -1,4 +1,13 @@
-"""``dnalm train [experiment=NAME] [data.prepared=DIR] [key=value ...]``: next-token pretraining.
+"""``dnalm train [experiment=NAME] [data.prepared=DIR] [key=value ...]``: pretraining on a genome.
+
+The model family's ``objective`` chooses the training (:func:`genome_vocabulary`): a causal family
+(HyenaDNA, Transformer, StripedHyena 2 / Evo 2) learns next-token prediction, the prepared genome's
+character ids translated into the family's tokenizer ids when they differ (Evo 2's bytes; soft-masked
+bases and N become whatever the tokenizer makes of ``a``/``N``), with per-region bits/base; a masked
+family (DNABERT-2) learns masked LM on windows tokenized by its tokenizer (``model.tokenizer=DIR``,
+from ``dnalm tokenizer train``; learnt on the training split when the directory does not exist yet),
+``mask_rate`` of the tokens masked 80/10/10, validated by masked-token loss, accuracy, perplexity and
+bits per masked base (not comparable with causal bits/base).
 
 Setup -> fit -> save, on a prepared genome (``dnalm prepare``); with ``data.prepared=null`` the data
 group's ``source`` (a FASTA + GFF3 genome) or ``synthetic`` (a synthetic genome) is prepared first
@@ -12,8 +21,8 @@ into ``data.cache`` and reused by later runs. Everything goes to the run directo
     best/                the model with the best validation loss (dnalm format)
     model/               the model to use (dnalm format: model.safetensors, config.json, tokenizer.json):
                          a copy of best/, or the final weights when nothing was validated
-    metrics.json         final step, best and last validation metrics, which weights model/ holds
-                         (``model``) and, with ``test=true``, the test metrics of model/
+    metrics.json         the objective, final step, best and last validation metrics, which weights model/
+                         holds (``model``) and, with ``test=true``, the test metrics of model/
 
 ``resume=auto`` (default) continues from the newest complete checkpoint of the run directory, with
 the same data order, schedule and dropout masks, and refuses (in one line) a checkpoint of another model

@@ -1,4 +1,4 @@
-"""Next-token pretraining in Lightning: a thin LightningModule and the sequence-length warm-up callback.
+"""Pretraining in Lightning: thin LightningModules (next-token and masked LM) and the sequence-length warm-up.
 
 :class:`NextTokenLM` wraps a built causal LM (``model(input_ids (B, L)) -> logits (B, L, V)``) and
 one loss function (:func:`dnalm.training.losses.lm_loss`); it builds neither model nor data. It
@@ -10,6 +10,9 @@ Logged per training step: ``train/loss``, ``train/acc``, ``train/bits_per_base``
 ``train/lr`` (of the first parameter group) and ``train/tokens_per_s`` (all devices); per evaluation
 epoch, over all of its tokens: ``val/loss``, ``val/acc``, ``val/bits_per_base``, ``val/ppl`` and
 ``val/loss/<class>``, ``val/bits_per_base/<class>`` per region class (``test/...`` likewise).
+
+:class:`MaskedLM` is the masked-LM twin (BERT's masking, :func:`dnalm.training.losses.masked_lm_loss`,
+:class:`~dnalm.training.losses.MaskedLMMetrics`); the recipe picks one by the family's ``objective``.
 
 Dropout randomness is reseeded before every micro-batch from ``(seed, epoch, batch index, rank)``, so
 a run resumed from a checkpoint draws the same dropout masks as the uninterrupted run.
