@@ -27,7 +27,7 @@ from dnalm.models.dnabert2 import Dnabert2Config, Dnabert2Model, Dnabert2Tokeniz
 from dnalm.models.io import load_pretrained
 from dnalm.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from dnalm.models.stripedhyena import ByteTokenizer, StripedHyenaLM
-from dnalm.tokenizers import EOS_ID, N_ID, PAD_ID, CharTokenizer, KmerTokenizer, load_tokenizer
+from dnalm.tokenizers import EOS_ID, PAD_ID, CharTokenizer, KmerTokenizer, load_tokenizer
 from dnalm.training.lightning import MaskedLM, OptimConfig
 from dnalm.training.losses import IGNORE_INDEX, LMLoss, MaskedLMMetrics
 

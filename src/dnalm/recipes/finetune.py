@@ -294,9 +294,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
 def _run_lm(cfg: DictConfig, top: FinetuneConfig, callbacks: Sequence[Any]) -> FinetuneResult:
     """Continued pretraining: ``dnalm train init_from=<checkpoint>`` with this config's data, trainer, optim."""
     from dnalm.config import compose
-    from dnalm.recipes import train
-
     from dnalm.models.lora import LoraSettings
+    from dnalm.recipes import train
 
     lora = to_dataclass(cfg.get("lora"), LoraSettings, where="lora") if cfg.get("lora") is not None else None
     if lora is not None and lora.enabled:

@@ -658,7 +658,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = (), lora: Any = None) -> Tra
             print(f"train: resuming from {resume} (step {resumed_step})", flush=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume is not None else None)
-    metrics: dict[str, Any] = {"objective": family_of(model).objective, "global_step": trainer.global_step, "epoch": trainer.current_epoch,
+    metrics: dict[str, Any] = {"objective": family_of(model).objective,
+                               "global_step": trainer.global_step, "epoch": trainer.current_epoch,
                                "total_steps": total, "train_seconds": round(time.perf_counter() - start, 2),
                                "resumed_from": str(resume) if resume else None,
                                "best": {top.checkpoint.monitor: ckpt.best_score, "step": ckpt.best_step},
