@@ -76,6 +76,9 @@ def split_texts(prepared: Any, split: str = "train", max_bases: int | None = Non
                 last = time.monotonic()
                 print(f"tokenizer: read {done / 1e6:.1f} of {wanted / 1e6:.1f} Mb "
                       f"({time.monotonic() - start:.0f} s)", flush=True)
+    if progress_every is not None:
+        print(f"tokenizer: read {done / 1e6:.1f} Mb in {time.monotonic() - start:.0f} s; learning the merges",
+              flush=True)
 
 
 def train_on_prepared(prepared: Any, out: str | Path, vocab_size: int, split: str = "train", style: str = "dnabert2",
