@@ -381,3 +381,19 @@ def test_bf16_mixed_training_with_activation_checkpointing(family, prepared, bpe
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == 3 and math.isfinite(metrics["val"]["loss"])
     assert all(p.dtype == torch.float32 for p in load_pretrained(out / "model").parameters())
+
+
+@pytest.mark.parametrize("family", ["stripedhyena", "dnabert2"])
+def test_finetune_lm_continues_any_family_in_full(family, sh2_run, bert_run, prepared, tmp_path):
+    """task=lm from a StripedHyena or DNABERT-2 checkpoint (its own tokenizer travels with it): with lr 0 the saved
+    model is the checkpoint's, with the checkpoint's tokenizer beside it."""
+    checkpoint = (sh2_run if family == "stripedhyena" else bert_run) / "model"
+    out = tmp_path / "lm"
+    assert cli_run(["finetune", "task=lm", f"checkpoint={checkpoint}", f"data.prepared={prepared}", f"out={out}",
+                    "data.length=64", "data.batch_size=8", "data.eval_max_windows=4", "trainer.max_steps=2",
+                    "trainer.val_check_interval=2", "trainer.progress_bar=false", "optim.lr=0"]) == 0
+    base, tuned = load_pretrained(checkpoint).state_dict(), load_pretrained(out / "model").state_dict()
+    assert all(torch.equal(base[k], tuned[k]) for k in base)
+    assert load_tokenizer(out / "model").to_config() == load_tokenizer(checkpoint).to_config()
+    assert json.loads((out / "metrics.json").read_text())["objective"] == ("causal" if family == "stripedhyena"
+                                                                          else "masked")
