@@ -68,7 +68,8 @@ def test_hyenadna_experiments_reproduce_the_released_architectures(tmp_path):
 def test_model_option_lists_every_field_of_its_config(option):
     node = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{option}.yaml"))
     cls = family(node["family"]).config_cls
-    assert set(node) - {"family"} == {f.name for f in dataclasses.fields(cls)}
+    # besides the config's fields: the family and, optionally, a saved tokenizer to train with
+    assert set(node) - {"family", "tokenizer"} == {f.name for f in dataclasses.fields(cls)}
     _, config = model_config(node, 512)
     if option.startswith("hyena/"):
         assert config == hyena.PRESETS[option.removeprefix("hyena/")]

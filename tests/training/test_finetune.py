@@ -331,8 +331,15 @@ def test_finetune_lm_continues_pretraining(tmp_path, tiny_checkpoint) -> None:
         assert same != changed
     with pytest.raises(ConfigError, match="data.prepared"):
         run(["finetune", "task=lm", f"checkpoint={tiny_checkpoint}", f"out={tmp_path / 'x'}"])
-    with pytest.raises(ConfigError, match="lora"):
-        run([*common, "lora.enabled=true", f"out={tmp_path / 'y'}"])
+    # with LoRA only the adapted Linear layers change (model/ holds the merged weights, model/adapter/ the adapter)
+    out = tmp_path / "lora"
+    assert run([*common, "lora.enabled=true", "lora.r=2", "optim.lr=1e-2", f"out={out}"]) == 0
+    assert (out / "model" / "adapter" / "adapter.safetensors").is_file()
+    tuned, targets = load_pretrained(out / "model").state_dict(), ("in_proj", "out_proj", "fc1", "fc2")
+    for key, w0 in base.state_dict().items():
+        adapted = key.endswith(".weight") and key.rsplit(".", 2)[-2] in targets
+        assert adapted or torch.equal(tuned[key], w0), key
+    assert any(not torch.equal(tuned[k], w0) for k, w0 in base.state_dict().items())
 
 
 def test_finetune_user_errors(tmp_path, tiny_checkpoint, motif_data, capsys) -> None:

@@ -371,14 +371,13 @@ def test_shipped_genome_away_from_the_repo_root_names_data_root(tmp_path, monkey
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("model", ["bert_small", "stripedhyena_tiny"])
-def test_families_not_wired_to_prepared_genomes_stop_in_one_line(prepared, tmp_path, capsys, model):
-    """dnalm train model=bert_small (masked LM, BPE ids) or model=stripedhyena_tiny (byte ids) on a prepared
-    genome: one line naming the family, exit 2, no run folder written."""
+def test_a_masked_family_without_a_tokenizer_stops_in_one_line(prepared, tmp_path, capsys):
+    """dnalm train model=bert_small (masked LM over a trained BPE) without model.tokenizer: one line naming the
+    family and the way out, exit 2, no run folder written (tests/training/test_train_families.py trains it)."""
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
-        cli_main(["train", f"model={model}", f"data.prepared={prepared}", f"out={out}", "trainer=cpu",
+        cli_main(["train", "model=bert_small", f"data.prepared={prepared}", f"out={out}", "trainer=cpu",
                   "trainer.max_steps=2"])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and err.count("\n") == 1 and "model.family=" in err and "Traceback" not in err
-    assert not (out / "model").exists()
+    assert exc.value.code == 2 and err.count("\n") == 1 and "model.family=dnabert2" in err and "Traceback" not in err
+    assert "model.tokenizer=PATH" in err and not (out / "model").exists()

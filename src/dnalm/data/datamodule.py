@@ -34,6 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 from dnalm.data.datasets import (
     LabeledCollator,
     LabeledSequenceDataset,
+    MaskedLMWindows,
     SequenceTokenizer,
     WindowDataset,
     iter_split_files,
@@ -101,7 +102,7 @@ class BatchedView(Dataset):
     Used with ``DataLoader(view, batch_size=None, sampler=EpochBatchSampler(...))``.
     """
 
-    def __init__(self, dataset: WindowDataset | LabeledSequenceDataset,
+    def __init__(self, dataset: WindowDataset | MaskedLMWindows | LabeledSequenceDataset,
                  collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]] | None = None):
         self.dataset, self.collate = dataset, collate
 
@@ -110,7 +111,7 @@ class BatchedView(Dataset):
 
     def __getitem__(self, key: BatchKey) -> dict[str, torch.Tensor]:
         epoch, indices, padding = key
-        if isinstance(self.dataset, WindowDataset):
+        if self.collate is None:  # genome windows gather their batch themselves
             return self.dataset.get_batch(indices, epoch, zero_weight=padding)
         batch = self.collate(self.dataset.get_batch(indices, epoch))
         batch["padding"] = torch.full((len(indices),), padding, dtype=torch.bool)
@@ -146,6 +147,8 @@ class GenomeDataConfig:
     ``eval_length``/``eval_stride`` default to ``length`` and to non-overlapping windows;
     ``eval_max_windows`` evaluates an evenly spaced subset of the strided windows (for long splits).
     ``samples_per_epoch`` defaults to the training split's bases divided by ``length``.
+    ``max_tokens``: masked-LM windows are tokenized and padded or truncated to this many tokens (None: to
+    the longest window of each batch; see :class:`~dnalm.data.datasets.MaskedLMWindows`).
     """
 
     path: str
@@ -168,18 +171,24 @@ class GenomeDataConfig:
     eval_length: int | None = None
     eval_stride: int | None = None
     eval_max_windows: int | None = None
+    max_tokens: int | None = None
 
 
 class GenomeDataModule(L.LightningDataModule):
     """Random training windows and strided evaluation windows of a prepared genome.
 
     Batches are dicts of ``input_ids``, ``targets``, ``regions`` ``(B, L)`` int64 and ``loss_weight``
-    ``(B, L)`` float32 (see :class:`~dnalm.data.datasets.WindowDataset`).
+    ``(B, L)`` float32 (see :class:`~dnalm.data.datasets.WindowDataset`), with ids translated by
+    ``token_map`` (:func:`~dnalm.data.datasets.genome_token_map`) for a model with its own vocabulary.
+    With ``masked_tokenizer`` the windows are tokenized for masked-LM training instead
+    (:class:`~dnalm.data.datasets.MaskedLMWindows`: ``input_ids``, ``attention_mask``, ``padding``).
     """
 
-    def __init__(self, config: GenomeDataConfig, prepared: PreparedGenome | None = None):
+    def __init__(self, config: GenomeDataConfig, prepared: PreparedGenome | None = None,
+                 token_map: np.ndarray | None = None, masked_tokenizer: Any | None = None):
         super().__init__()
         self.config = config
+        self.token_map, self.masked_tokenizer = token_map, masked_tokenizer
         self._prepared = prepared
         self._datasets: dict[str, WindowDataset | None] = {}
         self._samplers: dict[str, EpochBatchSampler] = {}
@@ -203,7 +212,7 @@ class GenomeDataModule(L.LightningDataModule):
         if "train" in self._samplers:
             self._samplers["train"].set_epoch(epoch)
 
-    def dataset(self, stage: str) -> WindowDataset | None:
+    def dataset(self, stage: str) -> WindowDataset | MaskedLMWindows | None:
         """The dataset of ``stage`` ('train', 'val' or 'test'); None when the split is absent or empty."""
         if stage not in self._datasets:
             c = self.config
@@ -212,13 +221,16 @@ class GenomeDataModule(L.LightningDataModule):
                 ds = WindowDataset(self.prepared, split, c.length, mode="random", rc_aug=c.rc_aug,
                                    rc_prob=c.rc_prob, max_n_frac=c.max_n_frac, add_eos=c.add_eos,
                                    softmask_weight=c.softmask_weight, n_weight=c.n_weight, seed=c.seed,
-                                   samples_per_epoch=c.samples_per_epoch)
+                                   samples_per_epoch=c.samples_per_epoch, token_map=self.token_map)
             elif split not in self.prepared.split_names or not self.prepared.intervals(split):
                 ds = None
             else:
                 ds = WindowDataset(self.prepared, split, c.eval_length or c.length, mode="strided",
                                    stride=c.eval_stride, max_n_frac=c.max_n_frac, add_eos=c.add_eos,
-                                   softmask_weight=c.softmask_weight, n_weight=c.n_weight, seed=c.seed)
+                                   softmask_weight=c.softmask_weight, n_weight=c.n_weight, seed=c.seed,
+                                   token_map=self.token_map)
+            if ds is not None and self.masked_tokenizer is not None:
+                ds = MaskedLMWindows(ds, self.masked_tokenizer, c.max_tokens)
             self._datasets[stage] = ds
         return self._datasets[stage]
 

@@ -31,7 +31,7 @@ import torch
 from dnalm.data.prepared import PreparedGenome
 from dnalm.errors import ConfigError, InputError
 from dnalm.genome.regions import CLASS_MASK
-from dnalm.tokenizers import A_ID, EOS_ID, N_ID, PAD_ID, T_ID, reverse_complement
+from dnalm.tokenizers import A_ID, C_ID, EOS_ID, G_ID, N_ID, PAD_ID, T_ID, reverse_complement
 from dnalm.utils import allow_long_csv_fields, open_text
 
 IGNORE_REGION = -1
@@ -108,13 +108,18 @@ class WindowDataset(torch.utils.data.Dataset):
 
     :meth:`get_batch` gathers a whole batch with one fancy index on a sliding-window view of the
     memmap; the DataModule calls it through :class:`~dnalm.data.datamodule.EpochBatchSampler`.
+
+    ``token_map`` (from :func:`genome_token_map`) translates ``input_ids`` and ``targets`` into a model's
+    own vocabulary (Evo 2's bytes, ...); N detection, loss weights and regions still read the genome's ids.
     """
 
     def __init__(self, prepared: PreparedGenome | str | os.PathLike, split: str, length: int,
                  mode: str = "random", stride: int | None = None, rc_aug: bool = False, rc_prob: float = 0.5,
                  max_n_frac: float = 0.5, add_eos: bool = False, softmask_weight: float = 1.0,
-                 n_weight: float = 0.0, seed: int = 0, samples_per_epoch: int | None = None):
+                 n_weight: float = 0.0, seed: int = 0, samples_per_epoch: int | None = None,
+                 token_map: np.ndarray | None = None):
         self.prepared = prepared if isinstance(prepared, PreparedGenome) else PreparedGenome(prepared)
+        self.token_map = token_map
         if mode not in ("random", "strided"):
             raise ConfigError(f"window mode must be 'random' or 'strided', got {mode!r}")
         if length < 1:
@@ -249,27 +254,38 @@ class WindowDataset(torch.utils.data.Dataset):
         view = np.lib.stride_tricks.sliding_window_view(array, self.span)
         return view[starts]
 
-    def get_batch(self, indices: Sequence[int] | np.ndarray, epoch: int | None = None,
-                  zero_weight: bool = False) -> dict[str, torch.Tensor]:
-        """Samples ``indices`` of ``epoch`` as one batch: ``input_ids``, ``targets``, ``regions`` ``(B, L)``
-        int64 and ``loss_weight`` ``(B, L)`` float32 (all zero with ``zero_weight``, for padding batches)."""
+    def rows(self, indices: Sequence[int] | np.ndarray, epoch: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Token and region bytes ``(B, L + 1)`` uint8 of samples ``indices`` (prepared-genome ids, EOS and
+        PAD included; regions with the soft-mask bit), reverse complemented where drawn, and the number of
+        genome bases of each strided window ``(B,)`` (None in random mode)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         starts, rc, tok = self._locate(idx, epoch)
-        B, L = len(starts), self.length
+        B = len(starts)
         if self.mode == "strided":
             valid = self._valid[idx]
             tok, reg = self._gather_padded(starts, valid)
-        else:
-            reg = self._gather(self.prepared.regions, starts)
-            if rc.any():
-                rows = tok[rc][:, ::-1]
-                comp = np.subtract(A_ID + T_ID, rows, dtype=np.uint8)  # tokens.u8 holds only A C G T N
-                np.copyto(comp, rows, where=rows == N_ID)
-                tok[rc] = comp
-                reg[rc] = reg[rc][:, ::-1]
-            if self.add_eos:
-                tok = np.concatenate([tok, np.full((B, 1), EOS_ID, dtype=np.uint8)], axis=1)
-                reg = np.concatenate([reg, np.zeros((B, 1), dtype=np.uint8)], axis=1)
+            return tok, reg, valid
+        reg = self._gather(self.prepared.regions, starts)
+        if rc.any():
+            rows = tok[rc][:, ::-1]
+            comp = np.subtract(A_ID + T_ID, rows, dtype=np.uint8)  # tokens.u8 holds only A C G T N
+            np.copyto(comp, rows, where=rows == N_ID)
+            tok[rc] = comp
+            reg[rc] = reg[rc][:, ::-1]
+        if self.add_eos:
+            tok = np.concatenate([tok, np.full((B, 1), EOS_ID, dtype=np.uint8)], axis=1)
+            reg = np.concatenate([reg, np.zeros((B, 1), dtype=np.uint8)], axis=1)
+        return tok, reg, None
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray, epoch: int | None = None,
+                  zero_weight: bool = False) -> dict[str, torch.Tensor]:
+        """Samples ``indices`` of ``epoch`` as one batch: ``input_ids``, ``targets``, ``regions`` ``(B, L)``
+        int64 and ``loss_weight`` ``(B, L)`` float32 (all zero with ``zero_weight``, for padding batches).
+        With a ``token_map`` the ids are those of the model's vocabulary (see :func:`genome_token_map`)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        tok, reg, valid = self.rows(idx, epoch)
+        L = self.length
         target_reg = reg[:, 1:]
         regions = (target_reg & CLASS_MASK).astype(np.int64)
         weight = self._target_weight(tok[:, 1:], target_reg)
@@ -279,8 +295,9 @@ class WindowDataset(torch.utils.data.Dataset):
             regions[:, -1] = IGNORE_REGION
         if zero_weight:
             weight[:] = 0.0
-        return {"input_ids": torch.from_numpy(tok[:, :L].astype(np.int64)),
-                "targets": torch.from_numpy(tok[:, 1:].astype(np.int64)),
+        ids = tok.astype(np.int64) if self.token_map is None else self.token_map[reg >> 7, tok]
+        return {"input_ids": torch.from_numpy(np.ascontiguousarray(ids[:, :L])),
+                "targets": torch.from_numpy(np.ascontiguousarray(ids[:, 1:])),
                 "regions": torch.from_numpy(regions), "loss_weight": torch.from_numpy(weight)}
 
     def _target_weight(self, targets: np.ndarray, target_reg: np.ndarray) -> np.ndarray:
@@ -328,6 +345,108 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         batch = self.get_batch(indices)
         return [{k: v[i] for k, v in batch.items()} for i in range(len(indices))]
+
+
+def genome_token_map(tokenizer: Any) -> np.ndarray | None:
+    """The ids ``tokenizer`` gives to what a prepared genome stores, as a lookup ``(2, 256)`` int64:
+    ``map[soft, genome_id]`` for the bases A C G T N (row 1: soft-masked, i.e. the lowercase character),
+    EOS and PAD (the tokenizer's ``eos_id`` / ``pad_id``); -1 elsewhere. None when every id is its own
+    (dnalm's character tokenizer), so windows need no translation.
+
+    Each character is encoded by the tokenizer itself, so case folding, an N token or ``[UNK]`` are the
+    tokenizer's choice. ConfigError when a base is not exactly one token (a k-mer or BPE vocabulary:
+    next-token training on a genome predicts one base per position).
+    """
+    table = np.full((2, 256), -1, dtype=np.int64)
+    for genome_id, base in zip(range(A_ID, N_ID + 1), "ACGTN"):
+        for soft, char in ((0, base), (1, base.lower())):
+            try:
+                ids = np.asarray(tokenizer.encode(char, add_special_tokens=False)).reshape(-1)
+            except InputError as exc:
+                raise ConfigError(f"the {getattr(tokenizer, 'type', type(tokenizer).__name__)} tokenizer cannot "
+                                  f"encode the base {char!r} ({exc})") from None
+            if ids.size != 1:
+                raise ConfigError(f"the {getattr(tokenizer, 'type', type(tokenizer).__name__)} tokenizer encodes the "
+                                  f"base {char!r} as {ids.size} tokens; next-token training on a genome needs one "
+                                  "token per base")
+            table[soft, genome_id] = int(ids[0])
+    for genome_id, name in ((EOS_ID, "eos_id"), (PAD_ID, "pad_id")):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            table[:, genome_id] = int(value)
+    used = [A_ID, C_ID, G_ID, T_ID, N_ID, EOS_ID, PAD_ID]
+    return None if all((table[:, i] == i).all() for i in used) else table
+
+
+#: ``_ASCII[soft, genome_id]``: the character of a genome id (lowercase where soft-masked), 0 for non-bases.
+_ASCII = np.zeros((2, 256), dtype=np.uint8)
+for _i, _b in zip(range(A_ID, N_ID + 1), "ACGTN"):
+    _ASCII[0, _i], _ASCII[1, _i] = ord(_b), ord(_b.lower())
+
+
+def window_texts(tok: np.ndarray, reg: np.ndarray) -> list[str]:
+    """Genome ids and region bytes ``(B, W)`` uint8 -> B strings of their bases (lowercase where soft-masked;
+    EOS and PAD dropped)."""
+    chars = _ASCII[reg >> 7, tok]  # (B, W)
+    return [row[row > 0].tobytes().decode("ascii") for row in chars]
+
+
+def token_base_counts(tokenizer: Any) -> np.ndarray | None:
+    """Bases each token id stands for ``(V,)`` int64: the length of its string for sequence tokens, 1 for
+    ``[UNK]`` (one character), 0 for the other specials; None when the tokenizer lists no vocabulary."""
+    vocab = getattr(tokenizer, "vocab", None)
+    if not isinstance(vocab, dict):
+        return None
+    counts = np.zeros(int(tokenizer.vocab_size), dtype=np.int64)
+    for token, i in vocab.items():
+        if 0 <= i < len(counts) and token.upper().strip("ACGTN") == "":
+            counts[i] = len(token)
+    unk = getattr(tokenizer, "unk_id", None)
+    if unk is not None:
+        counts[unk] = 1
+    return counts
+
+
+class MaskedLMWindows(torch.utils.data.Dataset):
+    """The windows of a :class:`WindowDataset` for masked-LM training: each window's bases (soft-masked ones
+    lowercase, so the tokenizer decides their ids) encoded by a sequence tokenizer (DNABERT-2's BPE, ...).
+
+    Batches: ``input_ids`` and ``attention_mask`` ``(B, T)`` int64 from ``tokenizer.encode_batch`` (special
+    tokens added; ``T = max_tokens`` with truncation, or the longest row when ``max_tokens`` is None) and
+    ``padding`` ``(B,)`` bool (true on the copies that even out distributed evaluation: not to be scored).
+    Masking is the training module's (it draws it on the device). The window of ``length`` bases is the
+    input part of the next-token window (``length + 1`` genome bases are read, the last is unused).
+    """
+
+    def __init__(self, windows: WindowDataset, tokenizer: Any, max_tokens: int | None = None):
+        if max_tokens is not None and max_tokens < 3:
+            raise ConfigError(f"data.max_tokens={max_tokens} must be at least 3 ([CLS], a token, [SEP])")
+        self.windows, self.tokenizer, self.max_tokens = windows, tokenizer, max_tokens
+        self.length = windows.length
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.windows.set_epoch(epoch)
+
+    def texts(self, indices: Sequence[int] | np.ndarray, epoch: int | None = None) -> list[str]:
+        """The bases of windows ``indices`` as strings."""
+        tok, reg, _ = self.windows.rows(indices, epoch)
+        L = self.length
+        return window_texts(tok[:, :L], reg[:, :L])
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray, epoch: int | None = None,
+                  zero_weight: bool = False) -> dict[str, torch.Tensor]:
+        texts = self.texts(indices, epoch)
+        enc = self.tokenizer.encode_batch(texts, max_length=self.max_tokens,
+                                          padding="max_length" if self.max_tokens else True, truncation=True,
+                                          return_tensors="pt")
+        return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long(),
+                "padding": torch.full((len(texts),), zero_weight, dtype=torch.bool)}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.get_batch([index]).items()}
 
 
 # ---------------------------------------------------------------------------------------------

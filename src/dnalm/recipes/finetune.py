@@ -17,7 +17,10 @@ fine-tuning counts epochs and validates once per epoch unless told otherwise. ``
 ``task=lm`` continues next-token pretraining from the checkpoint: the ``data`` node is then a genome
 ``data`` option of ``dnalm train`` (default ``prepared``: ``data.prepared=DIR``) and the run is
 ``dnalm train init_from=<checkpoint>`` (:func:`dnalm.recipes.train.run`) with this config's
-``data``, ``trainer``, ``optim``, ``out`` and ``seed``; its outputs are those of ``dnalm train``.
+``data``, ``trainer``, ``optim``, ``out`` and ``seed``; its outputs are those of ``dnalm train``. Any family
+trains so (causal ones next-token, in their own vocabulary, masked ones by masked LM; Evo 2 / StripedHyena
+continued pretraining on a new genome). With ``lora.enabled`` only LoRA adapters of the family's
+``lora_targets`` train; ``model/`` then holds the merged weights and ``model/adapter/`` the adapter.
 :func:`run` is the whole recipe as a function; ``dnalm tune`` calls it once per trial.
 """
 
@@ -291,10 +294,15 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
 def _run_lm(cfg: DictConfig, top: FinetuneConfig, callbacks: Sequence[Any]) -> FinetuneResult:
     """Continued pretraining: ``dnalm train init_from=<checkpoint>`` with this config's data, trainer, optim."""
     from dnalm.config import compose
+    from dnalm.models.lora import LoraSettings
     from dnalm.recipes import train
 
-    if cfg.get("lora") is not None and cfg.lora.get("enabled"):
-        raise ConfigError("finetune: lora.enabled=true is not supported with task=lm yet (fine-tune the full model)")
+    lora = to_dataclass(cfg.get("lora"), LoraSettings, where="lora") if cfg.get("lora") is not None else None
+    if lora is not None and lora.enabled:
+        # a bare LM has no sequence head: 'head' (the default of lora.trainable) names nothing here
+        lora = replace(lora, trainable=[name for name in lora.trainable if name != "head"])
+    else:
+        lora = None
     data = OmegaConf.to_container(cfg.data)
     if data.get("prepared") in (None, "???") and not data.get("source") and not data.get("synthetic"):
         raise ConfigError("finetune: task=lm needs a prepared genome: set data.prepared=DIR (made by dnalm prepare)")
@@ -302,9 +310,10 @@ def _run_lm(cfg: DictConfig, top: FinetuneConfig, callbacks: Sequence[Any]) -> F
     node.update(name="finetune-lm", out=top.out, seed=top.seed, data_root=top.data_root, init_from=top.checkpoint,
                 test=True, data=data, trainer=OmegaConf.to_container(cfg.trainer),
                 optim=OmegaConf.to_container(cfg.optim))
-    result = train.run(OmegaConf.create(node), callbacks=callbacks)
+    result = train.run(OmegaConf.create(node), callbacks=callbacks, lora=lora)
     best = (result.metrics.get("best") or {}).get("val/loss")
-    metrics = {"task": "lm", "checkpoint": str(Path(top.checkpoint).resolve()), **result.metrics}
+    metrics = {"task": "lm", "checkpoint": str(Path(top.checkpoint).resolve()), "lora": lora is not None,
+               **result.metrics}
     return FinetuneResult("val/loss", "min", best, metrics, result.run_dir, {"model_dir": result.model_dir})
 
 

@@ -1,4 +1,13 @@
-"""``dnalm train [experiment=NAME] [data.prepared=DIR] [key=value ...]``: next-token pretraining.
+"""``dnalm train [experiment=NAME] [data.prepared=DIR] [key=value ...]``: pretraining on a genome.
+
+The model family's ``objective`` chooses the training (:func:`genome_vocabulary`): a causal family
+(HyenaDNA, Transformer, StripedHyena 2 / Evo 2) learns next-token prediction, the prepared genome's
+character ids translated into the family's tokenizer ids when they differ (Evo 2's bytes; soft-masked
+bases and N become whatever the tokenizer makes of ``a``/``N``), with per-region bits/base; a masked
+family (DNABERT-2) learns masked LM on windows tokenized by its tokenizer (``model.tokenizer=DIR``,
+from ``dnalm tokenizer train``; learnt on the training split when the directory does not exist yet),
+``mask_rate`` of the tokens masked 80/10/10, validated by masked-token loss, accuracy, perplexity and
+bits per masked base (not comparable with causal bits/base).
 
 Setup -> fit -> save, on a prepared genome (``dnalm prepare``); with ``data.prepared=null`` the data
 group's ``source`` (a FASTA + GFF3 genome) or ``synthetic`` (a synthetic genome) is prepared first
@@ -12,8 +21,8 @@ into ``data.cache`` and reused by later runs. Everything goes to the run directo
     best/                the model with the best validation loss (dnalm format)
     model/               the model to use (dnalm format: model.safetensors, config.json, tokenizer.json):
                          a copy of best/, or the final weights when nothing was validated
-    metrics.json         final step, best and last validation metrics, which weights model/ holds
-                         (``model``) and, with ``test=true``, the test metrics of model/
+    metrics.json         the objective, final step, best and last validation metrics, which weights model/
+                         holds (``model``) and, with ``test=true``, the test metrics of model/
 
 ``resume=auto`` (default) continues from the newest complete checkpoint of the run directory, with
 the same data order, schedule and dropout masks, and refuses (in one line) a checkpoint of another model
@@ -39,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnalm.config import to_dataclass
 from dnalm.errors import ConfigError, InputError
-from dnalm.models.families import family
+from dnalm.models.families import family, family_of
 from dnalm.models.families import names as family_names
 from dnalm.utils import atomic_dir, atomic_file, json_safe, make_dir
 
@@ -97,6 +106,7 @@ class TrainConfig:
     stages: list[StageConfig] = field(default_factory=list)
     activation_checkpointing: bool = False
     compile: bool = False
+    mask_rate: float = 0.15
     logger: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
     test: bool = False
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -185,6 +195,8 @@ def parse(cfg: DictConfig | dict[str, Any]) -> ParsedConfig:
         Path(top.out).exists()
     except OSError as exc:  # a name longer than the file system allows, a loop of links
         raise ConfigError(f"out={top.out}: not a usable path ({exc.strerror or exc})") from None
+    if not 0.0 < top.mask_rate < 1.0:
+        raise ConfigError(f"mask_rate={top.mask_rate} must be in (0, 1)")
     if not 0 <= top.seed < 2**32:
         raise ConfigError(f"seed={top.seed} must be in [0, 2^32)")
     if top.resume not in ("auto", "never") and not Path(top.resume).exists():
@@ -210,6 +222,7 @@ def model_config(node: dict[str, Any], max_length: int):
     (``l_max``, ``max_len``: the family's ``context_field``) becomes ``max_length + 2`` (HyenaDNA: the
     training length + 2)."""
     node = dict(node)
+    node.pop("tokenizer", None)  # read by train_tokenizer
     name = node.pop("family", None)
     if name not in family_names():
         raise ConfigError(f"model.family must be one of {', '.join(family_names())}, got {name!r}")
@@ -224,20 +237,70 @@ def model_config(node: dict[str, Any], max_length: int):
     return name, config
 
 
-def check_trainable_on_genome(model: Any) -> None:
-    """Next-token training on a prepared genome reads dnalm's character ids (A..T = 7..10): the family must
-    be causal and use those ids. Others stop here in one line (their training objective or vocabulary is
-    not wired to prepared genomes yet) rather than learning from ids that mean something else to them."""
-    from dnalm.models.families import family_of
-    from dnalm.tokenizers import CharTokenizer
+@dataclass
+class GenomeVocabulary:
+    """How a model reads a prepared genome (:func:`genome_vocabulary`).
+
+    ``tokenizer``: the model's tokenizer (saved with every checkpoint); ``token_map``: causal models,
+    the lookup from the genome's character ids to the tokenizer's (None: the ids are the model's own,
+    see :func:`dnalm.data.datasets.genome_token_map`); ``masked``: masked models, windows are tokenized
+    by ``tokenizer`` and masked (:class:`dnalm.training.lightning.MaskedLM`).
+    """
+
+    tokenizer: Any
+    token_map: Any = None
+    masked: bool = False
+
+
+def train_tokenizer(model: Any, path: str | None = None, init_from: str | None = None) -> Any:
+    """The tokenizer a model trains with: the one saved at ``path`` (``model.tokenizer=PATH``), else the
+    family's own for the config, else the one saved with the ``init_from`` checkpoint; None when there is
+    none (a family whose tokenizer is trained data, such as DNABERT-2's BPE)."""
+    from dnalm.tokenizers import CONFIG_FILE, load_tokenizer
+
+    if path:
+        if not Path(path).exists():
+            raise InputError(f"model.tokenizer={path}: no such tokenizer (make one with 'dnalm tokenizer train')")
+        return load_tokenizer(path)
+    tok = family_of(model).tokenizer(model.config)
+    if tok is None and init_from:
+        directory = Path(init_from) if Path(init_from).is_dir() else Path(init_from).parent
+        if (directory / CONFIG_FILE).is_file():
+            tok = load_tokenizer(directory)
+    return tok
+
+
+def genome_vocabulary(model: Any, tokenizer: Any) -> GenomeVocabulary:
+    """Check that ``model`` can be trained on a prepared genome with ``tokenizer`` and say how (one-line
+    ConfigError otherwise). The family's ``objective`` decides: a causal model predicts the next base and
+    needs one token per base (its ids come from the genome's through a lookup); a masked model reads
+    each window tokenized by its tokenizer, which needs a ``[MASK]`` token."""
+    from dnalm.data.datasets import genome_token_map
 
     fam = family_of(model)
-    tok = fam.tokenizer(model.config)
-    ok = fam.causal and tok is not None and getattr(tok, "alphabet", None) is not None
-    if not ok or tuple(tok.alphabet.acgt) != CharTokenizer().alphabet.acgt:
-        raise ConfigError(f"model.family={fam.name}: dnalm train fits causal models on a prepared genome's "
-                          f"character ids; a {fam.objective} model with its own vocabulary cannot be trained "
-                          "this way yet (use a hyena or transformer model)")
+    where = f"model.family={fam.name}"
+    if tokenizer is None:
+        raise ConfigError(f"{where}: the family has no built-in tokenizer; set model.tokenizer=PATH (make one with "
+                          "'dnalm tokenizer train data.prepared=DIR vocab_size=N out=DIR')")
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab is not None and tokenizer.vocab_size > vocab:
+        raise ConfigError(f"{where}: model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size} "
+                          "tokens")
+    if fam.causal:
+        try:
+            return GenomeVocabulary(tokenizer, genome_token_map(tokenizer))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    alphabet = getattr(tokenizer, "alphabet", None)
+    if getattr(alphabet, "mask", None) is None:
+        raise ConfigError(f"{where}: masked-LM training needs a tokenizer with a [MASK] token; the "
+                          f"{getattr(tokenizer, 'type', type(tokenizer).__name__)} tokenizer has none")
+    return GenomeVocabulary(tokenizer, None, masked=True)
+
+
+def check_trainable_on_genome(model: Any, tokenizer: Any = None) -> GenomeVocabulary:
+    """:func:`genome_vocabulary` with the family's tokenizer when none is given."""
+    return genome_vocabulary(model, train_tokenizer(model) if tokenizer is None else tokenizer)
 
 
 def build_model(node: dict[str, Any], max_length: int, device: Any = None):
@@ -417,7 +480,7 @@ def check_resumable(model: Any, checkpoint: Path, run_dir: Path) -> None:
     from dnalm.models.io import read_pretrained_info
 
     saved = read_pretrained_info(checkpoint)
-    now = asdict(model.config)
+    now = json.loads(json.dumps(json_safe(asdict(model.config))))  # as saved: tuples are JSON lists
     family = getattr(model, "family", None)
     changes = [f"model.family {saved.get('family')} -> {family}"] if saved.get("family") != family else []
     old = saved.get("config") or {}
@@ -443,8 +506,25 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
-    """The recipe as a function (``callbacks`` are added to the Trainer)."""
+def pretraining_module(model: Any, vocab: GenomeVocabulary, optim: Any, total: int, region_classes: Sequence[str],
+                       seed: int = 0, activation_checkpointing: bool = False, compile: bool = False,
+                       mask_rate: float = 0.15):
+    """The LightningModule of the model's objective: :class:`~dnalm.training.lightning.NextTokenLM` for a
+    causal model, :class:`~dnalm.training.lightning.MaskedLM` for a masked one."""
+    from dnalm.data.datasets import token_base_counts
+    from dnalm.training.lightning import MaskedLM, NextTokenLM
+
+    if vocab.masked:
+        return MaskedLM(model, optim, total, vocab.tokenizer.alphabet, mask_rate, token_base_counts(vocab.tokenizer),
+                        seed=seed, activation_checkpointing=activation_checkpointing, compile=compile)
+    return NextTokenLM(model, optim, total, region_classes=region_classes, seed=seed,
+                       activation_checkpointing=activation_checkpointing, compile=compile)
+
+
+def run(cfg: DictConfig, callbacks: Sequence[Any] = (), lora: Any = None) -> TrainResult:
+    """The recipe as a function (``callbacks`` are added to the Trainer). ``lora``
+    (:class:`dnalm.models.lora.LoraSettings`): train LoRA adapters of the ``init_from`` model only; checkpoints
+    then hold the merged weights (``model.safetensors``) and the adapter (``adapter/``)."""
     p = parse(cfg)
     top, tc = p.top, available_trainer(p.trainer)
 
@@ -463,7 +543,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         read_training_state,
         recover_run_dir,
     )
-    from dnalm.training.lightning import NextTokenLM, SeqLenWarmup, truncate_metrics
+    from dnalm.training.lightning import SeqLenWarmup, truncate_metrics
     from dnalm.training.progress import progress_callbacks
     from dnalm.training.schedules import Stage, accumulation, plan_stages, steps_per_epoch
 
@@ -485,15 +565,27 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         model = load_pretrained(top.init_from).train()
     else:
         model = build_model(p.model, max_length)
-    check_trainable_on_genome(model)
+    tokenizer_path = p.model.get("tokenizer") if not top.init_from else None
+    if tokenizer_path and not Path(tokenizer_path).exists() and train_tokenizer(model) is None:
+        from dnalm.recipes.tokenizer_train import train_on_prepared
+
+        vocab_size = int(model.config.vocab_size)
+        if _is_rank_zero():
+            print(f"train: no tokenizer at {tokenizer_path}: training a {vocab_size}-token BPE on the "
+                  f"'{data.train_split}' split of {prepared_path}", flush=True)
+            train_on_prepared(prepared, tokenizer_path, vocab_size, split=data.train_split)
+    vocab = genome_vocabulary(model, train_tokenizer(model, tokenizer_path, top.init_from))
     if resume is not None:
         check_resumable(model, resume, run_dir)
-    tokenizer = _tokenizer(prepared)
-    if getattr(model.config, "vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
-        raise ConfigError(f"model.vocab_size={model.config.vocab_size} is smaller than the tokenizer's "
-                          f"{tokenizer.vocab_size} tokens")
+    if lora is not None:
+        from dnalm.models.lora import apply_lora
 
-    dm = ResumableGenomeDataModule(data, prepared)
+        apply_lora(model, lora)
+    # a model that reads the genome's own ids keeps the prepared genome's tokenizer, as before
+    tokenizer = _tokenizer(prepared) if not vocab.masked and vocab.token_map is None else vocab.tokenizer
+
+    dm = ResumableGenomeDataModule(data, prepared, token_map=vocab.token_map,
+                                   masked_tokenizer=vocab.tokenizer if vocab.masked else None)
     ckpt = RunCheckpoints(run_dir, top.checkpoint.every_n_steps, top.checkpoint.keep, top.checkpoint.monitor,
                           "min", top.checkpoint.save_best)
     cbs: list[Any] = [ckpt]
@@ -502,7 +594,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
                                  min_delta=top.early_stopping.min_delta, check_finite=False,
                                  check_on_train_epoch_end=False))
     io = DirectoryCheckpointIO(model, tokenizer, extra={"run": top.name, "prepared": str(prepared_path.resolve()),
-                                                        "length": max_length})
+                                                        "length": max_length, "objective": family_of(model).objective},
+                               lora=lora, base_model=top.init_from)
     trainer = L.Trainer(
         accelerator=tc.accelerator, devices=tc.devices, num_nodes=tc.num_nodes, strategy=lightning_strategy(tc),
         precision=tc.precision, max_steps=tc.max_steps, max_epochs=tc.max_epochs, max_time=tc.max_time,
@@ -548,8 +641,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
     if total < 1:
         raise ConfigError("train: the run has no optimizer step (check trainer.max_steps, max_epochs, batch sizes)")
 
-    module = NextTokenLM(model, p.optim, total, region_classes=prepared.region_classes, seed=top.seed,
-                         activation_checkpointing=top.activation_checkpointing, compile=top.compile)
+    module = pretraining_module(model, vocab, p.optim, total, prepared.region_classes, seed=top.seed,
+                                activation_checkpointing=top.activation_checkpointing, compile=top.compile,
+                                mask_rate=top.mask_rate)
     if trainer.is_global_zero:
         if start_fresh:
             removed = start_over(run_dir)
@@ -564,7 +658,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
             print(f"train: resuming from {resume} (step {resumed_step})", flush=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume is not None else None)
-    metrics: dict[str, Any] = {"global_step": trainer.global_step, "epoch": trainer.current_epoch,
+    metrics: dict[str, Any] = {"objective": family_of(model).objective,
+                               "global_step": trainer.global_step, "epoch": trainer.current_epoch,
                                "total_steps": total, "train_seconds": round(time.perf_counter() - start, 2),
                                "resumed_from": str(resume) if resume else None,
                                "best": {top.checkpoint.monitor: ckpt.best_score, "step": ckpt.best_step},
@@ -586,7 +681,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> TrainResult:
         metrics["model"] = f"final (step {trainer.global_step})"
     if top.test and dm.dataset("test") is not None:
         # a fresh module around the saved model: a sharded (FSDP) module is not reusable after fit
-        final = NextTokenLM(load_pretrained(model_dir), p.optim, total, region_classes=prepared.region_classes)
+        final = pretraining_module(load_pretrained(model_dir), vocab, p.optim, total, prepared.region_classes,
+                                   mask_rate=top.mask_rate)
         trainer.test(final, datamodule=dm, verbose=False)
         metrics["test"] = final.last_metrics.get("test")
     if trainer.is_global_zero:
@@ -601,6 +697,8 @@ def main(cfg: DictConfig) -> int | None:
         return 0
     val = result.metrics.get("val") or {}
     shown = f", val bits/base {val['bits_per_base']:.4f}" if val.get("bits_per_base") is not None else ""
+    if val.get("bits_per_base") is None and val.get("acc") is not None:  # a masked LM
+        shown = f", val masked-token loss {val['loss']:.4f}, accuracy {val['acc']:.4f}"
     if result.model_dir is None:
         print(f"train: interrupted at step {result.global_step}; resume with resume=auto out={result.run_dir}")
         return 130

@@ -9,6 +9,8 @@ A checkpoint is a directory::
                                                      position of the training data in its epoch, callback
                                                      and datamodule states (window length), RNG states;
                                                      absent from weights-only saves
+    adapter/                                         LoRA runs only: the adapter (dnalm.models.lora.save_adapter);
+                                                     model.safetensors then holds the merged weights
 
 It is written under a temporary name and renamed when complete (:func:`dnalm.utils.atomic_dir`), so a
 run killed while saving leaves the previous checkpoint intact. The file ``training_state.pt`` holds
@@ -56,6 +58,7 @@ from dnalm.utils import atomic_dir, json_safe, torch_load_reason
 TRAINING_STATE = "training_state.pt"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MODEL_PREFIX = "model."
+ADAPTER_DIR = "adapter"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,17 +108,29 @@ class DirectoryCheckpointIO(CheckpointIO):
         tokenizer: saved beside the weights (``tokenizer.json``).
         extra: JSON metadata stored in every ``config.json`` (under ``extra``), with the global step,
             the epoch and what ``storage_options={"extra": {...}}`` of a save adds.
+        lora: the :class:`~dnalm.models.lora.LoraSettings` of a model trained through LoRA adapters, whose
+            base weights are those of ``base_model``: a checkpoint holds the merged weights and the adapter
+            (``adapter/``), and is read back as the base with the adapter.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any | None = None, extra: Mapping[str, Any] | None = None):
+    def __init__(self, model: nn.Module, tokenizer: Any | None = None, extra: Mapping[str, Any] | None = None,
+                 lora: Any | None = None, base_model: str | None = None):
         self.model_cls = type(model)
         self.model_config = model.config
         self.tokenizer = tokenizer
         self.extra = dict(extra or {})
+        self.lora, self.base_model = lora, base_model
+        if lora is not None and base_model is None:
+            raise ValueError("a LoRA checkpoint needs its base model")
 
     def _model_with(self, weights: Mapping[str, torch.Tensor]) -> nn.Module:
-        """A model of the trained class whose tensors are ``weights`` (built on the meta device, no copy)."""
+        """A model of the trained class whose tensors are ``weights`` (built on the meta device, no copy;
+        with LoRA adapters injected when the run trains some)."""
         shell = self.model_cls(self.model_config, device=torch.device("meta"))
+        if self.lora is not None:
+            from dnalm.models.lora import apply_lora
+
+            apply_lora(shell, self.lora)
         shell.load_state_dict(weights, strict=True, assign=True)
         return shell
 
@@ -129,7 +144,16 @@ class DirectoryCheckpointIO(CheckpointIO):
             extra.update(storage_options.get("extra") or {})
         state = {k: v for k, v in checkpoint.items() if k != "state_dict"}
         with atomic_dir(path) as tmp:
-            save_pretrained(self._model_with(weights), tmp, tokenizer=self.tokenizer, extra=json_safe(extra))
+            if self.lora is None:
+                save_pretrained(self._model_with(weights), tmp, tokenizer=self.tokenizer, extra=json_safe(extra))
+            else:
+                from dnalm.models.lora import merge_and_unload, save_adapter
+
+                # a safe merge writes W0 + (alpha / r) B A into new tensors: the trained ones stay as they are
+                save_pretrained(merge_and_unload(self._model_with(weights)), tmp, tokenizer=self.tokenizer,
+                                extra=json_safe(extra))
+                save_adapter(self._model_with(weights), tmp / ADAPTER_DIR, self.lora,
+                             base_model=str(Path(self.base_model).resolve()), tokenizer=self.tokenizer)
             if "optimizer_states" in checkpoint:
                 torch.save(state, tmp / TRAINING_STATE)
 
@@ -137,7 +161,14 @@ class DirectoryCheckpointIO(CheckpointIO):
                         weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(path)
         checkpoint = read_training_state(path)
-        model = load_pretrained(path)
+        if self.lora is not None:
+            from dnalm.models.lora import load_adapter
+
+            if not (path / ADAPTER_DIR).is_dir():
+                raise InputError(f"{path}: no {ADAPTER_DIR}/ to resume the LoRA run from")
+            model = load_adapter(load_pretrained(self.base_model), path / ADAPTER_DIR)
+        else:
+            model = load_pretrained(path)
         checkpoint["state_dict"] = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
         return checkpoint
 

@@ -1,4 +1,4 @@
-"""Next-token pretraining in Lightning: a thin LightningModule and the sequence-length warm-up callback.
+"""Pretraining in Lightning: thin LightningModules (next-token and masked LM) and the sequence-length warm-up.
 
 :class:`NextTokenLM` wraps a built causal LM (``model(input_ids (B, L)) -> logits (B, L, V)``) and
 one loss function (:func:`dnalm.training.losses.lm_loss`); it builds neither model nor data. It
@@ -10,6 +10,9 @@ Logged per training step: ``train/loss``, ``train/acc``, ``train/bits_per_base``
 ``train/lr`` (of the first parameter group) and ``train/tokens_per_s`` (all devices); per evaluation
 epoch, over all of its tokens: ``val/loss``, ``val/acc``, ``val/bits_per_base``, ``val/ppl`` and
 ``val/loss/<class>``, ``val/bits_per_base/<class>`` per region class (``test/...`` likewise).
+
+:class:`MaskedLM` is the masked-LM twin (BERT's masking, :func:`dnalm.training.losses.masked_lm_loss`,
+:class:`~dnalm.training.losses.MaskedLMMetrics`); the recipe picks one by the family's ``objective``.
 
 Dropout randomness is reseeded before every micro-batch from ``(seed, epoch, batch index, rank)``, so
 a run resumed from a checkpoint draws the same dropout masks as the uninterrupted run.
@@ -38,7 +41,7 @@ from torch import Tensor, nn
 
 from dnalm.errors import ConfigError
 from dnalm.genome.regions import REGION_CLASSES
-from dnalm.training.losses import LMLoss, NextTokenMetrics, lm_loss
+from dnalm.training.losses import LMLoss, MaskedLMMetrics, NextTokenMetrics, lm_loss, masked_lm_loss
 from dnalm.training.optim import param_groups
 from dnalm.training.schedules import StagePlan, stage_at, warmup_cosine_scheduler
 from dnalm.utils import atomic_file
@@ -95,25 +98,44 @@ def step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, batch_idx, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def model_blocks(model: nn.Module) -> nn.ModuleList:
+    """The list of ``model``'s repeated blocks: its outermost ``nn.ModuleList`` of ``model.n_layer`` modules
+    (every dnalm model carries ``n_layer``: Hyena's and StripedHyena's ``backbone.layers``, DNABERT-2's
+    ``bert.encoder.layer``). ConfigError when there is none."""
+    n = getattr(model, "n_layer", None)
+    for module in model.modules():  # pre-order: outer lists come first
+        if isinstance(module, nn.ModuleList) and n is not None and len(module) == n:
+            return module
+    raise ConfigError(f"{type(model).__name__}: no list of {n} blocks to checkpoint (the model needs an n_layer "
+                      "and an nn.ModuleList of that many blocks)")
+
+
+def _stateless(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    """True when a block call carries only tensors, numbers and None (no inference state object)."""
+    return all(a is None or isinstance(a, (Tensor, int, float, bool)) for a in (*args, *kwargs.values())) and \
+        all(kwargs.get(k) is None for k in ("state", "layer_state"))
+
+
 def checkpoint_blocks(model: nn.Module) -> int:
-    """Recompute the activations of every block of ``model.backbone.layers`` in the backward pass.
+    """Recompute the activations of every block of ``model`` (:func:`model_blocks`) in the backward pass.
 
     Each block's ``forward`` is replaced by a call through ``torch.utils.checkpoint`` (non-reentrant,
-    RNG state preserved, so dropout masks match) when it trains without an inference state; the
-    modules and so the state-dict keys stay as they are. Returns the number of blocks wrapped.
+    RNG state preserved, so dropout masks match) when it trains without an inference state (its
+    arguments are tensors, numbers or None); the modules and so the state-dict keys stay as they are.
+    Returns the number of blocks wrapped.
     """
     from torch.utils.checkpoint import checkpoint
 
     wrapped = 0
-    for block in model.backbone.layers:
+    for block in model_blocks(model):
         if getattr(block, "_checkpointed", False):
             continue
         forward = block.forward
 
-        def run(x: Tensor, layer_state: object | None = None, offset: int = 0, _forward=forward, _block=block):
-            if layer_state is None and _block.training and torch.is_grad_enabled():
-                return checkpoint(_forward, x, use_reentrant=False)
-            return _forward(x, layer_state, offset)
+        def run(*args: Any, _forward=forward, _block=block, **kwargs: Any):
+            if _block.training and torch.is_grad_enabled() and _stateless(args, kwargs):
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
 
         block.forward = run
         block._checkpointed = True
@@ -121,43 +143,26 @@ def checkpoint_blocks(model: nn.Module) -> int:
     return wrapped
 
 
-class NextTokenLM(L.LightningModule):
-    """Lightning shell of next-token pretraining (see the module docstring).
+class _Pretraining(L.LightningModule):
+    """What next-token and masked-LM pretraining share: AdamW over :func:`param_groups` with the warm-up +
+    cosine schedule, FSDP-aware gradient clipping, per-micro-batch dropout seeds, training logs, epoch
+    metrics and the last validation metrics kept in checkpoints. Subclasses set ``val_metrics`` /
+    ``test_metrics`` and implement ``training_step`` and ``_eval_step``."""
 
-    Args:
-        model: a causal LM, ``model(input_ids (B, L)) -> logits (B, L, V)``.
-        optim: optimizer and schedule settings.
-        total_steps: optimizer steps of the whole run (length of the cosine schedule).
-        loss_fn: ``loss_fn(logits, targets, loss_weight) -> LMLoss``.
-        region_classes: names of the region class ids in the batches' ``regions``.
-        seed: base of the per-micro-batch dropout seeds.
-        activation_checkpointing: see :func:`checkpoint_blocks`.
-        compile: compile the model in place with ``torch.compile``.
-
-    Batches: ``input_ids``, ``targets``, ``regions`` (B, L) int64 and ``loss_weight`` (B, L) float32.
-    """
-
-    def __init__(self, model: nn.Module, optim: OptimConfig, total_steps: int, loss_fn: LossFn = lm_loss,
-                 region_classes: Sequence[str] = REGION_CLASSES, seed: int = 0,
+    def __init__(self, model: nn.Module, optim: OptimConfig, total_steps: int, seed: int = 0,
                  activation_checkpointing: bool = False, compile: bool = False):
         super().__init__()
         self.model = model
         self.optim = optim
         self.total_steps = int(total_steps)
-        self.loss_fn = loss_fn
         self.seed = int(seed)
         if activation_checkpointing:
             checkpoint_blocks(model)
         if compile:
             model.compile()
-        self.val_metrics = NextTokenMetrics(region_classes)
-        self.test_metrics = NextTokenMetrics(region_classes)
         self.last_metrics: dict[str, dict[str, float]] = {}
         self._last_batch_time: float | None = None
         self._last_batch_tokens = 0
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.model(input_ids)
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
@@ -179,12 +184,8 @@ class NextTokenLM(L.LightningModule):
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         torch.manual_seed(step_seed(self.seed, self.current_epoch, batch_idx, self.global_rank))
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self.model(batch["input_ids"])
-        out = self.loss_fn(logits, batch["targets"], batch.get("loss_weight"))
-        B = batch["input_ids"].shape[0]
-        log = {"train/loss": out.loss.detach(), "train/acc": out.accuracy, "train/bits_per_base": out.bits_per_base,
-               "train/ppl": out.perplexity}
+    def _log_train(self, log: dict[str, Tensor], loss: Tensor, tokens: int, batch_size: int) -> None:
+        """Log the step's metrics with the learning rate and the throughput (``tokens`` of this micro-batch)."""
         optimizer = self.trainer.optimizers[0] if self._trainer is not None and self.trainer.optimizers else None
         if optimizer is not None:
             log["train/lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
@@ -192,23 +193,22 @@ class NextTokenLM(L.LightningModule):
         if self._last_batch_time is not None and now > self._last_batch_time:
             log["train/tokens_per_s"] = torch.tensor(self._last_batch_tokens / (now - self._last_batch_time))
         self._last_batch_time = now
-        self._last_batch_tokens = batch["input_ids"].numel() * (self.trainer.world_size if self._trainer else 1)
-        self.log_dict(log, on_step=True, on_epoch=False, prog_bar=False, batch_size=B)
-        self.log("loss", out.loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=B)
-        return out.loss
+        self._last_batch_tokens = tokens * (self.trainer.world_size if self._trainer else 1)
+        self.log_dict(log, on_step=True, on_epoch=False, prog_bar=False, batch_size=batch_size)
+        self.log("loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False,
+                 batch_size=batch_size)
 
-    def _eval_step(self, metrics: NextTokenMetrics, batch: dict[str, Tensor]) -> None:
-        logits = self.model(batch["input_ids"])
-        metrics.update(self.loss_fn(logits, batch["targets"], batch.get("loss_weight")), batch.get("regions"))
+    def _eval_step(self, metrics: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
+        raise NotImplementedError
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(self.val_metrics, batch)
+        self._eval_step(self.val_metrics, batch, batch_idx)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(self.test_metrics, batch)
+        self._eval_step(self.test_metrics, batch, batch_idx)
 
-    def _eval_epoch_end(self, stage: str, metrics: NextTokenMetrics) -> None:
-        if float(metrics.count) == 0 and float(metrics.weight_sum) == 0:
+    def _eval_epoch_end(self, stage: str, metrics: Any) -> None:
+        if float(metrics.count) == 0 and float(getattr(metrics, "weight_sum", 0)) == 0:
             metrics.reset()
             return
         values = metrics.compute()
@@ -234,6 +234,108 @@ class NextTokenLM(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.last_metrics = {stage: dict(values) for stage, values in (checkpoint.get("last_metrics") or {}).items()}
+
+
+class NextTokenLM(_Pretraining):
+    """Lightning shell of next-token pretraining (see the module docstring).
+
+    Args:
+        model: a causal LM, ``model(input_ids (B, L)) -> logits (B, L, V)``.
+        optim: optimizer and schedule settings.
+        total_steps: optimizer steps of the whole run (length of the cosine schedule).
+        loss_fn: ``loss_fn(logits, targets, loss_weight) -> LMLoss``.
+        region_classes: names of the region class ids in the batches' ``regions``.
+        seed: base of the per-micro-batch dropout seeds.
+        activation_checkpointing: see :func:`checkpoint_blocks`.
+        compile: compile the model in place with ``torch.compile``.
+
+    Batches: ``input_ids``, ``targets``, ``regions`` (B, L) int64 and ``loss_weight`` (B, L) float32.
+    """
+
+    def __init__(self, model: nn.Module, optim: OptimConfig, total_steps: int, loss_fn: LossFn = lm_loss,
+                 region_classes: Sequence[str] = REGION_CLASSES, seed: int = 0,
+                 activation_checkpointing: bool = False, compile: bool = False):
+        super().__init__(model, optim, total_steps, seed, activation_checkpointing, compile)
+        self.loss_fn = loss_fn
+        self.val_metrics = NextTokenMetrics(region_classes)
+        self.test_metrics = NextTokenMetrics(region_classes)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.model(input_ids)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.model(batch["input_ids"])
+        out = self.loss_fn(logits, batch["targets"], batch.get("loss_weight"))
+        log = {"train/loss": out.loss.detach(), "train/acc": out.accuracy, "train/bits_per_base": out.bits_per_base,
+               "train/ppl": out.perplexity}
+        self._log_train(log, out.loss, batch["input_ids"].numel(), batch["input_ids"].shape[0])
+        return out.loss
+
+    def _eval_step(self, metrics: NextTokenMetrics, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits = self.model(batch["input_ids"])
+        metrics.update(self.loss_fn(logits, batch["targets"], batch.get("loss_weight")), batch.get("regions"))
+
+
+class MaskedLM(_Pretraining):
+    """Lightning shell of masked-LM pretraining (BERT's objective, DNABERT-2's training).
+
+    Args:
+        model: a masked LM, ``model(input_ids (B, T), attention_mask (B, T)) -> logits (B, T, V)``.
+        optim, total_steps, seed, activation_checkpointing, compile: as :class:`NextTokenLM`.
+        alphabet: the vocabulary's :class:`~dnalm.models.family.Alphabet` (its ``[MASK]`` and specials).
+        mask_rate: the share of tokens picked; of those 80 % become ``[MASK]``, 10 % a random token,
+            10 % stay (:func:`dnalm.models.dnabert2.mlm_mask`).
+        token_bases: ``(V,)`` bases of each token id (for ``bits_per_masked_base``), or None.
+
+    Batches: ``input_ids``, ``attention_mask`` (B, T) int64 and ``padding`` (B,) bool (rows not scored).
+    Training masks are drawn from the per-micro-batch seed; evaluation masks from a generator seeded with
+    ``(seed, batch index, rank)``, so every validation scores the same masked tokens.
+    Logged: ``train/loss``, ``train/acc`` (masked tokens), ``train/ppl``, ``train/lr``, ``train/tokens_per_s``;
+    per evaluation epoch ``val/loss``, ``val/acc``, ``val/ppl`` and ``val/bits_per_masked_base``
+    (:class:`~dnalm.training.losses.MaskedLMMetrics`; not comparable to a causal model's bits/base).
+    """
+
+    EVAL_STREAM = 2**31  # the "epoch" key of evaluation mask seeds, apart from every training epoch
+
+    def __init__(self, model: nn.Module, optim: OptimConfig, total_steps: int, alphabet: Any,
+                 mask_rate: float = 0.15, token_bases: Tensor | np.ndarray | None = None, seed: int = 0,
+                 activation_checkpointing: bool = False, compile: bool = False):
+        super().__init__(model, optim, total_steps, seed, activation_checkpointing, compile)
+        if not 0.0 < mask_rate < 1.0:
+            raise ConfigError(f"mask_rate must be in (0, 1), got {mask_rate}")
+        if getattr(alphabet, "mask", None) is None:
+            raise ConfigError("masked-LM training needs a vocabulary with a [MASK] token")
+        self.alphabet, self.mask_rate = alphabet, float(mask_rate)
+        bases = None if token_bases is None else torch.as_tensor(np.asarray(token_bases), dtype=torch.float32)
+        self.register_buffer("token_bases", bases, persistent=False)
+        self.val_metrics = MaskedLMMetrics()
+        self.test_metrics = MaskedLMMetrics()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.model(input_ids, attention_mask)
+
+    def _masked(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        from dnalm.models.dnabert2 import mlm_mask
+
+        mask = batch["attention_mask"]
+        if "padding" in batch:
+            mask = mask * (~batch["padding"].to(mask.device))[:, None]
+        return mlm_mask(batch["input_ids"], self.alphabet, self.mask_rate, generator=generator, attention_mask=mask)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        ids, labels = self._masked(batch, None)
+        out = masked_lm_loss(self.model(ids, batch["attention_mask"]), labels)
+        log = {"train/loss": out.loss.detach(), "train/acc": out.accuracy, "train/ppl": out.perplexity}
+        self._log_train(log, out.loss, int(batch["attention_mask"].sum()), ids.shape[0])
+        return out.loss
+
+    def _eval_step(self, metrics: MaskedLMMetrics, batch: dict[str, Tensor], batch_idx: int) -> None:
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(step_seed(self.seed, self.EVAL_STREAM, batch_idx, self.global_rank))
+        ids, labels = self._masked(batch, generator)
+        out = masked_lm_loss(self.model(ids, batch["attention_mask"]), labels)
+        bases = None if self.token_bases is None else self.token_bases[batch["input_ids"]]
+        metrics.update(out, bases)
 
 
 class SeqLenWarmup(L.Callback):

@@ -148,3 +148,63 @@ class NextTokenMetrics(Metric):
                 out[f"loss/{name}"] = part["loss"]
                 out[f"bits_per_base/{name}"] = part["bits_per_base"]
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked language modelling
+# ---------------------------------------------------------------------------------------------
+
+IGNORE_INDEX = -100
+"""Label of positions a masked LM does not predict."""
+
+
+def masked_lm_loss(logits: Tensor, labels: Tensor) -> LMLoss:
+    """Masked-LM cross-entropy: logits (B, T, V) and labels (B, T), the original token where masked and
+    ``IGNORE_INDEX`` elsewhere. ``loss`` is the mean over masked tokens (0 when none is masked); ``ce``,
+    ``weight`` (1 on masked tokens) and ``correct`` are (B, T) as for :func:`lm_loss`."""
+    picked = labels != IGNORE_INDEX  # (B, T)
+    chosen = logits[picked].float()  # (N, V)
+    targets = labels[picked]
+    ce_picked = F.cross_entropy(chosen, targets, reduction="none")  # (N,)
+    loss = ce_picked.mean() if targets.numel() else logits.sum() * 0.0
+    ce = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+    ce[picked] = ce_picked.detach()
+    correct = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    correct[picked] = chosen.detach().argmax(dim=-1) == targets
+    return LMLoss(loss=loss, ce=ce, weight=picked.float(), correct=correct)
+
+
+class MaskedLMMetrics(Metric):
+    """Epoch-level masked-LM metrics over every masked token of an evaluation epoch.
+
+    ``compute()`` returns ``loss`` (mean cross-entropy of the masked tokens, nats), ``acc`` (masked-token
+    accuracy), ``ppl`` (``exp(loss)``) and, given the bases of each masked token, ``bits_per_masked_base``:
+    the masked tokens' cross-entropy in bits divided by the bases they cover. It is the cost of the
+    masked spans given both sides of their context, so it is *not* comparable to a causal model's
+    bits/base (the cost of a whole sequence, one base after another).
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for name in ("loss_sum", "count", "correct", "bases"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, out: LMLoss, bases: Tensor | None = None) -> None:
+        """``out`` from :func:`masked_lm_loss`; ``bases`` (B, T): bases of each labelled token (or None)."""
+        scored = out.weight > 0
+        self.loss_sum += (out.ce * out.weight).double().sum()
+        self.count += scored.sum().double()
+        self.correct += (out.correct & scored).sum().double()
+        if bases is not None:
+            self.bases += (bases * scored).double().sum()
+
+    def compute(self) -> dict[str, float]:
+        count = float(self.count)
+        loss = float(self.loss_sum) / count if count > 0 else math.nan
+        out = {"loss": loss, "acc": float(self.correct) / count if count > 0 else math.nan,
+               "ppl": math.exp(loss) if loss < 700 else math.inf}
+        if float(self.bases) > 0:
+            out["bits_per_masked_base"] = float(self.loss_sum) / float(self.bases) / LN2
+        return out
