@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The model families side by side on one GPU: yeast pretraining of every family's small experiment at once
+# (HyenaDNA as the baseline of the same run), GUE fine-tuning of the pretrained encoders, and the
+# StripedHyena 2 (evo2-1b-shaped) speed rows. Results go to $OUT after every stage.
+#   DATA=dir-with-yeast_r64-and-gue OUT=dir STAGES=yeast bash benchmarks/gpu_families.sh
+#   DATA=... OUT=... STAGES=gue,sh2 BERT=dir-of-the-pretrained-bert-model bash benchmarks/gpu_families.sh
+# Environment: RUNS (name:experiment[:overrides] entries, space separated), TRAIN_TIME (DD:HH:MM:SS per yeast
+# run), GUE_TASKS, GUE_SEEDS, GUE_TIME, GUE_EPOCHS, GUE_MODELS (name=checkpoint entries), GUE_EXTRA,
+# SH2_ARGS, EXTRA (overrides for every train/finetune command, e.g. for a CPU smoke run).
+set -u
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-benchmarks/out}
+R=${R:-runs/gpu}
+TRAIN_TIME=${TRAIN_TIME:-00:00:09:00}
+TOKENIZER=${TOKENIZER:-$R/tokenizer_yeast_bpe4096}  # learnt from the training chromosomes unless it exists
+RUNS=${RUNS:-"hyena:hyena_small bert:bert_small:model.tokenizer=$TOKENIZER stripedhyena:stripedhyena_small"}
+GUE_TASKS=${GUE_TASKS:-gue_prom_core_all gue_tf0}
+GUE_SEEDS=${GUE_SEEDS:-0 1 2}
+GUE_TIME=${GUE_TIME:-00:00:04:00}
+GUE_EPOCHS=${GUE_EPOCHS:-10}
+GUE_MODELS=${GUE_MODELS:-}
+EXTRA=${EXTRA:-}
+STAGES=${STAGES:-yeast}
+mkdir -p "$R" "$OUT"
+T0=$(date +%s)
+stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
+want() { [[ ",$STAGES," == *",$1,"* ]]; }
+dnalm() { python3 -c 'import sys; from dnalm.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
+# metrics, configs and logs of every run, and each trained model (a few MB) to $OUT
+pack() {
+  for d in "$R"/*/; do
+    name=$(basename "$d")
+    mkdir -p "$OUT/runs/$name"
+    cp "$d"/metrics.json "$d"/config.yaml "$d"/metrics.csv "$OUT/runs/$name/" 2>/dev/null
+    [[ -d $d/model ]] && mkdir -p "$OUT/runs/$name/model" && cp -r "$d"/model/. "$OUT/runs/$name/model/"
+  done
+  cp "$R"/*.log "$OUT/" 2>/dev/null
+  for d in "$R"/gue_*/*/; do
+    rel=${d#"$R"/}
+    mkdir -p "$OUT/runs/$rel" && cp "$d"/metrics.json "$OUT/runs/$rel/" 2>/dev/null
+  done
+  return 0
+}
+
+if want yeast; then
+  stamp prepare yeast
+  dnalm prepare genome="$DATA/yeast_r64/GCA_000146045.2_R64_genomic.fna.gz" \
+    annotation="$DATA/yeast_r64/GCA_000146045.2_R64_genomic.gff.gz" name=yeast_r64 out=$R/yeast_prepared \
+    split.strategy=records 'split.val=[BK006947.3]' 'split.test=[BK006948.2,BK006949.2]' > $R/prepare.log 2>&1
+  stamp tokenizer
+  [[ -f $TOKENIZER/tokenizer.json ]] || dnalm tokenizer train data.prepared=$R/yeast_prepared vocab_size=4096 out=$TOKENIZER \
+    > $R/tokenizer.log 2>&1
+  stamp train: $RUNS
+  for run in $RUNS; do
+    IFS=: read -r name experiment overrides <<< "$run"
+    dnalm train experiment=yeast/$experiment data.prepared=$R/yeast_prepared out=$R/yeast_$name \
+      trainer.max_time=$TRAIN_TIME trainer.progress_bar=false \
+      ${overrides//,/ } $EXTRA > $R/yeast_$name.log 2>&1 &
+  done
+  wait
+  stamp trained
+  pack
+fi
+
+if want gue; then
+  stamp "GUE: $GUE_MODELS"
+  for entry in $GUE_MODELS; do
+    name=${entry%%=*}; ckpt=${entry#*=}
+    for task in $GUE_TASKS; do
+      for seed in $GUE_SEEDS; do
+        dnalm finetune checkpoint=$ckpt task=$task data_root="$DATA" out=$R/gue_$name/${task}_seed$seed seed=$seed \
+          trainer=gpu trainer.max_epochs=$GUE_EPOCHS trainer.max_time=$GUE_TIME trainer.progress_bar=false \
+          save_model=false ${GUE_EXTRA:-} $EXTRA > $R/gue_${name}_${task}_seed$seed.log 2>&1 &
+      done
+    done
+  done
+  wait
+  stamp fine-tuned
+  pack
+fi
+
+if want sh2; then
+  stamp StripedHyena 2 speed
+  python3 benchmarks/sh2_gpu.py --out $OUT/sh2_gpu.json ${SH2_ARGS:-} > $OUT/sh2_gpu.log 2>&1
+fi
+stamp done
