@@ -159,6 +159,7 @@ def killed_run(i: int, delay: float, prepared: Path, work: Path, steps: int, eve
     """Start a run, SIGKILL it after ``delay`` seconds (``late``: ``delay`` seconds after its final checkpoint
     is complete, while it writes best/, model/ and metrics.json; ``in_save``: at the first checkpoint write
     after ``delay`` seconds, while its temporary directory exists), check its checkpoints and resume it."""
+    work.mkdir(parents=True, exist_ok=True)
     out = work / f"run{i:02d}"
     log = work / f"run{i:02d}.log"
     argv = train_argv(prepared, out, steps, every, seed)
@@ -174,11 +175,13 @@ def killed_run(i: int, delay: float, prepared: Path, work: Path, steps: int, eve
     while in_save and proc.poll() is None and not _writing(out):
         time.sleep(0.0005)
     finished_first = proc.poll() is not None
+    ran_s = time.perf_counter() - t0
     if not finished_first:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     result: dict[str, Any] = {"run": i, "kill_after_s": round(delay, 3), "late": late, "in_save": in_save,
-                              "exit_before_kill": finished_first, "first_status": proc.returncode}
+                              "exit_before_kill": finished_first, "first_status": proc.returncode,
+                              "ran_s": round(ran_s, 3)}
     result["after_kill"] = check_checkpoints(out) if out.exists() else {"checkpoints": [], "unreadable": [],
                                                                          "temporaries": []}
     resumes, status = 0, proc.returncode
@@ -288,9 +291,18 @@ def main(argv: list[str] | None = None) -> int:
         n = len(delays)
 
         def one(i: int) -> dict:
-            r = killed_run(i, delays[i], prepared, work, args.steps, args.every, args.seed, reference,
-                           args.max_resumes, timeout=10 * ref_seconds + 60,
-                           late=args.kills <= i < args.kills + args.late, in_save=i >= args.kills + args.late)
+            late, in_save = args.kills <= i < args.kills + args.late, i >= args.kills + args.late
+            delay, redraw = delays[i], random.Random(args.kill_seed * 100_003 + i)
+            for attempt in range(4):
+                r = killed_run(i, delay, prepared, work / f"try{attempt}", args.steps, args.every, args.seed,
+                               reference, args.max_resumes, timeout=10 * ref_seconds + 60, late=late,
+                               in_save=in_save)
+                # a run that ended before its moment (the machine ran faster than the reference did) is
+                # started again with a moment drawn over its own duration, so that every kill hits a live run
+                if not r["exit_before_kill"] or late:
+                    break
+                delay = redraw.uniform(0.0, 0.95 * r["ran_s"])
+            r["attempts"] = attempt + 1
             print(f"run {i}: killed after {r['kill_after_s']} s, checkpoints {r['after_kill']['checkpoints']}, "
                   f"temporaries {r['after_kill']['temporaries']}, unreadable {len(r['after_kill']['unreadable'])}, "
                   f"resumes {r.get('resumes')}, "
