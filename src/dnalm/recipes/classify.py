@@ -80,6 +80,8 @@ def main(cfg: DictConfig) -> int | None:
     from dnalm.inference.io import read_sequences
     from dnalm.tokenizers import reverse_complement
 
+    from dnalm.data.datasets import truncate_tokens
+
     seqs = read_sequences(cc.input, uppercase=cc.uppercase)
     loaded = load_sequence_model(cc.checkpoint, cc.base)
     model = loaded.model.to(resolve_device(cc.device))
@@ -91,8 +93,7 @@ def main(cfg: DictConfig) -> int | None:
             ids = np.asarray(loaded.tokenizer.encode(seq), dtype=np.int64)
         except InputError as exc:
             raise InputError(f"{where}: {str(exc).removeprefix('sequence: ')}") from None
-        if loaded.max_length is not None:
-            ids = ids[: loaded.max_length]
+        ids = truncate_tokens(ids, loaded.max_length, loaded.tokenizer)
         if context is not None and len(ids) > context:
             raise InputError(f"{where}: {len(ids):,} tokens, more than the model's context of {context:,} "
                              "(cut the sequences to the length the model was fine-tuned on)")
