@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from dnalm.errors import ConfigError, InputError
 from dnalm.inference.embed import embed_per_base, embed_pooled, resolve_layer
@@ -68,21 +69,23 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "auto",
-               dtype: str | torch.dtype = "fp32") -> tuple[CausalLM, object]:
-    """A causal LM in eval mode and its tokenizer (``tokenizer.json`` beside it, else dnalm's
-    default character tokenizer; a tokenizer file that cannot be read is an InputError, never
-    silently replaced by the default)."""
-    from dnalm.models.io import load_pretrained
-    from dnalm.tokenizers import BPE_SIDE_FILE, CONFIG_FILE, CharTokenizer, load_tokenizer
+               dtype: str | torch.dtype = "fp32") -> tuple[nn.Module, object]:
+    """A language model of any family (causal or masked: ask ``family_of(model).objective``) in eval mode and
+    its tokenizer (``tokenizer.json`` beside it, else the family's default, dnalm's character tokenizer for
+    the character-level families; a tokenizer file that cannot be read is an InputError, never silently
+    replaced by the default; see :func:`dnalm.models.io.checkpoint_tokenizer`)."""
+    from dnalm.models.families import family_of
+    from dnalm.models.io import checkpoint_tokenizer, load_pretrained
+    from dnalm.tokenizers import CharTokenizer
 
     path = Path(path)
     model = load_pretrained(path, map_location="cpu")
-    if not isinstance(model, CausalLM):
-        raise InputError(f"{path}: holds a {type(model).__name__}, not a language model")
+    try:
+        family_of(model)
+    except ConfigError:
+        raise InputError(f"{path}: holds a {type(model).__name__}, not a language model") from None
     model = model.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).eval()
-    directory = path if path.is_dir() else path.parent
-    saved = any((directory / name).is_file() for name in (CONFIG_FILE, BPE_SIDE_FILE, "tokenizer_config.json"))
-    tokenizer = load_tokenizer(directory) if saved else CharTokenizer()
+    tokenizer = checkpoint_tokenizer(path, model, default=CharTokenizer())
     return model, tokenizer
 
 
