@@ -200,20 +200,19 @@ def _hidden_blocks(model: nn.Module, rows: Sequence[np.ndarray], index: int, pad
 
 
 @torch.no_grad()
-def embed_masked(model: nn.Module, rows: Sequence[TokenRow], layer: int, pool: str, alphabet,
+def embed_masked(model: nn.Module, rows: Sequence[TokenRow], layer: int, pool: str, pad_id: int = 0,
                  write: Callable[[int, int, np.ndarray], None] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False) -> np.ndarray | None:
     """Embeddings of a masked LM (see the module docstring): (N, D) float32 for pool ``mean`` | ``max`` |
-    ``cls``; for ``none`` the per-base vectors (n_bases_i, D) go to ``write(row, 0, block)`` and None is
+    ``cls``; padding with ``pad_id``; for ``none`` the per-base vectors (n_bases_i, D) go to ``write(row, 0, block)`` and None is
     returned. ``layer``: a hidden-state index of the model (0 embeddings, i after layer i, -1 last)."""
     if pool not in MASKED_POOLS:
         raise ConfigError(f"pool={pool!r} must be one of {', '.join(MASKED_POOLS)} for a masked LM")
     if pool == "none" and write is None:
         raise ConfigError("pool=none needs a writer for the per-base blocks")
-    pad = alphabet.pad if alphabet.pad is not None else 0
     ids = [r.ids for r in rows]
     vectors: list[np.ndarray | None] = [None] * len(rows)
-    for i, hidden in _hidden_blocks(model, ids, layer, pad, batch_size, max_tokens, progress):
+    for i, hidden in _hidden_blocks(model, ids, layer, pad_id, batch_size, max_tokens, progress):
         if pool == "none":
             counts = torch.as_tensor(rows[i].n_bases, device=hidden.device)
             write(i, 0, hidden.repeat_interleave(counts, dim=0).float().cpu().numpy())
