@@ -4,15 +4,12 @@ checked against computations made here directly from the models' outputs."""
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from tolerance import float32_tolerance, scale_of
 
 from dnalm.errors import ConfigError
 from dnalm.inference.masked import (
@@ -23,6 +20,7 @@ from dnalm.inference.masked import (
 from dnalm.models.dnabert2 import Dnabert2Config, Dnabert2Model, Dnabert2Tokenizer, pseudo_log_likelihood
 from dnalm.models.io import save_pretrained
 from dnalm.models.stripedhyena import ByteTokenizer, StripedHyenaConfig, StripedHyenaLM
+from tolerance import float32_tolerance, scale_of
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SEQS = {"s1": "ACGTACGGTTACGATCGNNACGTAGCTAGCTAGGCTTTGACA", "s2": "TTTTGGGGCCCCAAAATGCA", "s3": "GATTACA"}
@@ -51,8 +49,8 @@ def _dnabert2(bpe, dtype=torch.float32) -> Dnabert2Model:
 def _stripedhyena(dtype=torch.float32) -> StripedHyenaLM:
     torch.manual_seed(0)
     config = StripedHyenaConfig.preset("tiny", pattern="SDH*", hidden_size=32, num_attention_heads=2,
-                                       inner_mlp_size=48, hcs_filter_groups=4, hcm_filter_groups=4, hcm_filter_length=16,
-                                       max_seqlen=256)
+                                       inner_mlp_size=48, hcs_filter_groups=4, hcm_filter_groups=4,
+                                       hcm_filter_length=16, max_seqlen=256)
     return _perturbed(StripedHyenaLM(config, dtype=dtype), 2, 0.05)
 
 
@@ -272,7 +270,7 @@ def test_score_variants_dnabert2_masked_marginal(tmp_path, checkpoints, genome, 
                 f"out={out}", f"window={window}") == 0
     got = pd.read_csv(out, sep="\t")
     model = load_pretrained(checkpoints["dnabert2"])
-    for k, (pos, ref, alt) in enumerate(snvs):
+    for k, (pos, _ref, alt) in enumerate(snvs):
         start = got["window_start"][k] - 1
         w = seq[start: start + window]
         off = pos - 1 - start
@@ -281,7 +279,7 @@ def test_score_variants_dnabert2_masked_marginal(tmp_path, checkpoints, genome, 
         a, b = enc.offsets[j]
         alt_tokens = bpe.hf.encode(w[a:off] + alt + w[off + 1: b], add_special_tokens=False).ids
 
-        def score(tokens: list[int]) -> float:
+        def score(tokens: list[int], enc=enc, j=j) -> float:
             ids = enc.ids[:j] + [bpe.alphabet.mask] * len(tokens) + enc.ids[j + 1:]
             with torch.no_grad():
                 lp = model(torch.tensor([ids]))[0].double().log_softmax(-1)
@@ -324,7 +322,7 @@ def test_score_variants_stripedhyena_delta(tmp_path, checkpoints, genome) -> Non
                 f"checkpoint={checkpoints['stripedhyena']}", f"out={out}", "window=50") == 0
     got = pd.read_csv(out, sep="\t")
     model = load_pretrained(checkpoints["stripedhyena"])
-    for k, (pos, ref, alt) in enumerate(snvs):
+    for k, (pos, _ref, alt) in enumerate(snvs):
         start = got["window_start"][k] - 1
         w = seq[start: start + 50]
         w_alt = w[: pos - 1 - start] + alt + w[pos - start:]

@@ -160,8 +160,9 @@ def test_dnabert2_gue_recipe(tmp_path, shared_data) -> None:
     from dnalm.cli import run
     from dnalm.config import compose
 
-    for task, max_length, warmup, epochs, folder in (("gue_prom_core_all_dnabert2", 20, 50, 4, "gue/prom/prom_core_all"),
-                                                     ("gue_tf0_dnabert2", 30, 30, 3, "gue/tf/0")):
+    recipes = (("gue_prom_core_all_dnabert2", 20, 50, 4, "gue/prom/prom_core_all"),
+               ("gue_tf0_dnabert2", 30, 30, 3, "gue/tf/0"))
+    for task, max_length, warmup, epochs, folder in recipes:
         cfg = compose("finetune", [f"task={task}", "checkpoint=x", "trainer=gpu"])
         assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps) == (3e-5, 0.01, warmup)
         assert (cfg.data.batch_size, cfg.data.max_length, cfg.trainer.max_epochs) == (32, max_length, epochs)

@@ -195,7 +195,6 @@ def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequenc
     streamed to disk.
     """
     from dnalm.inference.io import write_parquet
-
     from dnalm.inference.masked import MASKED_POOLS, embed_masked, objective_of
     from dnalm.models.family import MASKED
     from dnalm.models.heads import backbone_width

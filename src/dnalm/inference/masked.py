@@ -204,8 +204,9 @@ def embed_masked(model: nn.Module, rows: Sequence[TokenRow], layer: int, pool: s
                  write: Callable[[int, int, np.ndarray], None] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False) -> np.ndarray | None:
     """Embeddings of a masked LM (see the module docstring): (N, D) float32 for pool ``mean`` | ``max`` |
-    ``cls``; padding with ``pad_id``; for ``none`` the per-base vectors (n_bases_i, D) go to ``write(row, 0, block)`` and None is
-    returned. ``layer``: a hidden-state index of the model (0 embeddings, i after layer i, -1 last)."""
+    ``cls``; padding with ``pad_id``; for ``none`` the per-base vectors (n_bases_i, D) go to
+    ``write(row, 0, block)`` and None is returned. ``layer``: a hidden-state index of the model (0 embeddings,
+    i after layer i, -1 last)."""
     if pool not in MASKED_POOLS:
         raise ConfigError(f"pool={pool!r} must be one of {', '.join(MASKED_POOLS)} for a masked LM")
     if pool == "none" and write is None:
@@ -233,7 +234,8 @@ def embed_masked(model: nn.Module, rows: Sequence[TokenRow], layer: int, pool: s
 
 
 @torch.no_grad()
-def masked_marginal(model: nn.Module, tokenizer, window: str, offset: int, ref: str, alt: str) -> tuple[float, float]:
+def masked_marginal(model: nn.Module, tokenizer, window: str, offset: int, ref: str,
+                    alt: str) -> tuple[float, float]:
     """Masked-marginal scores of replacing ``ref`` (at 0-based ``offset`` of ``window``) by ``alt``.
 
     The reference window is tokenized; ``S`` are its tokens overlapping the bases ``offset .. offset +

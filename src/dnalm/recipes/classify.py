@@ -74,13 +74,12 @@ def main(cfg: DictConfig) -> int | None:
                           "(FASTA or CSV) and out=FILE.csv")
     if cc.strand not in STRANDS:
         raise ConfigError(f"classify: strand={cc.strand!r} must be one of {', '.join(STRANDS)}")
+    from dnalm.data.datasets import truncate_tokens
     from dnalm.evaluate.metrics import classification_metrics
     from dnalm.inference.api import resolve_device
     from dnalm.inference.classify import classify_rows, context_of, load_sequence_model
     from dnalm.inference.io import read_sequences
     from dnalm.tokenizers import reverse_complement
-
-    from dnalm.data.datasets import truncate_tokens
 
     seqs = read_sequences(cc.input, uppercase=cc.uppercase)
     loaded = load_sequence_model(cc.checkpoint, cc.base)
