@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+
 from dnalm.cli import run
 from dnalm.models.info import model_info
 from dnalm.models.stripedhyena import PRESETS, StripedHyenaConfig, StripedHyenaLM, flops_per_token
