@@ -337,3 +337,26 @@ def test_objective_errors_are_config_errors(checkpoints) -> None:
 
     with pytest.raises(ConfigError, match="needs a masked LM"):
         check_objective(load_pretrained(checkpoints["stripedhyena"]), "masked", "x")
+
+
+def test_python_api_with_both_families(checkpoints, bpe) -> None:
+    """dnalm.load: a masked model scores by pseudo-log-likelihood (per base with reduce='mean') and embeds over its
+    tokens; causal-only methods are one-line errors. A byte-level causal model scores as predict does."""
+    from dnalm.inference.api import load
+
+    m = load(checkpoints["dnabert2"], device="cpu")
+    seq = SEQS["s2"]
+    row = encode_tokens(bpe, seq)
+    ref = pseudo_log_likelihood(m.model, torch.as_tensor(row.ids)[None], reduce="none")[0].double().numpy()
+    assert m.score(seq, reduce="sum") == pytest.approx(ref.sum(), rel=1e-6)
+    assert m.score([seq], reduce="mean")[0] == pytest.approx(ref.sum() / len(seq), rel=1e-6)
+    with torch.no_grad():
+        (h,) = m.model.hidden_states(torch.as_tensor(row.ids)[None], [-1])
+    np.testing.assert_allclose(m.embed(seq, pool="cls"), h[0, 0].numpy(), rtol=0, atol=1e-6)
+    assert m.embed(seq, pool="none").shape == (len(seq), h.shape[-1])
+    for call in (lambda: m.log_probs(seq), lambda: m.generate("ACGT"), lambda: m.logits(seq)):
+        with pytest.raises(ConfigError, match="needs a causal LM; this is a masked LM"):
+            call()
+    sh = load(checkpoints["stripedhyena"], device="cpu")
+    ref = _direct_log_probs(sh.model, [0] + [ord(c) for c in seq])
+    assert sh.score(seq, reduce="sum", prepend_bos=True) == pytest.approx(ref.sum(), rel=1e-5)
