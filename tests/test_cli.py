@@ -79,7 +79,8 @@ def test_config_show_applies_overrides(capsys):
         (["cp", "config", "no/such/config", "x.yaml"], "no shipped config"),
         (["config", "show", "train", "model=nope"],
          "unknown option 'nope' for config group 'model' of 'train' (choose from: "),
-        (["config", "show", "finetune", "task=nope"], "(choose from: classification, gue_prom_core_all, gue_tf0, lm,"),
+        (["config", "show", "finetune", "task=nope"],
+         "(choose from: classification, gue_prom_core_all, gue_prom_core_all_dnabert2, gue_tf0,"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv, needle, capsys):

@@ -473,3 +473,63 @@ def test_yeast_benchmark_cli(tmp_path):
     assert "BK006948.2, BK006949.2" in card and "Leakage" in card
     probe = json.loads((out / "models" / "hyena_tiny" / "metrics.json").read_text())["probes"]
     assert probe["classes"] == ["intergenic", "CDS", "promoter", "repeat"] and -1 <= probe["mcc"] <= 1
+
+
+def test_benchmark_stripedhyena_and_dnabert2(synthetic, tmp_path):
+    """A byte-level causal model (StripedHyena 2) reads the prepared genome's bases through its own ids (next-base
+    log-probabilities equal its logits at A, C, G, T renormalised, sampling stays in A/C/G/T); a masked model
+    (DNABERT-2, BPE) skips next-base prediction and generation and scores promoters by pseudo-log-likelihood
+    (equal to the family's own PLL of each window in bits)."""
+    from dnalm.models.dnabert2 import Dnabert2Tokenizer, load_hub, pseudo_log_likelihood
+    from dnalm.models.stripedhyena import ByteTokenizer, StripedHyenaConfig, StripedHyenaLM
+
+    root, paths = synthetic
+    prepared = prepare([GenomeSpec("syn", str(paths["fasta"]), str(paths["gff3"]))], tmp_path / "prepared",
+                       SplitSpec(strategy="homology", group_by="tsv", groups_tsv=str(paths["homology"]),
+                                 val=["Chr3"], test=["Chr4"]), promoter_window=300)
+    torch.manual_seed(2)
+    sh = StripedHyenaLM(StripedHyenaConfig.preset("tiny", pattern="SDH*", hidden_size=32, num_attention_heads=2,
+                                                  inner_mlp_size=48, hcs_filter_groups=4, hcm_filter_groups=4,
+                                                  hcm_filter_length=16, max_seqlen=256))
+    save_pretrained(sh, tmp_path / "sh2", tokenizer=ByteTokenizer())
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "dnabert2_tiny"
+
+    bm = GB.load_model(tmp_path / "sh2")
+    rng = np.random.default_rng(0)
+    ids = rng.choice([7, 8, 9, 10, 11], (3, 40)).astype(np.uint8)
+    byte_ids = np.vectorize({7: 65, 8: 67, 9: 71, 10: 84, 11: 78}.get)(ids)
+    with torch.no_grad():
+        ref = sh(torch.as_tensor(byte_ids))[..., [65, 67, 71, 84]].double().log_softmax(-1).numpy()
+    np.testing.assert_allclose(GB.next_log_probs(bm, ids), ref, rtol=0, atol=1e-5)
+    drawn = GB.sample(bm, ids[:, :10] % 4 + 7, 12, seed=1)
+    assert drawn.shape == (3, 12) and set(np.unique(drawn)) <= {7, 8, 9, 10}
+
+    spec = GB.BenchmarkSpec(
+        markov=GB.MarkovSpec(orders=[2]),
+        next_base=GB.NextBaseSpec(window=96, min_context=32, max_bases=600),
+        promoters=GB.PromoterSpec(window=60, max_promoters=10, gc_tolerance=0.05, background_stride=20),
+        probes=GB.ProbeSpec(window=40, train_per_class=8, test_per_class=5, min_per_class=3),
+        generation=GB.GenerationSpec(n_prompts=4, n_cds_prompts=0, prompt_length=32, length=16),
+        device="cpu", plots=False)
+    out = GB.benchmark(tmp_path / "out", [str(tmp_path / "sh2"), str(fixture)], spec, prepared=prepared)
+    with open(out / "leaderboard.csv") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    assert list(rows) == ["markov", "sh2", "dnabert2_tiny"]
+    assert float(rows["sh2"]["bits_per_base"]) > 0 and rows["sh2"]["gen_gc"] != ""
+    assert rows["dnabert2_tiny"]["bits_per_base"] == "" and rows["dnabert2_tiny"]["gen_gc"] == ""
+    assert rows["dnabert2_tiny"]["probe_mcc"] != ""
+    with open(out / "scores" / "promoter_scores.tsv") as fh:
+        scores = list(csv.DictReader(fh, delimiter="\t"))
+    labels = np.array([r["label"] == "promoter" for r in scores], dtype=int)
+    pg = PreparedGenome(prepared)
+    model, bpe = load_hub(fixture), Dnabert2Tokenizer.load(fixture)
+    for r in scores[:4]:
+        window = pg.sequence(r["record"], int(r["start"]), int(r["end"]))
+        if r["strand"] == "-":
+            window = revcomp(window)
+        pll = pseudo_log_likelihood(model, torch.as_tensor(bpe.encode(window))[None])
+        assert float(r["ll_dnabert2_tiny"]) == pytest.approx(float(pll) / math.log(2), rel=1e-5)
+    ll = np.array([float(r["ll_dnabert2_tiny"]) for r in scores])
+    assert float(rows["dnabert2_tiny"]["promoter_auroc_ll"]) == pytest.approx(roc_auc_score(labels, ll))
+    skipped = json.loads((out / "models" / "dnabert2_tiny" / "metrics.json").read_text())["info"]["skipped"]
+    assert "masked LM" in skipped

@@ -41,6 +41,7 @@ from dnalm.data.datasets import (
 )
 from dnalm.data.prepared import PreparedGenome
 from dnalm.errors import ConfigError, InputError
+from dnalm.tokenizers import PAD_ID
 
 BatchKey = tuple[int, np.ndarray, bool]
 """``(epoch, sample indices (B,), padding)``: what :class:`EpochBatchSampler` yields."""
@@ -321,7 +322,7 @@ class LabeledDataModule(L.LightningDataModule):
     def __init__(self, config: LabeledDataConfig, tokenizer: SequenceTokenizer):
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
-        self.collate = LabeledCollator(padding_side=config.padding_side,
+        self.collate = LabeledCollator(pad_id=getattr(tokenizer, "pad_id", PAD_ID), padding_side=config.padding_side,
                                        pad_to_multiple_of=config.pad_to_multiple_of)
         self._datasets: dict[str, LabeledSequenceDataset | None] = {}
 

@@ -599,13 +599,27 @@ def _float_labels(rows: list[_Row]) -> np.ndarray:
     return out
 
 
+def truncate_tokens(ids: np.ndarray, max_length: int | None, tokenizer: Any) -> np.ndarray:
+    """The first ``max_length`` tokens of an encoding (T,); an end token the tokenizer appended
+    (``tokenizer.eos_id`` last: ``[SEP]``, which no base encodes to) stays last, as Hugging Face tokenizers
+    truncate (DNABERT-2's ``model_max_length`` counts ``[CLS]`` and ``[SEP]``)."""
+    if max_length is None or len(ids) <= max_length:
+        return ids
+    if max_length < 1:
+        raise ConfigError(f"max_length must be >= 1, got {max_length}")
+    eos = getattr(tokenizer, "eos_id", None)
+    if eos is not None and max_length > 1 and int(ids[-1]) == int(eos):
+        return np.concatenate([ids[: max_length - 1], ids[-1:]])
+    return ids[:max_length]
+
+
 class LabeledSequenceDataset(torch.utils.data.Dataset):
     """Sequences with a class id or a regression target.
 
     Items are ``{"input_ids": (T,) int64, "labels": int64 or float32 scalar}``; batch them with
     :class:`LabeledCollator`. Sequences are tokenised when read (``tokenizer.encode(seq)``, so the
     tokenizer's own ``add_bos``/``add_eos`` apply); with ``max_length`` the first ``max_length``
-    tokens are kept.
+    tokens are kept, an appended end token among them (:func:`truncate_tokens`).
 
     Classes: integer labels (GUE's 0/1) are their own ids (``classes = ['0', ..., str(max)]``);
     any other labels are named classes whose ids follow the sorted names. Pass ``classes`` (the
@@ -682,9 +696,7 @@ class LabeledSequenceDataset(torch.utils.data.Dataset):
             ids = np.asarray(self.tokenizer.encode(seq), dtype=np.int64)
         except InputError as exc:
             raise InputError(f"{self.where[index]}: {exc}") from None
-        if self.max_length is not None:
-            ids = ids[: self.max_length]
-        return torch.from_numpy(ids)
+        return torch.from_numpy(truncate_tokens(ids, self.max_length, self.tokenizer))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.item(int(index))

@@ -68,7 +68,7 @@ import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,6 @@ MARKOV_NAME = "markov"
 _PROMOTER = CLASS_IDS["promoter"]
 _INTERGENIC = CLASS_IDS["intergenic"]
 _N_CLASS = CLASS_IDS["N"]
-_BASES = slice(A_ID, A_ID + 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,14 +260,46 @@ class BenchModel:
     n_parameters: int
     path: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None
 
     @property
     def is_markov(self) -> bool:
         return isinstance(self.model, MarkovModel)
 
+    @property
+    def is_masked(self) -> bool:
+        """A masked LM (DNABERT-2): no next-base distribution; scored by pseudo-log-likelihood."""
+        return not self.is_markov and not getattr(self.model, "causal", True)
 
-def wrap_model(model: Any, name: str, path: str | None = None) -> BenchModel:
-    """Describe a loaded causal LM or Markov model as a :class:`BenchModel` (LMs are put in eval mode)."""
+    def model_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Prepared-genome token ids (CharTokenizer's) -> the model's ids for the same bases (its tokenizer's
+        alphabet: e.g. bytes for StripedHyena 2); unchanged for a character-level model."""
+        table = _id_table(self.tokenizer)
+        return np.asarray(ids) if table is None else table[np.asarray(ids, dtype=np.int64)]
+
+    def base_columns(self) -> list[int]:
+        """Vocabulary ids of A, C, G, T in the model's logits."""
+        alphabet = getattr(self.tokenizer, "alphabet", None)
+        return list(alphabet.acgt) if alphabet is not None else list(range(A_ID, A_ID + 4))
+
+
+def _id_table(tokenizer: Any) -> np.ndarray | None:
+    """Lookup table CharTokenizer id -> ``tokenizer``'s id (A, C, G, T and N; other ids to N), None when the
+    ids agree."""
+    from dnalm.tokenizers import N_ID
+
+    alphabet = getattr(tokenizer, "alphabet", None)
+    if alphabet is None or (tuple(alphabet.acgt) == tuple(range(A_ID, A_ID + 4)) and alphabet.n == N_ID):
+        return None
+    n = alphabet.n if alphabet.n is not None else alphabet.unk
+    table = np.full(256, n if n is not None else alphabet.acgt[0], dtype=np.int64)
+    table[A_ID: A_ID + 4] = alphabet.acgt
+    return table
+
+
+def wrap_model(model: Any, name: str, path: str | None = None, tokenizer: Any = None) -> BenchModel:
+    """Describe a loaded LM (with its tokenizer; None: dnalm's character ids) or Markov model as a
+    :class:`BenchModel` (LMs are put in eval mode)."""
     if isinstance(model, MarkovModel):
         return BenchModel(name, model, "markov", None, 3 * 4**model.order, path,
                           {"order": model.order, "alpha": model.alpha})
@@ -276,20 +307,23 @@ def wrap_model(model: Any, name: str, path: str | None = None) -> BenchModel:
 
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
-    return BenchModel(name, model, getattr(model, "family", type(model).__name__), context_length(model), n_params,
-                      path)
+    context = context_length(model) if getattr(model, "causal", True) else None
+    return BenchModel(name, model, getattr(model, "family", type(model).__name__), context, n_params,
+                      path, tokenizer=tokenizer)
 
 
 def load_model(path: str | os.PathLike, name: str | None = None, device: torch.device | str = "cpu") -> BenchModel:
     """Load a checkpoint directory (or weight file) or a saved Markov model for the benchmark.
 
-    The model must read CharTokenizer ids (the ids of a prepared genome): a checkpoint whose saved
-    tokenizer is a k-mer or BPE tokenizer is refused with :class:`ConfigError`.
+    A causal model needs one token per base (the prepared genome's ids are translated to its tokenizer's:
+    :meth:`BenchModel.model_ids`): a k-mer or BPE causal model is refused with :class:`ConfigError`. A masked
+    model (DNABERT-2) keeps its own tokenizer (BPE) and runs the tasks that do not need a next-base
+    distribution (:func:`evaluate_model`).
     """
     from dnalm.models.io import load_pretrained
     from dnalm.models.markov import CONFIG_FILE as MARKOV_CONFIG
     from dnalm.models.markov import FORMAT as MARKOV_FORMAT
-    from dnalm.tokenizers import CharTokenizer, load_tokenizer
+    from dnalm.tokenizers import CharTokenizer
 
     p = Path(path)
     name = name or p.name.removesuffix(".safetensors") or "model"
@@ -301,14 +335,17 @@ def load_model(path: str | os.PathLike, name: str | None = None, device: torch.d
             fmt = None
         if fmt == MARKOV_FORMAT:
             return wrap_model(MarkovModel.load(p), name, str(p))
+    from dnalm.models.io import checkpoint_tokenizer
+
     model = load_pretrained(p, map_location=device)
-    tok_file = (p if p.is_dir() else p.parent) / "tokenizer.json"
-    if tok_file.is_file():
-        tok = load_tokenizer(tok_file)
-        if not isinstance(tok, CharTokenizer):
+    tok = checkpoint_tokenizer(p, model, default=CharTokenizer())
+    if getattr(model, "causal", True):
+        try:
+            _ = tok.alphabet
+        except ConfigError:
             raise ConfigError(f"benchmark: model {p} uses a {type(tok).__name__}; the genome benchmark scores "
-                              "base by base and needs a character-level (CharTokenizer) model")
-    return wrap_model(model, name, str(p))
+                              "a causal model base by base and needs one token per base") from None
+    return wrap_model(model, name, str(p), tok)
 
 
 def fit_markov(prepared: PreparedGenome, spec: MarkovSpec) -> BenchModel:
@@ -360,8 +397,8 @@ def next_log_probs(bm: BenchModel, ids: np.ndarray) -> np.ndarray:
         return out
     param = next(iter(bm.model.parameters()), None)
     with torch.inference_mode():
-        x = torch.from_numpy(ids.astype(np.int64)).to(param.device if param is not None else "cpu")
-        logits = bm.model(x)[..., _BASES].float()
+        x = torch.from_numpy(bm.model_ids(ids).astype(np.int64)).to(param.device if param is not None else "cpu")
+        logits = bm.model(x)[..., bm.base_columns()].float()
         return torch.log_softmax(logits, dim=-1).double().cpu().numpy()
 
 
@@ -674,6 +711,8 @@ def sequence_log_likelihood(bm: BenchModel, ids: np.ndarray, batch_size: int = 1
     """``sum_{t>=1} log2 p(x_t | x_<t)`` of each row of ``ids`` ``(N, W)`` over its A/C/G/T targets: ``(N,)`` bits."""
     ids = np.asarray(ids)
     out = np.zeros(len(ids), dtype=np.float64)
+    if bm.is_masked:
+        return pseudo_log_likelihood_bits(bm, ids, batch_size)
     if len(ids):
         _check_context(bm, ids.shape[1], "promoters.window")
     for idx in track(_batches(len(ids), batch_size), desc=f"{bm.name}: windows", unit="batch"):
@@ -682,6 +721,21 @@ def sequence_log_likelihood(bm: BenchModel, ids: np.ndarray, batch_size: int = 1
         picked = np.take_along_axis(lp, np.maximum(code, 0)[..., None], axis=-1)[..., 0]
         out[idx] = np.where(code >= 0, picked, 0.0).sum(axis=1) / LN2
     return out
+
+
+def _texts(ids: np.ndarray) -> list[str]:
+    return [CharTokenizer().decode(np.asarray(row, dtype=np.int64)) for row in ids]
+
+
+def pseudo_log_likelihood_bits(bm: BenchModel, ids: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """A masked LM's pseudo-log-likelihood (:func:`dnalm.inference.masked.pseudo_log_likelihoods`) of each row of
+    ``ids`` ``(N, W)`` (prepared-genome ids, decoded to bases and encoded with the model's tokenizer), in bits:
+    ``(N,)``. The promoter task's score for a masked model."""
+    from dnalm.inference.masked import encode_tokens, pseudo_log_likelihoods
+
+    rows = [encode_tokens(bm.tokenizer, t).ids for t in _texts(ids)]
+    lps = pseudo_log_likelihoods(bm.model, rows, bm.tokenizer.alphabet, batch_size=batch_size)
+    return np.array([np.nansum(lp) for lp in lps], dtype=np.float64) / LN2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,8 +791,14 @@ def embed_windows(bm: BenchModel, ids: np.ndarray, layer: int = -1, kmer: int = 
         return feats / np.maximum(feats.sum(axis=1, keepdims=True), 1.0)
     from dnalm.inference.embed import embed_pooled
 
+    if bm.is_masked:
+        from dnalm.inference.masked import embed_masked, encode_tokens
+
+        rows = [encode_tokens(bm.tokenizer, t) for t in _texts(ids)]
+        return embed_masked(bm.model, rows, bm.model._layer_indices([layer])[0], "mean",
+                            bm.tokenizer.alphabet.pad or 0, batch_size=batch_size).astype(np.float64)
     _check_context(bm, ids.shape[1], "probes.window")
-    rows = [row.astype(np.int64) for row in ids]
+    rows = [bm.model_ids(row).astype(np.int64) for row in ids]
     return embed_pooled(bm.model, rows, layer, "mean", batch_size=batch_size).astype(np.float64)
 
 
@@ -871,8 +931,16 @@ def sample(bm: BenchModel, prompts: np.ndarray, length: int, temperature: float 
     options = GenerationOptions(max_new_tokens=length, temperature=temperature, top_k=top_k, seed=seed,
                                 acgt_only=True, batch_size=batch_size)
     if not bm.is_markov:
-        out = generate(bm.model, [row.astype(np.int64) for row in prompts], options, progress=True)
-        return np.stack([g.token_ids for g in out]).astype(np.uint8)
+        table = _id_table(bm.tokenizer)
+        if table is not None:
+            options = replace(options, acgt=tuple(bm.base_columns()))
+        out = generate(bm.model, [bm.model_ids(row).astype(np.int64) for row in prompts], options, progress=True)
+        new = np.stack([g.token_ids for g in out]).astype(np.int64)
+        if table is not None:  # back to the prepared genome's ids
+            back = np.full(max(int(new.max()) + 1, 256), A_ID, dtype=np.int64)
+            back[list(bm.base_columns())] = np.arange(A_ID, A_ID + 4)
+            new = back[new]
+        return new.astype(np.uint8)
     k = max(1, bm.model.order)
     seq = prompts.astype(np.int64)
     generators = [row_generator(seed, i, 0) for i in range(len(seq))]
@@ -1004,7 +1072,10 @@ def evaluate_model(bm: BenchModel, prepared: PreparedGenome, data: TaskData, spe
     res = ModelResult(bm.name, bm.family, bm.n_parameters, bm.context, bm.path, dict(bm.info))
     raw: dict[str, np.ndarray] = {}
     bs = spec.batch_size
-    if data.plan is not None and len(data.plan):
+    if bm.is_masked:
+        res.info["skipped"] = ("next-base prediction and generation (a masked LM has no next-base distribution); "
+                               "promoter scores are pseudo-log-likelihoods")
+    if data.plan is not None and len(data.plan) and not bm.is_masked:
         res.next_base = evaluate_next_base(bm, prepared, data.plan, bs)
     el = data.elements
     if el is not None and el.info["promoters"]:
@@ -1032,11 +1103,11 @@ def evaluate_model(bm: BenchModel, prepared: PreparedGenome, data: TaskData, spe
                                   pb.max_iter, spec.seed)
         raw["emb_test"] = x_te
     gen = spec.generation
-    if data.prompts is not None and len(data.prompts[0]):
+    if data.prompts is not None and len(data.prompts[0]) and not bm.is_masked:
         g = sample(bm, data.prompts[0], gen.length, gen.temperature, gen.top_k, spec.seed, bs)
         raw["generated"] = g
         res.generation = generation_metrics(g, data.prompts[1], gen.kmin, gen.kmax)
-    if data.cds is not None and len(data.cds[0]):
+    if data.cds is not None and len(data.cds[0]) and not bm.is_masked:
         g = sample(bm, data.cds[0], gen.length, gen.temperature, gen.top_k, spec.seed + 1, bs)
         raw["cds_generated"] = g
         res.cds = cds_stop_metrics(g, data.cds[1])

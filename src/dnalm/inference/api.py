@@ -9,7 +9,11 @@ Example::
     m.generate(["ACGT"], max_new_tokens=50, temperature=0.8, seed=1)
     m.embed(["ACGT" * 100], layer="final", pool="mean")   # (1, d_model)
 
-Every method works at any length (chunked, exact; see :mod:`dnalm.inference.chunked`); the
+A masked LM (DNABERT-2) scores by pseudo-log-likelihood (``score``; ``reduce='mean'`` per base) and embeds over
+its tokens (``embed``, pools mean | max | cls | none); ``log_probs``, ``logits`` and ``generate`` need a causal
+LM (a one-line ConfigError otherwise).
+
+Every method of a causal LM works at any length (chunked, exact; see :mod:`dnalm.inference.chunked`); the
 semantics are those of :mod:`~dnalm.inference.scoring`, :mod:`~dnalm.inference.generate` and
 :mod:`~dnalm.inference.embed`. Sequences are upper-cased before tokenization (soft-masked bases
 are ordinary bases to the models).
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from dnalm.errors import ConfigError, InputError
 from dnalm.inference.embed import embed_per_base, embed_pooled, resolve_layer
@@ -37,7 +42,7 @@ from dnalm.inference.scoring import (
     reduce_log_probs,
     score_rows,
 )
-from dnalm.models.blocks import CausalLM
+from dnalm.models.family import CAUSAL, MASKED
 
 #: Names accepted for the compute dtype.
 TORCH_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -68,21 +73,23 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "auto",
-               dtype: str | torch.dtype = "fp32") -> tuple[CausalLM, object]:
-    """A causal LM in eval mode and its tokenizer (``tokenizer.json`` beside it, else dnalm's
-    default character tokenizer; a tokenizer file that cannot be read is an InputError, never
-    silently replaced by the default)."""
-    from dnalm.models.io import load_pretrained
-    from dnalm.tokenizers import BPE_SIDE_FILE, CONFIG_FILE, CharTokenizer, load_tokenizer
+               dtype: str | torch.dtype = "fp32") -> tuple[nn.Module, object]:
+    """A language model of any family (causal or masked: ask ``family_of(model).objective``) in eval mode and
+    its tokenizer (``tokenizer.json`` beside it, else the family's default, dnalm's character tokenizer for
+    the character-level families; a tokenizer file that cannot be read is an InputError, never silently
+    replaced by the default; see :func:`dnalm.models.io.checkpoint_tokenizer`)."""
+    from dnalm.models.families import family_of
+    from dnalm.models.io import checkpoint_tokenizer, load_pretrained
+    from dnalm.tokenizers import CharTokenizer
 
     path = Path(path)
     model = load_pretrained(path, map_location="cpu")
-    if not isinstance(model, CausalLM):
-        raise InputError(f"{path}: holds a {type(model).__name__}, not a language model")
+    try:
+        family_of(model)
+    except ConfigError:
+        raise InputError(f"{path}: holds a {type(model).__name__}, not a language model") from None
     model = model.to(device=resolve_device(device), dtype=resolve_dtype(dtype)).eval()
-    directory = path if path.is_dir() else path.parent
-    saved = any((directory / name).is_file() for name in (CONFIG_FILE, BPE_SIDE_FILE, "tokenizer_config.json"))
-    tokenizer = load_tokenizer(directory) if saved else CharTokenizer()
+    tokenizer = checkpoint_tokenizer(path, model, default=CharTokenizer())
     return model, tokenizer
 
 
@@ -108,9 +115,12 @@ class DnaLM:
     chunk for long sequences (None: :func:`dnalm.inference.chunked.default_chunk_size`).
     """
 
-    def __init__(self, model: CausalLM, tokenizer, batch_size: int = DEFAULT_BATCH_SIZE,
+    def __init__(self, model: nn.Module, tokenizer, batch_size: int = DEFAULT_BATCH_SIZE,
                  max_tokens: int = DEFAULT_MAX_TOKENS, chunk_size: int | None = None):
+        from dnalm.inference.masked import objective_of
+
         self.model = model.eval()
+        self.objective = objective_of(model)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_tokens = max_tokens
@@ -136,19 +146,46 @@ class DnaLM:
         IUPAC ambiguity codes left out unless ``skip_n=False`` (as ``dnalm predict``): (N,) float64 (a float
         for a single string)."""
         single = isinstance(seqs, str)
+        if self.objective == MASKED:
+            out = self._pseudo_scores([seqs] if single else list(seqs), reduce, prepend_bos, skip_n)
+            return float(out[0]) if single else out
         rows = self._rows([seqs] if single else seqs, prepend_bos)
         scores = score_rows(self.model, rows, **self._kw())
         out = np.array([reduce_log_probs(r.log_probs, reduce, ~ambiguous_targets(row, self.tokenizer) if skip_n
                                          else None) for r, row in zip(scores, rows, strict=True)], dtype=np.float64)
         return float(out[0]) if single else out
 
+    def _pseudo_scores(self, seqs: Sequence[str], reduce: str, prepend_bos: bool, skip_n: bool) -> np.ndarray:
+        """A masked LM's pseudo-log-likelihoods (:mod:`dnalm.inference.masked`): sums, or per base."""
+        from dnalm.inference.masked import check_objective, encode_tokens, pseudo_log_likelihoods
+
+        if prepend_bos:
+            check_objective(self.model, CAUSAL, "prepend_bos=True")
+        rows = [encode_tokens(self.tokenizer, s.upper(), where=f"sequence {i}") for i, s in enumerate(seqs)]
+        lps = pseudo_log_likelihoods(self.model, [r.ids for r in rows], self.tokenizer.alphabet, skip_n=skip_n,
+                                     batch_size=self.batch_size, max_tokens=self.max_tokens)
+        out = []
+        for r, lp in zip(rows, lps, strict=True):
+            keep = ~np.isnan(lp)
+            bases = int(r.n_bases[keep].sum())
+            total = float(lp[keep].sum())
+            out.append(total if reduce == "sum" else (total / bases if bases else float("nan")))
+        return np.array(out, dtype=np.float64)
+
+    def _causal(self, what: str) -> None:
+        from dnalm.inference.masked import check_objective
+
+        check_objective(self.model, CAUSAL, what)
+
     def log_probs(self, seq: str, prepend_bos: bool = False) -> np.ndarray:
         """``log p(x_i | x_<i)`` of each scored token of one sequence: (n-1,) float32, or (n,) with BOS."""
+        self._causal("log_probs")
         return score_rows(self.model, self._rows([seq], prepend_bos), **self._kw())[0].log_probs
 
     def logits(self, seq: str, tokens: str = "acgt", prepend_bos: bool = False) -> np.ndarray:
         """Logits predicting each scored token (rows as in :meth:`log_probs`): (n-1, 4) for
         ``tokens='acgt'`` (columns A, C, G, T) or (n-1, V) for ``'all'``."""
+        self._causal("logits")
         cols = logit_columns(self.model, tokens, self.tokenizer)
         return score_rows(self.model, self._rows([seq], prepend_bos), logits_columns=cols, **self._kw())[0].logits
 
@@ -156,6 +193,7 @@ class DnaLM:
                  top_k: int = 0, top_p: float = 1.0, n_samples: int = 1, seed: int = 0, acgt_only: bool = True,
                  prepend_bos: bool = False) -> list[Sample]:
         """``n_samples`` continuations of each prompt, ordered by prompt then sample."""
+        self._causal("generate")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         acgt = check_acgt_tokenizer(self.tokenizer, acgt_only)
         options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
@@ -175,6 +213,8 @@ class DnaLM:
         arrays (held in memory: use :func:`dnalm.inference.embed.embed_to_directory` for chromosomes).
         ``precision``: ``'32'`` or ``'bf16'`` (the chunks under bf16 autocast)."""
         single = isinstance(seqs, str)
+        if self.objective == MASKED:
+            return self._embed_masked([seqs] if single else list(seqs), layer, pool, prepend_bos, single)
         rows = self._rows([seqs] if single else seqs, prepend_bos)
         skip = int(prepend_bos)
         if pool == "none":
@@ -189,6 +229,24 @@ class DnaLM:
             return outs[0] if single else outs
         out = embed_pooled(self.model, rows, layer, pool, skip=skip, precision=precision, **self._kw())
         return out[0] if single else out
+
+    def _embed_masked(self, seqs: list[str], layer: int | str, pool: str, prepend_bos: bool,
+                      single: bool) -> np.ndarray | list[np.ndarray]:
+        from dnalm.inference.masked import embed_masked, encode_tokens
+
+        if prepend_bos:
+            self._causal("prepend_bos=True")
+        rows = [encode_tokens(self.tokenizer, s.upper(), where=f"sequence {i}") for i, s in enumerate(seqs)]
+        outs: list[np.ndarray] = [np.empty(0)] * len(rows)
+
+        def write(i: int, start: int, block: np.ndarray) -> None:
+            outs[i] = block
+
+        vectors = embed_masked(self.model, rows, resolve_layer(self.model, layer), pool,
+                               self.tokenizer.alphabet.pad or 0, write=write if pool == "none" else None,
+                               batch_size=self.batch_size, max_tokens=self.max_tokens)
+        result = outs if pool == "none" else vectors
+        return result[0] if single else result
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "fp32",

@@ -182,8 +182,12 @@ def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequenc
                        layer: int | str = -1, pool: str = "mean", skip: int = 0, dtype: str = "float32",
                        batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
                        chunk_size: int | None = None, progress: bool = False,
-                       metadata: dict[str, Any] | None = None, precision: str | int = "32") -> Path:
+                       metadata: dict[str, Any] | None = None, precision: str | int = "32", pad_id: int = 0) -> Path:
     """Write the embeddings of ``rows`` (named ``ids``) to the directory ``out``, atomically.
+
+    A masked LM (:mod:`dnalm.inference.masked`) takes :class:`~dnalm.inference.masked.TokenRow` rows (ids with
+    specials and the bases of each token), padded with ``pad_id``; pools ``mean`` | ``max`` | ``cls`` | ``none``
+    (per base: each base gets the vector of its token).
 
     Layout: ``sequences.parquet`` (row, id, length in bases [, file]) and ``embed.json`` (layer,
     pool, dtype, precision, width and ``metadata``); pooled: ``embeddings.npy`` (N, D); per base
@@ -191,16 +195,29 @@ def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequenc
     streamed to disk.
     """
     from dnalm.inference.io import write_parquet
+    from dnalm.inference.masked import MASKED_POOLS, embed_masked, objective_of
+    from dnalm.models.family import MASKED
+    from dnalm.models.heads import backbone_width
 
-    _check_pool(pool)
+    masked = objective_of(model) == MASKED
+    if masked:
+        if pool not in MASKED_POOLS:
+            raise ConfigError(f"pool={pool!r} must be one of {', '.join(MASKED_POOLS)} for a masked LM")
+        if skip:
+            raise ConfigError("a masked LM reads no [BOS]: prepend_bos must be false")
+        if check_precision(precision) != "32":
+            raise ConfigError("precision=bf16 applies to the chunked causal path; a masked LM runs in its dtype "
+                              "(dtype=bf16 casts it)")
+    else:
+        _check_pool(pool)
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype!r} must be one of {', '.join(DTYPES)}")
     if len(ids) != len(rows):
         raise ConfigError(f"{len(ids)} ids for {len(rows)} sequences")
     index = resolve_layer(model, layer)
     precision = check_precision(precision)
-    D = model.backbone.embeddings.word_embeddings.embedding_dim
-    lengths = [len(r) - skip for r in rows]
+    D = backbone_width(model)
+    lengths = [int(r.n_bases.sum()) for r in rows] if masked else [len(r) - skip for r in rows]
     for i, n in enumerate(lengths):
         if n < 1:
             raise ConfigError(f"sequence '{ids[i]}' has no base to embed")
@@ -208,9 +225,21 @@ def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequenc
             "n_sequences": len(rows), **(metadata or {})}
     with atomic_dir(out) as tmp:
         table: dict[str, Any] = {"row": np.arange(len(rows)), "id": list(ids), "length": np.array(lengths)}
+        if masked:
+            info["tokens"] = "per-base rows repeat the vector of the token covering the base" if pool == "none" \
+                else "pooled over the tokens, [CLS] and [SEP] included"
         if pool == "none":
             names = per_base_file_names(ids)
             streams = [NpyStream(tmp / name, (n, D), DTYPES[dtype]) for name, n in zip(names, lengths, strict=True)]
+        if masked:
+            vectors = embed_masked(model, rows, index, pool, pad_id,
+                                   write=(lambda i, s, block: streams[i].write(s, block)) if pool == "none" else None,
+                                   batch_size=batch_size, max_tokens=max_tokens, progress=progress)
+            if pool == "none":
+                table["file"] = names
+            else:
+                np.save(tmp / "embeddings.npy", vectors.astype(DTYPES[dtype]))
+        elif pool == "none":
             embed_per_base(model, rows, index, lambda i, s, block: streams[i].write(s, block), skip=skip,
                            batch_size=batch_size, max_tokens=max_tokens, chunk_size=chunk_size, progress=progress,
                            precision=precision)

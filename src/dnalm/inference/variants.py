@@ -17,6 +17,11 @@ sum and mean differ only by a constant factor. This is the protocol of the Evo 2
 ``Δ = (Δ_forward + Δ_reverse) / 2``. A negative Δ means the model finds the alternative allele
 less likely.
 
+A masked LM (DNABERT-2) has no causal log-likelihood of a window; it gives the masked-marginal score
+instead (:func:`score_variants_masked`): in the reference window the BPE token(s) covering the variant
+are masked and the log-probabilities of the reference and the alternative allele's tokens at the masks
+compared, Δ = log p(alt tokens) - log p(ref tokens) (Meier et al. 2021).
+
 Inputs: VCF (plain or gzip; multi-allelic records give one row per ALT allele; symbolic
 alleles such as ``<DEL>``, breakends, ``*`` and ``.`` are skipped and counted) or a TSV with
 a header naming the columns ``chrom``, ``pos`` (1-based), ``ref``, ``alt`` and optionally ``id``.
@@ -30,7 +35,8 @@ Positions: ``pos`` is 1-based (VCF); so is the ``window_start`` written to the T
 API: ``read_variants(path) -> VariantTable``; ``match_reference(variants, genome, aliases) -> ReferenceMatch``;
 ``check_reference(variants, genome, source)`` (raises on any mismatch);
 ``variant_windows(variant, genome, window) -> (start, ref_window, alt_window)``;
-``score_variants(model, tokenizer, variants, genome, ...) -> list[VariantScore]``;
+``score_variants(model, tokenizer, variants, genome, ...) -> list[VariantScore]`` (a causal LM);
+``score_variants_masked(model, tokenizer, variants, genome, ...)`` (a masked LM: masked-marginal scores);
 ``write_variant_scores(path, scores)``.
 """
 
@@ -290,6 +296,38 @@ def score_variants(model, tokenizer, variants: Sequence[Variant], genome: FastaI
         delta, delta_rc = alt_s - ref_s, None
         if reverse_complement_average:
             delta_rc = float(scores[unique[reverse_complement(alt_w)]] - scores[unique[reverse_complement(ref_w)]])
+            delta = (delta + delta_rc) / 2
+        out.append(VariantScore(v, start, len(ref_w), ref_s, alt_s, delta, delta_rc))
+    return out
+
+
+def score_variants_masked(model, tokenizer, variants: Sequence[Variant], genome: FastaIndex, window: int = 512,
+                          reverse_complement_average: bool = False,
+                          progress: bool = False) -> list[VariantScore]:
+    """Masked-marginal scores of every variant under a masked LM (DNABERT-2): the reference window of
+    :func:`variant_windows` with the token(s) covering the variant masked, and ``log p`` of the reference vs the
+    alternative allele's tokens there (:func:`dnalm.inference.masked.masked_marginal`, which says what is done
+    with BPE tokens spanning the variant). ``ref_score``/``alt_score`` are summed log-probabilities (nats) of
+    those tokens; Δ = alt - ref; with ``reverse_complement_average`` the reverse strand's Δ (the window, its
+    variant offset and both alleles reverse complemented) is averaged in."""
+    from dnalm.inference.masked import masked_marginal
+    from dnalm.utils import track
+
+    if window < 2:
+        raise ConfigError(f"window must be >= 2 bases, got {window}")
+    out = []
+    it = track(variants, total=len(variants), desc="scoring", unit="variant") if progress else variants
+    for v in it:
+        start, ref_w, _ = variant_windows(v, genome, window)
+        offset = v.pos - 1 - start
+        ref, alt = v.ref.upper(), v.alt.upper()
+        ref_s, alt_s = masked_marginal(model, tokenizer, ref_w, offset, ref, alt)
+        delta, delta_rc = alt_s - ref_s, None
+        if reverse_complement_average:
+            rc_offset = len(ref_w) - offset - len(ref)
+            rc_ref, rc_alt = masked_marginal(model, tokenizer, reverse_complement(ref_w), rc_offset,
+                                             reverse_complement(ref), reverse_complement(alt))
+            delta_rc = rc_alt - rc_ref
             delta = (delta + delta_rc) / 2
         out.append(VariantScore(v, start, len(ref_w), ref_s, alt_s, delta, delta_rc))
     return out

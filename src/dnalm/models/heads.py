@@ -1,7 +1,8 @@
-"""Sequence-level heads on a causal LM backbone: classification and regression.
+"""Sequence-level heads on an LM backbone: classification and regression.
 
-A :class:`SequenceClassifier` reads the hidden states of one layer of a backbone (any
-:class:`~dnalm.models.blocks.CausalLM`, e.g. ``HyenaLM`` or ``TransformerLM``), pools them over the
+A :class:`SequenceClassifier` reads the hidden states of one layer of a backbone (any model of
+:data:`dnalm.models.families.FAMILIES`: a causal LM such as ``HyenaLM`` or ``StripedHyenaLM``, or the
+bidirectional ``Dnabert2Model``), pools them over the
 real (non-padding) tokens of each sequence and maps the pooled vector through dropout and a
 Linear layer, as in HyenaDNA's sequence-classification fine-tuning (Nguyen et al. 2023, §4.2) and
 DNABERT-2's GUE heads (Zhou et al. 2023, "DNABERT-2: Efficient Foundation Model and Benchmark for
@@ -20,7 +21,11 @@ Pooling (``m`` the attention mask, 1 on real tokens):
 * ``cls``: the first real token (a prepended ``[CLS]``/``[BOS]``).
 
 In a causal model right padding leaves the hidden states of real tokens untouched; with left
-padding the pads come first and reach every real token, so prefer ``padding_side: right``.
+padding the pads come first and reach every real token, so prefer ``padding_side: right``. A
+bidirectional backbone (``causal`` False) would let every token see the padding, so it is given the
+attention mask (``hidden_states(input_ids, [layer], attention_mask=...)``), which hides padded keys: a
+padded batch gives the numbers of each sequence alone, on either padding side. DNABERT-2's GUE heads
+pool ``cls`` (the ``[CLS]`` token) or ``mean`` (every real token, ``[CLS]`` and ``[SEP]`` included).
 
 Losses: cross-entropy for classification (labels ``(B,)`` class ids), mean squared error for
 regression (labels ``(B,)`` or ``(B, n_outputs)``).
@@ -107,9 +112,9 @@ def head_loss(outputs: Tensor, labels: Tensor, task: str) -> Tensor:
 
 
 def backbone_width(backbone: nn.Module) -> int:
-    """Width ``D`` of a backbone's hidden states (its ``config.d_model``)."""
+    """Width ``D`` of a backbone's hidden states (its ``config.d_model``, or ``hidden_size``)."""
     config = getattr(backbone, "config", None)
-    d_model = getattr(config, "d_model", None)
+    d_model = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
     if d_model is None:
         raise ConfigError(f"{type(backbone).__name__} has no config.d_model; pass d_model to the head")
     return int(d_model)
@@ -118,7 +123,8 @@ def backbone_width(backbone: nn.Module) -> int:
 class SequenceClassifier(nn.Module):
     """Backbone -> pooled hidden states of one layer -> dropout -> Linear (see the module docstring).
 
-    ``backbone`` must have ``hidden_states(input_ids, layers)`` (every ``CausalLM`` does).
+    ``backbone`` must have ``hidden_states(input_ids, layers)`` (every ``CausalLM`` does); a backbone whose
+    ``causal`` is False also takes ``attention_mask=`` there.
     ``n_outputs``: number of classes (classification) or of targets (regression).
     ``layer``: which hidden state to pool (``-1``: after the final LayerNorm; ``0``: embeddings).
     """
@@ -147,7 +153,10 @@ class SequenceClassifier(nn.Module):
 
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Pooled hidden states (B, D) of ``input_ids`` (B, L)."""
-        (hidden,) = self.backbone.hidden_states(input_ids, [self.layer])  # (B, L, D)
+        if getattr(self.backbone, "causal", True):
+            (hidden,) = self.backbone.hidden_states(input_ids, [self.layer])  # (B, L, D)
+        else:
+            (hidden,) = self.backbone.hidden_states(input_ids, [self.layer], attention_mask=attention_mask)
         return pool(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:

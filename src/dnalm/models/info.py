@@ -230,6 +230,90 @@ def hyena_info(cfg: HyenaConfig, seq_len: int, batch_size: int = 1, dtype: str |
     return ModelInfo("hyena", L, batch_size, b, tuple(head + mixer + tail))
 
 
+def stripedhyena_info(cfg: Any, seq_len: int, batch_size: int = 1, dtype: str | torch.dtype = "bf16") -> ModelInfo:
+    """Rows of :class:`~dnalm.models.stripedhyena.StripedHyenaLM` (StripedHyena 2 / Evo 2), one group per block type.
+
+    FLOPs per token (the conventions above; ``c`` = :data:`FFT_FLOPS_COEF`, ``B`` batch, ``d`` width):
+
+    * every gated-convolution block (S = HCS, D = HCM, H = HCL): projections ``2 d 3d``, the featurizer FIR
+      of ``K_s`` taps on 3d channels ``2 K_s 3d``, ``out_filter_dense`` ``2 d^2``;
+    * S, the inner explicit FIR of ``K`` < 128 taps computed directly: ``2 K d``;
+    * D, the inner explicit filter of ``K`` >= 128 taps (128 in Evo 2) computed by FFT (size ``n = 2L``):
+      ``d (4 c log2 n + 6 (L + 1) / L + 2 c log2 n / B)`` (input FFT and inverse, spectral product, the
+      filter's FFT shared by the batch);
+    * H, the long modal filter: the same FFT convolution plus building its ``L`` taps from ``N`` modes,
+      ``2 N d / B`` (a multiply-add per mode and tap, shared by the batch; exponentials not counted);
+    * attention (*): ``2 d 3d`` (qkv) + ``4 L d`` (both matmuls of the full square) + ``2 d^2`` (output);
+    * every block's gated MLP ``l3(act(l1 z) * l2 z)``: ``6 d d_i``; the unembedding ``2 d V``.
+
+    These are the terms of :func:`dnalm.models.stripedhyena.flops_per_token`, split by row. Parameters are
+    exact (a tied unembedding counts once; the rotary ``inv_freq`` is a buffer). Activation memory is an
+    estimate in the conventions above, not measured against autograd as for Hyena and the Transformer: per
+    block the two RMSNorms (float32 input and normalised output, ``8 d + 4`` each), the Linear inputs in the
+    compute dtype, the float32 featurizer window and output (``4 * 3d (L + K_s - 1) / L + 4 * 3d``), the gate
+    products (``3 * 4 d``), the inner filter's saved inputs (a direct FIR its window ``4 d (L + K - 1) / L``;
+    an FFT convolution its padded input ``8 d`` and spectrum ``8 d (L + 1) / L``), attention as the
+    Transformer's rows, the MLP's ``b d + 3 b d_i``; the head and loss as in :func:`transformer_info`.
+    """
+    from dnalm.models.stripedhyena import FFT_FIR_MIN_TAPS
+
+    _check_sizes(seq_len, batch_size)
+    d, L, B, b = cfg.hidden_size, seq_len, batch_size, dtype_bytes(dtype)
+    V, di, Ks, H = cfg.vocab_size, cfg.inner_mlp_size, cfg.short_filter_length, cfg.num_attention_heads
+    kinds = cfg.layer_kinds
+    n = {k: kinds.count(k) for k in ("hcs", "hcm", "hcl", "attn")}
+    n_hyena = n["hcs"] + n["hcm"] + n["hcl"]
+    log_n = math.log2(2 * L)
+    bins = (L + 1) / L
+    fft_flops = d * (4 * FFT_FLOPS_COEF * log_n + 6 * bins + 2 * FFT_FLOPS_COEF * log_n / B)
+    fft_act = 8 * d + 8 * d * bins
+    norm_act = 8 * d + 4
+
+    def explicit(taps: int, groups: int) -> tuple[int, float, float]:
+        """(params, flops, act bytes) of an explicit inner filter."""
+        if taps >= FFT_FIR_MIN_TAPS:
+            return groups * taps + d, fft_flops, fft_act
+        return groups * taps, 2.0 * taps * d, 4 * d * (L + taps - 1) / L
+
+    rows = [Row("embedding (tied head)" if cfg.tie_embeddings else "embedding", 1, V * d, 0.0, 8.0)]
+    if n_hyena:
+        rows += [
+            Row("hyena projections", n_hyena, 3 * d * d, 6.0 * d * d, b * d),
+            Row("hyena featurizer FIR", n_hyena, 3 * d * Ks, 2.0 * Ks * 3 * d,
+                4 * 3 * d * (L + Ks - 1) / L + 4 * 3 * d + 3 * 4 * d),
+            Row("hyena out_filter_dense", n_hyena, d * d + (d if cfg.hyena_out_proj_bias else 0),
+                2.0 * d * d, b * d),
+        ]
+    if n["hcs"]:
+        p, f, a = explicit(cfg.hcs_filter_length, cfg.hcs_filter_groups)
+        how = "FFT" if cfg.hcs_filter_length >= FFT_FIR_MIN_TAPS else "direct"
+        rows.append(Row(f"HCS FIR {cfg.hcs_filter_length} taps ({how})", n["hcs"], p, f, a))
+    if n["hcm"]:
+        p, f, a = explicit(cfg.hcm_filter_length, cfg.hcm_filter_groups)
+        how = "FFT" if cfg.hcm_filter_length >= FFT_FIR_MIN_TAPS else "direct"
+        rows.append(Row(f"HCM FIR {cfg.hcm_filter_length} taps ({how})", n["hcm"], p, f, a))
+    if n["hcl"]:
+        N = cfg.state_size
+        rows.append(Row(f"HCL modal FFT ({N} modes)", n["hcl"], 2 * d * N + d,
+                        fft_flops + 2.0 * N * d / B, fft_act))
+    if n["attn"]:
+        qkv_bias, out_bias = cfg.qkv_proj_bias, cfg.mha_out_proj_bias
+        rows += [
+            Row("attn in_proj (qkv)", n["attn"], 3 * d * d + (3 * d if qkv_bias else 0), 6.0 * d * d, b * d),
+            Row("attn q k^T, A v (L^2)", n["attn"], 0, 4.0 * L * d, 6 * b * d + 4 * H),
+            Row("attn out_proj", n["attn"], d * d + (d if out_bias else 0), 2.0 * d * d, b * d),
+        ]
+    rows += [
+        Row("norms (2 per block)", cfg.num_layers, 2 * d, 0.0, 2 * norm_act),
+        Row("gated mlp", cfg.num_layers, 3 * d * di, 6.0 * d * di, b * d + 3 * b * di),
+    ]
+    if cfg.final_norm:
+        rows.append(Row("final norm", 1, d, 0.0, norm_act))
+    rows.append(Row("LM head + loss", 1, 0 if cfg.tie_embeddings else V * d, 2.0 * d * V,
+                    b * d + (b * V if b < 4 else 0) + 4 * V + 8))
+    return ModelInfo("stripedhyena", L, batch_size, b, tuple(rows))
+
+
 def family_config(family: str, preset: str, **overrides) -> Any:
     """The config of preset ``preset`` of ``family`` (a name of :data:`dnalm.models.families.FAMILIES`)
     with fields replaced."""

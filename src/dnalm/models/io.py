@@ -327,3 +327,37 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
         raise InputError(f"{path}: unknown model layout (no {CONFIG_FILE} of dnalm and no published layout of "
                          f"{', '.join(f.name for f in FAMILIES)})")
     return importers[0].load(path, map_location, overrides).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer of a checkpoint
+# ---------------------------------------------------------------------------------------------
+
+#: Files whose presence beside a checkpoint means it brings its own tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "dnalm_tokenizer.json", "tokenizer_config.json")
+
+
+def checkpoint_tokenizer(path: str | os.PathLike, model: nn.Module, default: Any | None = None) -> Any:
+    """The tokenizer of the checkpoint ``path`` holding ``model``.
+
+    The tokenizer saved beside it when there is one (an unreadable one is an InputError, never replaced);
+    otherwise the family's default tokenizer for the model's config (``Family.tokenizer``), or ``default``
+    when that is a tokenizer of the same type (a caller's variant of the same vocabulary, e.g. HyenaDNA's
+    own character tokenizer). A family whose tokenizer is data (DNABERT-2's trained BPE) and a checkpoint
+    without one give an InputError naming the directory.
+    """
+    from dnalm.models.families import family_of
+    from dnalm.tokenizers import load_tokenizer
+
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    if any((directory / name).is_file() for name in TOKENIZER_FILES):
+        return load_tokenizer(directory)
+    fam = family_of(model)
+    tokenizer = fam.tokenizer(model.config)
+    if tokenizer is None:
+        raise InputError(f"{directory}: no tokenizer.json beside the checkpoint (a {fam.name} model's tokenizer "
+                         "comes with its checkpoint)")
+    if default is not None and getattr(default, "type", None) == getattr(tokenizer, "type", None):
+        return default
+    return tokenizer

@@ -1268,6 +1268,12 @@ def load_vortex(path: str | os.PathLike, map_location: str | torch.device = "cpu
     return model.to(map_location).eval()
 
 
+def _info(config: StripedHyenaConfig, seq_len: int, batch_size: int = 1, dtype: Any = "bf16"):
+    from dnalm.models.info import stripedhyena_info
+
+    return stripedhyena_info(config, seq_len, batch_size, dtype)
+
+
 FAMILY = Family(
     name="stripedhyena",
     config_cls=StripedHyenaConfig,
@@ -1278,4 +1284,5 @@ FAMILY = Family(
     tokenizer=byte_tokenizer,
     context_field="max_seqlen",
     importers=(Importer("vortex", detect_vortex, load_vortex),),
+    info=_info,
 )

@@ -74,6 +74,7 @@ def main(cfg: DictConfig) -> int | None:
                           "(FASTA or CSV) and out=FILE.csv")
     if cc.strand not in STRANDS:
         raise ConfigError(f"classify: strand={cc.strand!r} must be one of {', '.join(STRANDS)}")
+    from dnalm.data.datasets import truncate_tokens
     from dnalm.evaluate.metrics import classification_metrics
     from dnalm.inference.api import resolve_device
     from dnalm.inference.classify import classify_rows, context_of, load_sequence_model
@@ -91,8 +92,7 @@ def main(cfg: DictConfig) -> int | None:
             ids = np.asarray(loaded.tokenizer.encode(seq), dtype=np.int64)
         except InputError as exc:
             raise InputError(f"{where}: {str(exc).removeprefix('sequence: ')}") from None
-        if loaded.max_length is not None:
-            ids = ids[: loaded.max_length]
+        ids = truncate_tokens(ids, loaded.max_length, loaded.tokenizer)
         if context is not None and len(ids) > context:
             raise InputError(f"{where}: {len(ids):,} tokens, more than the model's context of {context:,} "
                              "(cut the sequences to the length the model was fine-tuned on)")

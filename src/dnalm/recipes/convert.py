@@ -1,4 +1,10 @@
-"""``dnalm convert src=PATH out=DIR [shift=...]``: a checkpoint in dnalm's format."""
+"""``dnalm convert src=PATH out=DIR [shift=...]``: a checkpoint in dnalm's format.
+
+Any layout :func:`~dnalm.models.io.load_pretrained` reads (HyenaDNA's, DNABERT-2's hub directory, Evo 2's
+vortex ``.pt`` with its config) becomes ``model.safetensors`` + ``config.json`` + the tokenizer (the one beside
+the source, else the family's: Evo 2's byte tokenizer for a vortex file). Tensors are written as loaded
+(dtypes kept: a vortex file's bf16 weights and float32 poles stay so).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from dnalm.config import to_dataclass
-from dnalm.errors import ConfigError, InputError
+from dnalm.errors import ConfigError
 from dnalm.models.blocks import count_parameters
-from dnalm.models.io import load_pretrained, save_pretrained
-from dnalm.tokenizers import CharTokenizer, load_tokenizer
+from dnalm.models.io import checkpoint_tokenizer, load_pretrained, save_pretrained
+from dnalm.tokenizers import CharTokenizer
 
 
 @dataclass
@@ -28,11 +34,7 @@ def main(cfg: DictConfig) -> int | None:
     src = Path(cc.src)
     overrides = {} if cc.shift is None else {"shift": cc.shift}
     model = load_pretrained(src, overrides=overrides)
-    directory = src if src.is_dir() else src.parent
-    try:
-        tokenizer = load_tokenizer(directory)
-    except InputError:
-        tokenizer = CharTokenizer.hyenadna()
+    tokenizer = checkpoint_tokenizer(src, model, default=CharTokenizer.hyenadna())
     extra = {"converted_from": str(src.resolve())}
     path = save_pretrained(model, cc.out, tokenizer=tokenizer, extra=extra)
     config = model.config

@@ -1,4 +1,9 @@
-"""``dnalm embed input=FASTA|CSV checkpoint=CKPT out=DIR layer=final pool=mean|max|last|none``."""
+"""``dnalm embed input=FASTA|CSV checkpoint=CKPT out=DIR layer=final pool=mean|max|last|none``.
+
+A masked LM (DNABERT-2) pools over its tokens (``mean`` over every real token with ``[CLS]`` and ``[SEP]``,
+``max``, ``cls``) or writes per base (``none``: each base gets its BPE token's vector); see
+:mod:`dnalm.inference.masked`.
+"""
 
 from __future__ import annotations
 
@@ -36,20 +41,28 @@ def main(cfg: DictConfig) -> int | None:
     from dnalm.inference.io import read_inputs
     from dnalm.inference.scoring import encode_sequence
 
-    if ec.pool not in POOLS:
-        raise ConfigError(f"embed: pool={ec.pool!r} must be one of {', '.join(POOLS)}")
+    if ec.pool not in (*POOLS, "cls"):
+        raise ConfigError(f"embed: pool={ec.pool!r} must be one of {', '.join(POOLS)} (cls too for a masked LM)")
     inputs = read_inputs(ec.input, ec.uppercase, ec.reference, ec.strand, alias_path(ec.chrom_aliases))
     seqs = inputs.sequences
     if inputs.renamed:
         print(f"embed: chromosome names matched to {ec.reference}: "
               + ", ".join(f"{a} -> {r}" for a, r in inputs.renamed.items()), flush=True)
+    from dnalm.inference.masked import check_objective, encode_tokens, objective_of
+    from dnalm.models.family import CAUSAL, MASKED
+
     model, tokenizer = load_model(ec.checkpoint, ec.device, ec.dtype)
     layer = resolve_layer(model, ec.layer)
-    rows = [encode_sequence(tokenizer, s.seq, ec.prepend_bos, where=s.where) for s in seqs]
+    if objective_of(model) == MASKED:
+        if ec.prepend_bos:
+            check_objective(model, CAUSAL, "embed prepend_bos=true")
+        rows = [encode_tokens(tokenizer, s.seq, where=s.where) for s in seqs]
+    else:
+        rows = [encode_sequence(tokenizer, s.seq, ec.prepend_bos, where=s.where) for s in seqs]
     out = embed_to_directory(model, rows, [s.id for s in seqs], ec.out, layer=layer, pool=ec.pool,
                              skip=int(ec.prepend_bos), dtype=ec.save_dtype, batch_size=ec.batch_size,
                              max_tokens=ec.max_tokens, chunk_size=ec.chunk_size, progress=True,
-                             precision=ec.precision,
+                             precision=ec.precision, pad_id=getattr(tokenizer, "pad_id", 0) or 0,
                              metadata={"model": str(ec.checkpoint), "input": str(ec.input),
                                        "prepend_bos": ec.prepend_bos})
     print(f"embed: {len(seqs)} sequences, layer {layer}, pool {ec.pool} -> {out}/")

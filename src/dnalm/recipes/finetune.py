@@ -99,14 +99,12 @@ def _optimizer_factory(opt: OptimConfig, task: TaskConfig, total_steps: int, clo
     return build
 
 
-def _tokenizer_of(checkpoint: Path):
-    from dnalm.tokenizers import CharTokenizer, load_tokenizer
+def _tokenizer_of(checkpoint: Path, model: Any):
+    """The checkpoint's tokenizer, else its family's (HyenaDNA's character tokenizer for a bare HyenaDNA file)."""
+    from dnalm.models.io import checkpoint_tokenizer
+    from dnalm.tokenizers import CharTokenizer
 
-    directory = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    try:
-        return load_tokenizer(directory)
-    except InputError:
-        return CharTokenizer.hyenadna()
+    return checkpoint_tokenizer(checkpoint, model, default=CharTokenizer.hyenadna())
 
 
 def _labeled_data(cfg: DictConfig, kind: str, data_root: str):
@@ -224,14 +222,14 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     L.seed_everything(top.seed, workers=True, verbose=False)
 
     checkpoint = Path(top.checkpoint)
-    tokenizer = _tokenizer_of(checkpoint)
+    base = load_pretrained(checkpoint)
+    tokenizer = _tokenizer_of(checkpoint, base)
     dm = LabeledDataModule(data, tokenizer)
     paths = dm.paths()
     n_outputs = dm.num_classes if task.kind == "classification" else 1
     classes = dm.classes if task.kind == "classification" else None
     if task.kind == "classification" and n_outputs < 2:
         raise InputError(f"{paths['train']}: classification needs at least 2 classes, found {n_outputs}")
-    base = load_pretrained(checkpoint)
     model = SequenceClassifier(base, n_outputs, task=task.kind, pooling=task.pooling, dropout=task.dropout,
                                layer=task.layer)
     model.classes = classes

@@ -53,7 +53,11 @@ def main(cfg: DictConfig) -> int | None:
     else:
         prompts = [NamedSequence(f"prompt{i}", p.upper() if gc.uppercase else p, f"prompts[{i}]")
                    for i, p in enumerate(str(p) for p in gc.prompts)]
+    from dnalm.inference.masked import check_objective
+    from dnalm.models.family import CAUSAL
+
     model, tokenizer = load_model(gc.checkpoint, gc.device, gc.dtype)
+    check_objective(model, CAUSAL, "generate")
     options = replace(options, acgt=check_acgt_tokenizer(tokenizer, gc.acgt_only))
     rows = [prompt_ids(tokenizer, p.seq, gc.prepend_bos, where=p.where) for p in prompts]
     results = generate(model, rows, options, progress=True)

@@ -1,4 +1,5 @@
-"""``dnalm score-variants variants=VCF|TSV reference=FASTA checkpoint=CKPT out=scores.tsv``: Δ log-likelihood."""
+"""``dnalm score-variants variants=VCF|TSV reference=FASTA checkpoint=CKPT out=scores.tsv``: Δ log-likelihood
+(a causal LM) or the masked-marginal Δ (a masked LM such as DNABERT-2; :func:`score_variants_masked`)."""
 
 from __future__ import annotations
 
@@ -52,11 +53,21 @@ def main(cfg: DictConfig) -> int | None:
         if found.problems:
             print(f"score-variants: skipping {found.summary(sc.variants, sc.reference)} (mismatch=error stops "
                   "instead)", flush=True)
+        from dnalm.inference.masked import check_objective, objective_of
+        from dnalm.inference.variants import score_variants_masked
+        from dnalm.models.family import CAUSAL, MASKED
+
         model, tokenizer = load_model(sc.checkpoint, sc.device, sc.dtype)
-        scores = score_variants(model, tokenizer, found.variants, genome, window=sc.window, reduce=sc.reduce,
-                                reverse_complement_average=sc.reverse_complement, prepend_bos=sc.prepend_bos,
-                                batch_size=sc.batch_size, max_tokens=sc.max_tokens, chunk_size=sc.chunk_size,
-                                progress=True)
+        if objective_of(model) == MASKED:
+            if sc.prepend_bos:
+                check_objective(model, CAUSAL, "score-variants prepend_bos=true")
+            scores = score_variants_masked(model, tokenizer, found.variants, genome, window=sc.window,
+                                           reverse_complement_average=sc.reverse_complement, progress=True)
+        else:
+            scores = score_variants(model, tokenizer, found.variants, genome, window=sc.window, reduce=sc.reduce,
+                                    reverse_complement_average=sc.reverse_complement, prepend_bos=sc.prepend_bos,
+                                    batch_size=sc.batch_size, max_tokens=sc.max_tokens, chunk_size=sc.chunk_size,
+                                    progress=True)
     write_variant_scores(sc.out, scores)
     skipped = f", {table.skipped} symbolic alleles skipped" if table.skipped else ""
     if found.problems:

@@ -98,6 +98,9 @@ def finetune_param_groups(model: SequenceClassifier, lr: float, weight_decay: fl
     groups: list[dict[str, Any]] = []
     inner = getattr(model.backbone, "backbone", None)
     layers = getattr(inner, "layers", None)
+    if layer_decay < 1.0 and layers is None:
+        raise ConfigError(f"task.layer_decay={layer_decay} needs a backbone with embeddings and a list of blocks "
+                          f"(backbone.layers); {type(model.backbone).__name__} has none: use layer_decay=1.0")
     if layer_decay < 1.0 and layers is not None:
         n = len(layers)
         groups += scaled("embeddings", inner.embeddings, layer_decay**n)
