@@ -1,7 +1,7 @@
 """StripedHyena 2 (Evo 2's architecture) at evo2-1b size on one GPU: training, forward, decoding, embedding.
 
     python benchmarks/sh2_gpu.py [--preset 1b-8k] [--train-len 8192] [--forward 8192,1048576]
-        [--decode-context 65536] [--decode-batches 1,32] [--new-tokens 64] [--embed-mb 1,10]
+        [--decode-context 65536] [--decode-batches 1,32] [--new-tokens 34] [--embed-mb 1]
         [--embed-small-mb 100] [--out results.json]
 
 Random weights (dnalm's initialisation), the preset's published shape (``1b-8k``: 25 layers, d 1920,
@@ -120,7 +120,7 @@ def bench_decoding(model: StripedHyenaLM, context: int, batch: int, new_tokens: 
     try:
         state = model.allocate_state(batch, context + new_tokens)
         ids = torch.from_numpy(_ids(rng, batch, context)).cuda()
-        piece = max(256, 2**19 // batch)
+        piece = max(256, 2**17 // batch)  # prefill in pieces of 128k tokens over the batch
         t0 = time.perf_counter()
         for start in range(0, context, piece):
             logits = model(ids[:, start:start + piece], state)[:, -1]
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--forward", default="8192,1048576")
     ap.add_argument("--decode-context", type=int, default=65536)
     ap.add_argument("--decode-batches", default="1,32")
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--embed-mb", default="1,10")
+    ap.add_argument("--new-tokens", type=int, default=34)
+    ap.add_argument("--embed-mb", default="1")
     ap.add_argument("--embed-small-mb", default="100")
     ap.add_argument("--out", default="sh2_gpu.json")
     args = ap.parse_args(argv)
