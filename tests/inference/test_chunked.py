@@ -32,7 +32,7 @@ from dnalm.inference.chunked import (
 )
 from dnalm.kernels import hyena_block
 from dnalm.kernels.hyena_block import fft_size
-from dnalm.models.hyena import HyenaConfig, HyenaLM
+from dnalm.models.hyena import HyenaConfig, HyenaLM, HyenaOperator
 from tolerance import tolerance_for
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
@@ -185,7 +185,7 @@ def _forbid_reference_mixer(monkeypatch) -> None:
     """From here on, a chunk that fell back to the reference Hyena mixer fails."""
     def fail(*args, **kwargs):
         raise AssertionError("the reference chunk function ran instead of the fused block")
-    monkeypatch.setattr(chunked, "hyena_chunk", fail)
+    monkeypatch.setattr(HyenaOperator, "chunk", fail)
 
 
 def _assert_outputs_close(got, want, **tol):
