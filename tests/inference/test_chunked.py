@@ -110,7 +110,7 @@ def test_numpy_uint8_input_and_chunk_starts(hyena):
 
 
 def test_state_mixers_run_through_their_own_state(hyena):
-    """A mixer that is neither Hyena nor attention is chunked through its inference state."""
+    """A mixer without chunk methods is chunked through its inference state (dnalm.models.mixer.chunker)."""
 
     class Wrapped(torch.nn.Module):
         def __init__(self, op):
