@@ -32,7 +32,7 @@ from dnalm.inference.chunked import (
 )
 from dnalm.kernels import hyena_block
 from dnalm.kernels.hyena_block import fft_size
-from dnalm.models.hyena import HyenaConfig, HyenaLM
+from dnalm.models.hyena import HyenaConfig, HyenaLM, HyenaOperator
 from tolerance import tolerance_for
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
@@ -110,7 +110,7 @@ def test_numpy_uint8_input_and_chunk_starts(hyena):
 
 
 def test_state_mixers_run_through_their_own_state(hyena):
-    """A mixer that is neither Hyena nor attention is chunked through its inference state."""
+    """A mixer without chunk methods is chunked through its inference state (dnalm.models.mixer.chunker)."""
 
     class Wrapped(torch.nn.Module):
         def __init__(self, op):
@@ -185,7 +185,7 @@ def _forbid_reference_mixer(monkeypatch) -> None:
     """From here on, a chunk that fell back to the reference Hyena mixer fails."""
     def fail(*args, **kwargs):
         raise AssertionError("the reference chunk function ran instead of the fused block")
-    monkeypatch.setattr(chunked, "hyena_chunk", fail)
+    monkeypatch.setattr(HyenaOperator, "chunk", fail)
 
 
 def _assert_outputs_close(got, want, **tol):

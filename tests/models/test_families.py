@@ -2,8 +2,8 @@
 
 A family added to the tuple is tested here without a line of this file changing: its tiny preset
 builds, saves and loads, LoRA adapts only its adapters, its shipped configs compose, and a causal
-family's full forward equals prefill + steps and its chunked forward equals one pass (both in float64,
-where the computations are exact but for rounding).
+family's full forward equals prefill + steps, each of its mixers' chunks equal the mixer's one pass, and
+its chunked forward equals one pass (all in float64, where the computations are exact but for rounding).
 """
 
 from __future__ import annotations
@@ -126,6 +126,39 @@ def test_chunked_equals_one_pass(fam, chunk):
     got, (got_h,) = chunked_forward(model, ids, chunk, [-1])
     torch.testing.assert_close(got, want, rtol=0, atol=FLOAT64_ATOL)
     torch.testing.assert_close(got_h, want_h, rtol=0, atol=FLOAT64_ATOL)
+
+
+def _random_splits(L: int, seed: int) -> list[tuple[int, int]]:
+    """Consecutive (start, end) pieces of 0..L of random lengths (single tokens among them)."""
+    g = torch.Generator().manual_seed(seed)
+    cuts = sorted(set(torch.randint(1, L, (L // 4,), generator=g).tolist()) | {1})
+    bounds = [0, *cuts, L]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@pytest.mark.parametrize("fam", CAUSAL, ids=[f.name for f in CAUSAL])
+def test_every_mixer_chunk_equals_its_one_pass_forward(fam):
+    """The chunk contract (dnalm.models.mixer): within the trained context, a mixer's chunks, one after
+    another with one carry, are its one-pass forward (float64); the same chunks with a fresh carry each are
+    not (the carry is what makes them exact)."""
+    from dnalm.models.mixer import chunker
+
+    model = _tiny(fam, torch.float64)
+    context = fam.context_length(model.config)
+    L = min(45, context)
+    for i, block in enumerate(model.backbone.layers):
+        mixer = chunker(block.mixer)
+        g = torch.Generator().manual_seed(i)
+        u = torch.randn(2, L, model.lm_head.weight.shape[1], generator=g, dtype=torch.float64)
+        splits = _random_splits(L, seed=i)
+        with torch.no_grad():
+            want = block.mixer(u)
+            carry = mixer.chunk_carry(2, L, context, u.device, u.dtype)
+            got = torch.cat([mixer.chunk(u[:, a:b], carry, a) for a, b in splits], dim=1)
+            fresh = torch.cat([mixer.chunk(u[:, a:b], mixer.chunk_carry(2, L, context, u.device, u.dtype), a)
+                               for a, b in splits], dim=1)
+        torch.testing.assert_close(got, want, rtol=0, atol=FLOAT64_ATOL, msg=lambda m, i=i: f"layer {i}: {m}")
+        assert (fresh - want).abs().max() > 1e-6, f"layer {i}: chunks without the carry agree"
 
 
 def test_every_family_has_a_shipped_config():

@@ -6,19 +6,8 @@ layer (``layers[i]`` belongs to the mixer of block ``i``). A forward with a stat
 sequences at position ``offset``: the first call is the prefill, later calls feed one token (a
 step) or a chunk; afterwards ``offset`` has advanced by the number of tokens fed.
 
-Mixer contract (every sequence mixer of :mod:`dnalm.models` implements it):
-
-``allocate_state(batch, max_len, device, dtype) -> Any``
-    a fresh state for ``batch`` sequences of up to ``max_len`` tokens (tensors, dataclasses of
-    tensors, lists/dicts of them, or ``None``).
-``forward(x, state=None, offset=0) -> y``
-    ``x``, ``y``: (B, L, D). With a state, ``x`` holds the tokens at positions
-    ``offset .. offset+L-1`` and the call writes what later positions need into ``state``.
-``step(x, state, offset) -> y``
-    ``x``, ``y``: (B, 1, D), the single token at position ``offset``.
-
-A mixer that cannot decode step by step raises :class:`StepNotSupportedError` from
-``allocate_state`` and ``step``; it never ignores a state it was given.
+Every sequence mixer of :mod:`dnalm.models` allocates, fills and steps its own state; the contract
+(``allocate_state``, ``forward(x, state, offset)``, ``step``) is :mod:`dnalm.models.mixer`'s.
 
 The state object does not know the model; build it with the model's ``allocate_state`` (which
 calls :meth:`InferenceState.allocate` with its mixers).
@@ -29,25 +18,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from dnalm.errors import ConfigError
+from dnalm.models.mixer import Mixer
 
 
 class StepNotSupportedError(ConfigError):
     """The model's mixer has no recurrent form, so it cannot prefill or decode step by step."""
-
-
-class Mixer(Protocol):
-    """The sequence-mixer interface described in the module docstring."""
-
-    def allocate_state(self, batch: int, max_len: int, device: torch.device | None = None,
-                       dtype: torch.dtype | None = None) -> Any: ...
-
-    def step(self, x: Tensor, state: Any, offset: int) -> Tensor: ...
 
 
 @dataclass

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -244,7 +245,7 @@ def hyena_block_forward(block: nn.Module, x: Tensor, ops=TorchOps, checkpoint_mi
 
 
 # ---------------------------------------------------------------------------------------------
-# Inference: one chunk of a long sequence (dnalm.inference.chunked)
+# Inference: one chunk of a long sequence (HyenaOperator.fused_chunk, run by dnalm.inference.chunked)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -257,13 +258,15 @@ class FusedCarry:
     ``H <= l_max - 1`` long-convolution inputs ``v * x1``; spectra: the filter's real spectrum (with
     the 1/n of the inverse transform) for the last FFT length n, (D, n/2 + 1) complex64, computed once
     per length (4 GiB per layer for HyenaDNA-large's default chunks of l_max tokens, n ~ 4.2M) when
-    ``cache_spectra``, else computed again for every chunk (one more FFT per chunk and layer).
+    ``cache_spectra``, else computed again for every chunk (one more FFT per chunk and layer); ops: the
+    elementwise ops the chunks run with (:func:`dnalm.kernels.select_ops`).
     """
 
     xz: Tensor | None = None
     z: Tensor | None = None
     spectra: dict[int, Tensor] = field(default_factory=dict)
     cache_spectra: bool = True
+    ops: Any = TorchOps
 
 
 def _filter_spectrum(filter_fn: nn.Module, ops, n: int, l_max: int, device: torch.device) -> Tensor:
@@ -276,7 +279,8 @@ def _filter_spectrum(filter_fn: nn.Module, ops, n: int, l_max: int, device: torc
 def hyena_block_chunk(block: nn.Module, x: Tensor, carry: FusedCarry, ops=TorchOps) -> Tensor:
     """One chunk of a Hyena block for chunked inference: x (B, T, D) float32 -> (B, T, D) float32.
 
-    The twin of ``hyena_chunk`` inside ``_block_chunk`` (:mod:`dnalm.inference.chunked`): the long
+    The twin of ``block.with_mixer(x, lambda h: block.mixer.chunk(h, hyena_carry, offset))``
+    (:meth:`dnalm.models.hyena.HyenaOperator.chunk` inside the block's ``with_mixer``): the long
     convolution runs over the carried last ``H <= l_max - 1`` inputs z and the chunk's T, with the filter
     truncated to ``l_max`` taps. Inference only (no autograd graph); dropout must be inactive.
 

@@ -16,11 +16,13 @@ API
 ``MLP(d_model, d_inner, bias=True)``: fc1 -> GELU(tanh) -> fc2.
 ``Block(mixer, mlp, norm1, norm2, resid_dropout=0.0, residual_in_fp32=True)``: a pre-norm residual
     block around any mixer, MLP and norms (LayerNorm here; RMSNorm or gated MLPs in other families);
-    ``forward(x, layer_state=None, offset=0)`` and ``step(x, layer_state, offset)`` on the
-    residual stream x (B, L, D).
+    ``forward(x, layer_state=None, offset=0)``, ``step(x, layer_state, offset)`` and
+    ``with_mixer(x, fn)`` (the mixer's call replaced by ``fn``) on the residual stream x (B, L, D).
+``run_blocks(backbone, input_ids, keep, block_fn)``: the loop of every backbone (embedding, blocks,
+    final norm, the hidden states kept on the way); ``backbone_forward`` runs it with an inference state.
 ``CausalLM(d_model, n_layer, d_inner, vocab_size, mixer_factory, ...)``: the LM shell;
     ``mixer_factory(layer_idx) -> nn.Module`` builds the sequence mixer of each block (the mixer
-    contract is in :mod:`dnalm.inference.state`). Families subclass it only to attach their
+    contract is in :mod:`dnalm.models.mixer`). Families subclass it only to attach their
     config (``model.config``, a frozen dataclass) and ``family`` name, e.g. ``HyenaLM``.
 
     * ``model(input_ids (B, L), state=None) -> logits (B, L, V)``; with an
@@ -106,9 +108,14 @@ class Block(nn.Module):
         out = fused(self, x) if fused is not None else None
         if out is not None:
             return out
-        h = self._norm(self.norm1, x)
-        h = self.mixer(h) if layer_state is None else self.mixer(h, state=layer_state, offset=offset)
-        x = x + self.dropout(h)
+        if layer_state is None:
+            return self.with_mixer(x, self.mixer)
+        return self.with_mixer(x, lambda h: self.mixer(h, state=layer_state, offset=offset))
+
+    def with_mixer(self, x: Tensor, mixer: Callable[[Tensor], Tensor]) -> Tensor:
+        """The block on x (B, L, D) with its mixer's call replaced by ``mixer`` (chunked inference, steps)."""
+        x = self._residual(x)
+        x = x + self.dropout(mixer(self._norm(self.norm1, x)))
         return x + self.dropout(self.mlp(self._norm(self.norm2, x)))
 
     def step(self, x: Tensor, layer_state: object, offset: int) -> Tensor:
@@ -116,9 +123,7 @@ class Block(nn.Module):
         step = getattr(self.mixer, "step", None)
         if step is None:
             raise StepNotSupportedError(f"{type(self.mixer).__name__} cannot decode step by step")
-        x = self._residual(x)
-        x = x + self.dropout(step(self._norm(self.norm1, x), layer_state, offset))
-        return x + self.dropout(self.mlp(self._norm(self.norm2, x)))
+        return self.with_mixer(x, lambda h: step(h, layer_state, offset))
 
 
 class Embeddings(nn.Module):
@@ -153,37 +158,76 @@ class Backbone(nn.Module):
         self.ln_f = nn.LayerNorm(d_model, eps=layer_norm_eps, device=device, dtype=dtype)
         self.residual_in_fp32 = residual_in_fp32
 
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """input_ids (B, L) -> the residual stream x_0 (B, L, D) (layer 0)."""
+        x = self.drop_emb(self.embeddings(input_ids))
+        return wide(x) if self.residual_in_fp32 else x
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        """``ln_f`` of the last residual stream x (B, L, D): what the LM head reads."""
+        return self.ln_f(x.to(self.ln_f.weight.dtype))
+
     def forward(self, input_ids: Tensor, state: InferenceState | None = None,
                 keep: Sequence[int] = ()) -> tuple[Tensor, list[Tensor]]:
         """input_ids (B, L) -> (final hidden (B, L, D), hidden states at layer indices ``keep``).
 
         Indices as in :meth:`CausalLM.hidden_states` (already normalised to 0..n_layer+1).
         """
-        n = len(self.layers)
-        B, L = input_ids.shape
-        if state is not None:
-            if len(state.layers) != n:
-                raise ConfigError(f"inference state has {len(state.layers)} layers, the model {n}")
-            state.check_room(L, B)
-        x = self.drop_emb(self.embeddings(input_ids))
-        if self.residual_in_fp32:
-            x = wide(x)
-        kept: dict[int, Tensor] = {0: x} if 0 in keep else {}
-        for i, block in enumerate(self.layers):
-            if state is None:
-                x = block(x)
-            elif L == 1:
-                x = block.step(x, state.layers[i], state.offset)
-            else:
-                x = block(x, state.layers[i], state.offset)
-            if i + 1 in keep:
-                kept[i + 1] = x
-        h = self.ln_f(x.to(self.ln_f.weight.dtype))
-        if n + 1 in keep:
-            kept[n + 1] = h
-        if state is not None:
-            state.advance(L)
-        return h, [kept[i] for i in keep]
+        return backbone_forward(self, input_ids, state, keep)
+
+
+def run_blocks(backbone: nn.Module, input_ids: Tensor, keep: Sequence[int],
+               block_fn: Callable[[int, nn.Module, Tensor], Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """``backbone.embed`` -> ``x = block_fn(i, block, x)`` for each of ``backbone.layers`` ->
+    ``backbone.final_norm``: (final hidden (B, L, D), hidden states at the layer indices ``keep``, normalised
+    to 0..n_layer+1, in their order)."""
+    n = len(backbone.layers)
+    x = backbone.embed(input_ids)
+    kept: dict[int, Tensor] = {0: x} if 0 in keep else {}
+    for i, block in enumerate(backbone.layers):
+        x = block_fn(i, block, x)
+        if i + 1 in keep:
+            kept[i + 1] = x
+    h = backbone.final_norm(x)
+    if n + 1 in keep:
+        kept[n + 1] = h
+    return h, [kept[i] for i in keep]
+
+
+def backbone_forward(backbone: nn.Module, input_ids: Tensor, state: InferenceState | None = None,
+                     keep: Sequence[int] = ()) -> tuple[Tensor, list[Tensor]]:
+    """A backbone's forward (:func:`run_blocks`): one pass, or with ``state`` a continuation at
+    ``state.offset`` (one token: the blocks' ``step``), advancing it."""
+    n = len(backbone.layers)
+    B, L = input_ids.shape
+    if state is None:
+        return run_blocks(backbone, input_ids, keep, lambda i, block, x: block(x))
+    if len(state.layers) != n:
+        raise ConfigError(f"inference state has {len(state.layers)} layers, the model {n}")
+    state.check_room(L, B)
+    if L == 1:
+        out = run_blocks(backbone, input_ids, keep, lambda i, block, x: block.step(x, state.layers[i], state.offset))
+    else:
+        out = run_blocks(backbone, input_ids, keep, lambda i, block, x: block(x, state.layers[i], state.offset))
+    state.advance(L)
+    return out
+
+
+def layer_indices(layers: Sequence[int] | None, top: int, top_means: str) -> list[int]:
+    """Hidden-state indices 0..``top`` from ``layers`` (negative ones count from the end; None: all).
+
+    ``top_means`` says what index ``top`` is, for the error message.
+    """
+    if layers is None:
+        return list(range(top + 1))
+    out = []
+    for i in layers:
+        j = int(i) + top + 1 if int(i) < 0 else int(i)
+        if not 0 <= j <= top:
+            raise ConfigError(f"layer {i} out of range: this model has hidden states 0..{top} "
+                              f"(0 = embedding, {top} = {top_means})")
+        out.append(j)
+    return out
 
 
 class CausalLM(nn.Module):
@@ -215,17 +259,7 @@ class CausalLM(nn.Module):
         return [block.mixer for block in self.backbone.layers]
 
     def _layer_indices(self, layers: Sequence[int] | None) -> list[int]:
-        top = self.n_layer + 1
-        if layers is None:
-            return list(range(top + 1))
-        out = []
-        for i in layers:
-            j = int(i) + top + 1 if int(i) < 0 else int(i)
-            if not 0 <= j <= top:
-                raise ConfigError(f"layer {i} out of range: this model has hidden states 0..{top} "
-                                  f"(0 = embedding, {top} = after the final norm)")
-            out.append(j)
-        return out
+        return layer_indices(layers, self.n_layer + 1, "after the final norm")
 
     def forward(self, input_ids: Tensor, state: InferenceState | None = None) -> Tensor:
         """input_ids (B, L) -> logits (B, L, V)."""

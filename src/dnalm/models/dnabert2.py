@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dnalm.errors import ConfigError, InputError
+from dnalm.models.blocks import layer_indices
 from dnalm.models.family import MASKED, Alphabet, Family, Importer
 from dnalm.utils import atomic_file
 
@@ -397,17 +398,7 @@ class Dnabert2Model(nn.Module):
             embedding.weight[embedding.padding_idx].zero_()
 
     def _layer_indices(self, layers: Sequence[int] | None) -> list[int]:
-        top = self.n_layer
-        if layers is None:
-            return list(range(top + 1))
-        out = []
-        for i in layers:
-            j = int(i) + top + 1 if int(i) < 0 else int(i)
-            if not 0 <= j <= top:
-                raise ConfigError(f"layer {i} out of range: this model has hidden states 0..{top} "
-                                  f"(0 = embedding output, {top} = last layer)")
-            out.append(j)
-        return out
+        return layer_indices(layers, self.n_layer, "last layer")
 
     def _real(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor | None:
         """The padding mask as bool (B, L), or None when there is no padding."""

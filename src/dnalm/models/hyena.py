@@ -16,10 +16,13 @@ One operator, on u (B, L, D) (§3.2)::
 The filter ``h`` (D, L) is "implicit": ``h = FFN(PosEnc(t)) * (exp(-|delta| t) + shift)``
 (Hyena eq. 7), a Linear/Sin MLP over fixed positional features with exponential decay (§3.4).
 The long convolution is computed by FFT (:func:`fftconv_ref`, §3.3), or step by step from the
-kept history of ``z`` (:meth:`HyenaOperator.step`, O(t·D) for token t).
+kept history of ``z`` (:meth:`HyenaOperator.step`, O(t·D) for token t), or chunk by chunk at any
+length with the last ``l_max - 1`` inputs ``z`` carried (:meth:`HyenaOperator.chunk`, the filter
+truncated to ``l_max`` taps; its fused twin is :func:`dnalm.kernels.hyena_block.hyena_block_chunk`).
 
 Notation: ``B`` batch, ``L`` length, ``D = d_model``, ``K`` short filter size, ``F = filter_order``.
-Hidden states and inference state: see :mod:`dnalm.models.blocks` and :mod:`dnalm.inference.state`.
+Hidden states and inference state: see :mod:`dnalm.models.blocks`, :mod:`dnalm.models.mixer` and
+:mod:`dnalm.inference.state`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy.fft import next_fast_len
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -41,6 +45,7 @@ from dnalm.inference.state import InferenceState
 from dnalm.kernels.hyena_torch import wide
 from dnalm.models.blocks import CausalLM, pad_vocab
 from dnalm.models.family import CAUSAL, Family, Importer
+from dnalm.models.mixer import CHUNK_ELEMENTS
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +297,22 @@ class HyenaState:
     lags: Tensor | None = field(default=None, init=False)
 
 
+@dataclass
+class HyenaCarry:
+    """What the next chunk of one :class:`HyenaOperator` needs (:meth:`HyenaOperator.chunk`).
+
+    conv: (B, 3D, K-1) last inputs of the short convolution (None before the first chunk: zeros);
+    z: (B, D, H) last ``H <= l_max - 1`` inputs ``v * x1`` of the long convolution;
+    k: (D, l_max) the filter, computed once.
+    """
+
+    conv: Tensor | None = None
+    z: Tensor | None = None
+    k: Tensor | None = None
+
+
 class HyenaOperator(nn.Module):
-    """The order-2 Hyena operator of HyenaDNA (§3.2); mixer contract of :mod:`dnalm.inference.state`."""
+    """The order-2 Hyena operator of HyenaDNA (§3.2); mixer contract of :mod:`dnalm.models.mixer`."""
 
     def __init__(self, cfg: HyenaConfig, device: torch.device | None = None,
                  dtype: torch.dtype | None = None):
@@ -333,6 +352,81 @@ class HyenaOperator(nn.Module):
         from dnalm.kernels.hyena_block import hyena_block_forward
 
         return hyena_block_forward(block, x, ops, checkpoint_mixer=self.checkpoint_mixer)
+
+    def chunk_carry(self, batch: int, length: int, context: int | None, device: torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> HyenaCarry:
+        """An empty history (the filter is computed at the first chunk)."""
+        return HyenaCarry()
+
+    def chunk(self, u: Tensor, carry: HyenaCarry, offset: int) -> Tensor:
+        """One chunk u (B, T, D) -> (B, T, D), updating ``carry`` (the chunks follow one another from 0).
+
+        The short convolution runs over ``[carry.conv; in_proj u]``, the long convolution over
+        ``[carry.z; z]`` with the filter truncated to ``l_max`` taps and zero-padded to the window
+        (:func:`fftconv_ref`), keeping the last T outputs: at any length, the causal convolution with the
+        filter's ``l_max`` taps, which is the plain forward wherever that exists. The filter is computed once
+        per sequence, in float32 even under autocast.
+        """
+        B, T, _ = u.shape
+        D = self.d_model
+        xz = self.in_proj(u).transpose(1, 2)  # (B, 3D, T)
+        K = self.short_filter.kernel_size[0]
+        if carry.conv is None:
+            carry.conv = xz.new_zeros(B, 3 * D, K - 1)
+        window = torch.cat([carry.conv.to(xz.dtype), xz], dim=-1)  # (B, 3D, K-1+T)
+        carry.conv = window[..., window.shape[-1] - (K - 1):].clone()
+        xz = F.conv1d(window, self.short_filter.weight, self.short_filter.bias, groups=3 * D)  # (B, 3D, T)
+        x0, x1, v = xz.split(D, dim=1)
+        z = self.dropout(v * x1)  # (B, D, T)
+        if carry.k is None:
+            with torch.autocast(u.device.type, enabled=False):  # once per sequence: in float32 even under autocast
+                carry.k = self.filter_fn.filter(self.l_max)  # (D, l_max)
+        zz = z if carry.z is None else torch.cat([carry.z.to(z.dtype), z], dim=-1)  # (B, D, H+T)
+        H, N = zz.shape[-1] - T, zz.shape[-1]
+        # zeros after the window change none of its causal outputs; they give the FFT a length with small
+        # prime factors (a length like 2 * 69631 would fall back to a slow, memory-hungry algorithm)
+        M = next_fast_len(N)
+        k = carry.k[:, :M]
+        y = fftconv_ref(F.pad(zz, (0, M - N)), F.pad(k, (0, M - k.shape[-1])), self.filter_fn.bias)[..., H:N]
+        keep = self.l_max - 1
+        carry.z = zz[..., max(N - keep, 0):].clone() if keep > 0 else zz[..., :0]
+        return self.out_proj((y * x0).transpose(1, 2))
+
+    def chunk_range(self, context: int | None) -> tuple[int | None, int | None]:
+        """At least ``max(l_max, 2^20 / D)`` tokens (a chunk shorter than l_max would spend most of its FFT
+        on the history), no bound."""
+        return max(self.l_max, CHUNK_ELEMENTS // self.d_model), None
+
+    def chunk_limit(self, elements: int, context: int | None) -> int:
+        """The longest chunk T whose long convolution's complex FFT (4D reals per position of
+        ``l_max + T``; the fused block's buffers are half of that) stays below ``elements`` per row."""
+        return elements // (4 * self.d_model) - self.l_max
+
+    def fused_chunk_carry(self, block: nn.Module, device: torch.device):
+        """A fresh carry of the fused block's chunks (:func:`dnalm.kernels.hyena_block.hyena_block_chunk`)
+        for ``block`` (whose mixer this is) on ``device``, or None where the residual stream is narrower than
+        float32, or ``fast_path`` or active dropout rule the fused kernels out."""
+        from dnalm.kernels.hyena_block import FusedCarry
+
+        if not (getattr(block, "residual_in_fp32", False) or self.in_proj.weight.dtype == torch.float32):
+            return None
+        ops = self.fused_ops(block, device)
+        return None if ops is None else FusedCarry(ops=ops)
+
+    def fused_chunk(self, block: nn.Module, x: Tensor, carry) -> Tensor:
+        """``block`` on the chunk x (B, T, D) of the residual stream through the fused kernels; the twin of
+        ``block.with_mixer(x, lambda h: self.chunk(h, hyena_carry, offset))``."""
+        from dnalm.kernels.hyena_block import hyena_block_chunk
+
+        return hyena_block_chunk(block, x, carry, carry.ops)
+
+    def fused_chunk_bytes(self, chunk: int) -> int:
+        """Bytes of the filter spectrum the fused chunks keep: complex64 ``(D, n/2 + 1)`` for the FFT length
+        n of a chunk of ``chunk`` tokens with its history."""
+        from dnalm.kernels.hyena_block import fft_size
+
+        n = fft_size(max(self.l_max - 1, self.short_filter.kernel_size[0] - 1) + chunk)
+        return self.d_model * (n // 2 + 1) * 8
 
     def _check_length(self, n: int) -> None:
         if n > self.l_max:

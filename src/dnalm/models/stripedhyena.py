@@ -35,7 +35,7 @@ by the config's ``hcs/hcm/hcl/attn_layer_idxs`` (letters S, D, H, * in :attr:`St
   whole head, the stored ``inv_freq``, positions divided by ``rotary_emb_scaling_factor`` when
   ``use_interpolated_rotary_pos_emb``), QKV without bias, output projection with bias.
 
-Inference state (mixer contract of :mod:`dnalm.inference.state`): a gated convolution keeps the
+Inference state (mixer contract of :mod:`dnalm.models.mixer`): a gated convolution keeps the
 last ``K - 1`` inputs of its short FIR and of an explicit inner FIR, or, for HCL, the modal state
 ``s[c, n] = sum_{t' <= t} p^(t - t') (x1 v)[c, t']`` with ``p = exp(logpole)``, updated by
 ``s <- p s + x1 v`` (O(d N) per token, no history). Attention keeps a K/V cache. A forward with a
@@ -44,7 +44,10 @@ by chunk through one state gives the outputs of a single pass: the explicit filt
 carried inputs, the modal filter adds ``sum_n R p^(t+1) s_n`` (the carried state's part) to the
 chunk's own FFT convolution and moves the state on by ``s <- p^T s + sum_t' p^(T-1-t') (x1 v)_t'``.
 Prefill is this chunk computation from a zero state (an FFT convolution, then a direct weighted sum
-per mode for the state; no (B, d, N, 2L) complex tensor as in vortex's FFT prefill).
+per mode for the state; no (B, d, N, 2L) complex tensor as in vortex's FFT prefill). Chunked inference
+(:meth:`GatedConvolution.chunk`) is this forward with a state, exact at any length; attention layers chunk
+over a sliding window of the trained context (``max_seqlen``), as :class:`RotaryAttention` inherits from
+:class:`~dnalm.models.transformer.CausalSelfAttention`.
 
 Precision: the convolutions, gates and modal filters run in float32 (float64 for a float64 model)
 even under autocast, the residual stream is at least float32, the linear layers follow the model
@@ -80,7 +83,7 @@ from torch import Tensor, nn
 
 from dnalm.errors import ConfigError, InputError
 from dnalm.inference.state import InferenceState
-from dnalm.models.blocks import CausalLM, Embeddings
+from dnalm.models.blocks import CausalLM, Embeddings, backbone_forward
 from dnalm.models.family import CAUSAL, Alphabet, Family, Importer
 from dnalm.models.hyena import fftconv_ref
 from dnalm.models.transformer import CausalSelfAttention, apply_rope, rope_cos_sin, rope_inv_freq
@@ -518,7 +521,7 @@ class GatedConvState:
 
 
 class GatedConvolution(nn.Module):
-    """The mixer of a Hyena block (HCS, HCM or HCL; §A.3), mixer contract of :mod:`dnalm.inference.state`.
+    """The mixer of a Hyena block (HCS, HCM or HCL; §A.3), mixer contract of :mod:`dnalm.models.mixer`.
 
     u (B, L, d) -> ``out_filter_dense(x2 * Inner(x1 * v))`` (B, L, d), where (x2, x1, v) are the
     interleaved rows of ``ShortFIR(projections u)``.
@@ -581,6 +584,15 @@ class GatedConvolution(nn.Module):
         return GatedConvState(short=torch.zeros(batch, 3 * self.d, K - 1, device=device, dtype=wide),
                               inner=self.filter.allocate(batch, device, wide))
 
+    def chunk_carry(self, batch: int, length: int, context: int | None, device: torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> GatedConvState:
+        """The inference state: a fixed size, exact at any length (FIR histories, the modal state)."""
+        return self.allocate_state(batch, length, device, dtype)
+
+    def chunk(self, u: Tensor, carry: GatedConvState, offset: int) -> Tensor:
+        """One chunk u (B, T, d) at positions ``offset..`` -> (B, T, d): the forward with the state ``carry``."""
+        return self(u, state=carry, offset=offset)
+
 
 class RotaryAttention(_KeepFloat32, CausalSelfAttention):
     """Evo 2's attention (§A.4): :class:`~dnalm.models.transformer.CausalSelfAttention` (its K/V cache,
@@ -636,9 +648,7 @@ class StripedHyenaBlock(nn.Module):
 
     def step(self, x: Tensor, layer_state: object, offset: int) -> Tensor:
         """One token: x (B, 1, d) at position ``offset`` -> (B, 1, d)."""
-        x = x.to(_wide(x.dtype))
-        x = x + self.mixer.step(self.pre_norm(x), layer_state, offset)
-        return x + self.mlp(self.post_norm(x))
+        return self.with_mixer(x, lambda h: self.mixer.step(h, layer_state, offset))
 
 
 class StripedHyenaBackbone(nn.Module):
@@ -661,33 +671,20 @@ class StripedHyenaBackbone(nn.Module):
         self.ln_f = RMSNorm(d, config.eps, **kw) if config.final_norm else nn.Identity()
         self.residual_in_fp32 = True
 
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """input_ids (B, L) -> the residual stream x_0 (B, L, d), at least float32."""
+        x = self.embeddings(input_ids)
+        return x.to(_wide(x.dtype))
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        """The final norm of the last residual stream x (B, L, d): what the unembedding reads."""
+        return self.ln_f(x)
+
     def forward(self, input_ids: Tensor, state: InferenceState | None = None,
                 keep: Sequence[int] = ()) -> tuple[Tensor, list[Tensor]]:
-        """input_ids (B, L) -> (final hidden (B, L, d), hidden states at layer indices ``keep``)."""
-        n = len(self.layers)
-        B, L = input_ids.shape
-        if state is not None:
-            if len(state.layers) != n:
-                raise ConfigError(f"inference state has {len(state.layers)} layers, the model {n}")
-            state.check_room(L, B)
-        x = self.embeddings(input_ids)
-        x = x.to(_wide(x.dtype))
-        kept: dict[int, Tensor] = {0: x} if 0 in keep else {}
-        for i, block in enumerate(self.layers):
-            if state is None:
-                x = block(x)
-            elif L == 1:
-                x = block.step(x, state.layers[i], state.offset)
-            else:
-                x = block(x, state.layers[i], state.offset)
-            if i + 1 in keep:
-                kept[i + 1] = x
-        h = self.ln_f(x)
-        if n + 1 in keep:
-            kept[n + 1] = h
-        if state is not None:
-            state.advance(L)
-        return h, [kept[i] for i in keep]
+        """input_ids (B, L) -> (final hidden (B, L, d), hidden states at layer indices ``keep``)
+        (:func:`dnalm.models.blocks.backbone_forward`)."""
+        return backbone_forward(self, input_ids, state, keep)
 
 
 class StripedHyenaLM(CausalLM):

@@ -176,8 +176,19 @@ class KVCache:
     v: Tensor
 
 
+@dataclass
+class AttentionCarry:
+    """What the next chunk of one attention layer needs (:meth:`CausalSelfAttention.chunk`): the window
+    ``W`` (the model's trained context) and the rotated keys and values of the last ``W - 1`` positions,
+    k, v (B, H, <=W-1, d_h) (None before the first chunk)."""
+
+    window: int
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with rotary embeddings (mixer contract of :mod:`dnalm.inference.state`).
+    """Multi-head causal self-attention with rotary embeddings (mixer contract of :mod:`dnalm.models.mixer`).
 
     ``q, k, v = split(in_proj u)``, ``q <- R_m q``, ``k <- R_n k`` (rotary, absolute positions),
     ``o = softmax(q k^T / sqrt(d_h) + M) v`` per head, ``out = out_proj(concat_heads o)``.
@@ -239,6 +250,44 @@ class CausalSelfAttention(nn.Module):
         state.v[:, :, offset] = v[:, :, 0]
         keys, values = state.k[:, :, : offset + 1].to(q.dtype), state.v[:, :, : offset + 1].to(q.dtype)
         return self._out(F.scaled_dot_product_attention(q, keys, values))
+
+    def chunk_carry(self, batch: int, length: int, context: int | None, device: torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> AttentionCarry:
+        """An empty sliding window of ``context`` positions (the model's trained context)."""
+        if context is None:
+            raise ConfigError(f"{type(self).__name__}: the model's context is unknown, so is its attention window")
+        return AttentionCarry(window=int(context))
+
+    def chunk(self, u: Tensor, carry: AttentionCarry, offset: int) -> Tensor:
+        """One chunk u (B, T, D) at positions ``offset..`` -> (B, T, D), sliding-window causal attention.
+
+        Query ``offset + i`` attends to keys ``offset + i - W + 1 .. offset + i`` (the carried keys and the
+        chunk's own; ``W = carry.window``), which is the causal attention of one pass while ``offset + T <= W``;
+        rotary embeddings use absolute positions. Keeps the last ``W - 1`` keys and values in ``carry``.
+        """
+        window = carry.window
+        q, k, v = self._qkv(u, offset)  # (B, H, T, d_h)
+        if carry.k is not None:
+            k = torch.cat([carry.k.to(k.dtype), k], dim=2)
+            v = torch.cat([carry.v.to(v.dtype), v], dim=2)
+        T, S = q.shape[2], k.shape[2]
+        dist = torch.arange(T, device=q.device)[:, None] + (S - T) - torch.arange(S, device=q.device)[None, :]
+        mask = (dist >= 0) & (dist < window)  # (T, S)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        keep = max(window - 1, 0)
+        carry.k, carry.v = k[:, :, S - min(S, keep):].clone(), v[:, :, S - min(S, keep):].clone()
+        return self._out(o)
+
+    def chunk_range(self, context: int | None) -> tuple[int | None, int | None]:
+        """Chunks of the window ``context`` (the scores grow with T^2)."""
+        return context, context
+
+    def chunk_limit(self, elements: int, context: int | None) -> int:
+        """The longest chunk T whose scores (H, T, W - 1 + T) per row stay below ``elements``."""
+        W = 1 if context is None else int(context)
+        # T^2 + (W-1) T < elements / H
+        disc = (W - 1) ** 2 + 4 * elements / self.n_head
+        return int((-(W - 1) + disc**0.5) / 2)
 
     @staticmethod
     def _check_room(state: KVCache, end: int) -> None:
