@@ -80,8 +80,6 @@ def bench_training(preset: str, length: int, steps: int, rng: np.random.Generato
     t = time.perf_counter() - t0
     row = {"length": length, "batch": 1, "steps": steps, "tokens_per_s": round(steps * length / t),
            "peak_gib": _peak_gib()}
-    del model, opt
-    torch.cuda.empty_cache()
     return row
 
 
@@ -202,18 +200,19 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     record("training", lambda: bench_training(args.preset, args.train_len, args.train_steps, rng))
+    torch.cuda.empty_cache()  # the training model and optimizer are gone with bench_training's frame
     model = _build(args.preset, torch.bfloat16).eval()
     for length in [int(x) for x in args.forward.split(",") if x]:
-        record("forward", lambda n=length: bench_forward(model, n, rng))
+        record("forward", lambda n=length, m=model: bench_forward(m, n, rng))
     for batch in [int(x) for x in args.decode_batches.split(",") if x]:
-        record("decoding", lambda b=batch: bench_decoding(model, args.decode_context, b, args.new_tokens, rng))
+        record("decoding", lambda b=batch, m=model: bench_decoding(m, args.decode_context, b, args.new_tokens, rng))
     for mb in [float(x) for x in args.embed_mb.split(",") if x]:
-        record("embedding", lambda m=mb: {"preset": args.preset, **bench_embedding(model, m, rng)})
+        record("embedding", lambda mb=mb, m=model: {"preset": args.preset, **bench_embedding(m, mb, rng)})
     del model
     torch.cuda.empty_cache()
     small = _build("small", torch.bfloat16).eval()
     for mb in [float(x) for x in args.embed_small_mb.split(",") if x]:
-        record("embedding", lambda m=mb: {"preset": "small", **bench_embedding(small, m, rng)})
+        record("embedding", lambda mb=mb: {"preset": "small", **bench_embedding(small, mb, rng)})
     save()
     return 0
 
