@@ -6,8 +6,10 @@ Learning rate of optimizer step ``s = 0, 1, ...`` (the lr that step ``s`` uses) 
     lr_s = lr * (s + 1) / W                                   s < W     (linear warm-up)
     lr_s = lr * (r + (1 - r) * (1 + cos(pi * t)) / 2),        t = min(1, (s - W) / max(1, T - W))
 
-or, with ``decay="constant"``, ``lr_s = lr`` after the warm-up (linear warm-up, Goyal et al. 2017; cosine decay, Loshchilov & Hutter 2017, "SGDR"), applied per
-optimizer step; HyenaDNA decays to ``0.1 * lr`` (``shared/reference/hyenadna.md`` §9).
+or, with ``decay="constant"``, ``lr_s = lr`` after the warm-up (linear warm-up, Goyal et al. 2017;
+cosine decay, Loshchilov & Hutter 2017, "SGDR"), applied per optimizer step; HyenaDNA decays to
+``0.1 * lr`` (``shared/reference/hyenadna.md`` §9). The warm-up may be given as a fraction of the
+run's steps (:func:`warmup_steps_of`).
 
 A run limited by wall-clock time (``trainer.max_time``) rather than steps does not know ``T`` in
 advance: with ``optim.horizon=time`` the decay follows ``t = max(t_steps, elapsed / max_time)``, so
@@ -30,7 +32,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dnalm.errors import ConfigError
-
 
 DECAYS = ("cosine", "constant")
 
