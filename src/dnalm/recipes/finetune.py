@@ -249,6 +249,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
         apply_lora(model, lora)
     for split in ("train", "dev", "test"):  # every input is read and checked before anything is written
         _check_context(dm.dataset(split), getattr(base.config, "l_max", None))
+    balance = None
+    if task.kind == "classification":  # class prior and loss weights
+        balance = class_balance(dm.dataset("train").labels, classes, task.class_weights, task.sampling)
+        print(balance.line(), file=sys.stderr, flush=True)
     make_dir(out)
 
     has_dev = paths["dev"] is not None
@@ -256,10 +260,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
         raise ConfigError("finetune: set trainer.max_epochs or trainer.max_steps")
     best = BestWeights(monitor, mode)
     cbs: list[Any] = [best] if has_dev else []
-    balance = watch = None
-    if task.kind == "classification":  # class prior, weights, the collapse warning
-        balance = class_balance(dm.dataset("train").labels, classes, task.class_weights, task.sampling)
-        print(balance.line(), file=sys.stderr, flush=True)
+    watch = None
+    if balance is not None:  # the collapse warning
         watch = collapse_monitor(balance, dm.dataset("dev").labels if has_dev else None)
         cbs.append(watch)
     if has_dev and task.patience:

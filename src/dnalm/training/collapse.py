@@ -14,10 +14,10 @@ epoch :class:`CollapseMonitor` applies two rules:
   answering the majority class, plus two binomial standard errors).
 
 Either rule holding is a collapse at that epoch. The warning is given once (one line on stderr and
-an entry in :attr:`CollapseMonitor.warnings`, written to ``metrics.json`` by the recipe), at the
-first epoch from the second on where a rule holds (the first epoch may be spent in warm-up), or at
-the end of a run of one epoch. At the end of fitting the entry lists every epoch that met a rule and
-whether the last one did.
+an entry in :attr:`CollapseMonitor.warnings`, written to ``metrics.json`` by the recipe): at the
+first of two consecutive collapsed epochs (a slow first epoch, spent partly in warm-up, is not
+enough), or at the end of fitting when the last epoch collapsed. The entry lists every epoch that met
+a rule and whether the last one did.
 """
 
 from __future__ import annotations
@@ -100,12 +100,12 @@ class CollapseMonitor(L.Callback):
         record["collapse"] = bool(record["train_at_prior"] or record.get("dev_at_chance", False))
         self._checked_epoch = epoch
         self.epochs.append(record)
-        if record["collapse"] and not self.warnings and epoch >= 1:
+        if record["collapse"] and not self.warnings and len(self.epochs) >= 2 and self.epochs[-2]["collapse"]:
             self._warn(record, trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.warnings and self.epochs and self.epochs[-1]["collapse"]:
-            self._warn(self.epochs[-1], trainer)  # a run of one epoch
+            self._warn(self.epochs[-1], trainer)
         if self.warnings:
             self.warnings[0]["epochs"] = [r["epoch"] for r in self.epochs if r["collapse"]]
             self.warnings[0]["last_epoch"] = bool(self.epochs[-1]["collapse"])

@@ -4,15 +4,21 @@ The probe (Smith 2017, "Cyclical Learning Rates for Training Neural Networks", s
 a copy of the model's weights for ``steps`` optimizer steps on training batches while the learning
 rate grows exponentially from ``lr_start`` to ``lr_end``, ``lr_k = lr_start (lr_end / lr_start)^(k / (steps - 1))``,
 with the recipe's own optimizer (parameter groups keep their ratios to the base rate). The
-per-step losses are smoothed by a bias-corrected exponential moving average (``SMOOTHING`` = 0.9),
-and the probe stops early once the smoothed loss exceeds ``DIVERGENCE`` = 4 times its minimum so far
-(or is not finite). Afterwards the weights are restored exactly.
+per-step losses are smoothed by a bias-corrected exponential moving average (``SMOOTHING`` = 0.9).
+The starting loss ``l0`` is the mean raw loss of the first ``START_FRACTION`` = 10% of the steps (at
+least 3). The probe has *diverged* at the first step whose smoothed loss is not finite, exceeds
+``(1 + RISE) l0`` (``RISE`` = 0.1: a classifier pushed too hard climbs above the loss it started from,
+the class-prior entropy) or exceeds ``DIVERGENCE`` = 4 times its minimum so far; it stops there.
+Afterwards the weights are restored exactly.
 
-**Rule** (:func:`pick_lr`): the chosen rate is one tenth of the rate at which the smoothed loss is
-lowest before divergence, ``lr = lr_min / 10`` (the rate where the loss still falls, well short of
-where it blows up), kept within ``[lr_start, lr_end]``. Also reported: ``lr_steepest``, the rate of
-the steepest descent of the smoothed loss against ``log lr`` at or below ``lr_min``, and the rate at
-which divergence was declared (None when it was not reached).
+**Rule** (:func:`pick_lr`): ``lr = lr_div / 30`` (``lr_div``: the rate at divergence, ``lr_end`` when
+none was reached), and when the loss fell clearly (its smoothed minimum before divergence is below
+``(1 - DROP) l0``, ``DROP`` = 0.1), no more than ``lr_min / 10`` with ``lr_min`` the rate of that minimum;
+kept within ``[lr_start, lr_end]``. In a few dozen steps a hard classification task barely moves
+from ``l0``, so its minimum is noise and only the divergence point carries information; a task whose
+loss does fall is read at a tenth of the rate of its lowest loss (Smith 2017's "where the loss still
+falls"). Also reported: ``lr_steepest``, the rate of the steepest descent of the smoothed loss against
+``log lr`` up to ``lr_min``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ from dnalm.utils import track
 
 SMOOTHING = 0.9
 DIVERGENCE = 4.0
-RULE = "lr_min_loss / 10: a tenth of the rate of the lowest smoothed loss before divergence"
+RISE = 0.1
+DROP = 0.1
+START_FRACTION = 0.1
+DIV_FACTOR = 30.0
+MIN_FACTOR = 10.0
+RULE = ("lr = lr_div / 30 (lr_div: where the smoothed loss first exceeds 1.1 x the starting loss or 4 x its "
+        "minimum; lr_end if never), at most lr_min / 10 when the loss fell by 10% (lr_min: rate of its minimum)")
 
 
 @dataclass
@@ -62,34 +74,47 @@ def smooth(losses: Iterable[float], beta: float = SMOOTHING) -> list[float]:
     return out
 
 
-def diverged_at(smoothed: list[float]) -> int | None:
-    """Index of the first smoothed loss above ``DIVERGENCE`` x the minimum so far, or not finite (None: none)."""
+def start_loss(losses: list[float]) -> float:
+    """Mean of the first ``START_FRACTION`` of ``losses`` (at least 3 of them)."""
+    k = max(3, int(round(START_FRACTION * len(losses))))
+    head = [x for x in losses[:k] if math.isfinite(x)]
+    return float(np.mean(head)) if head else math.inf
+
+
+def diverged_at(smoothed: list[float], start: float) -> int | None:
+    """Index of the first smoothed loss that is not finite, above ``(1 + RISE) start`` or above ``DIVERGENCE`` x
+    the minimum so far (None: none)."""
     best = math.inf
     for k, value in enumerate(smoothed):
-        if not math.isfinite(value) or (k > 0 and value > DIVERGENCE * best):
+        if not math.isfinite(value) or value > (1.0 + RISE) * start or (k > 0 and value > DIVERGENCE * best):
             return k
         best = min(best, value)
     return None
 
 
-def pick_lr(lrs: list[float], smoothed: list[float], lr_start: float | None = None,
+def pick_lr(lrs: list[float], losses: list[float], lr_start: float | None = None,
             lr_end: float | None = None) -> tuple[float, float, float, float | None]:
-    """``(lr, lr_min_loss, lr_steepest, lr_diverged)`` by the rule of the module docstring."""
-    if len(lrs) != len(smoothed) or not lrs:
-        raise ValueError(f"pick_lr needs as many losses as rates, got {len(smoothed)} and {len(lrs)}")
-    stop = diverged_at(smoothed)
+    """``(lr, lr_min_loss, lr_steepest, lr_diverged)`` from the raw per-step ``losses`` at rates ``lrs`` by the
+    rule of the module docstring."""
+    if len(lrs) != len(losses) or not lrs:
+        raise ValueError(f"pick_lr needs as many losses as rates, got {len(losses)} and {len(lrs)}")
+    smoothed = smooth(losses)
+    start = start_loss(losses)
+    stop = diverged_at(smoothed, start)
     n = len(lrs) if stop is None else max(1, stop)
     values = np.asarray(smoothed[:n], dtype=np.float64)
     i_min = int(np.nanargmin(values)) if np.isfinite(values).any() else 0
-    log_lr = np.log10(np.asarray(lrs[: i_min + 1], dtype=np.float64))
     if i_min >= 1:
-        slopes = np.gradient(values[: i_min + 1], log_lr)
+        slopes = np.gradient(values[: i_min + 1], np.log10(np.asarray(lrs[: i_min + 1], dtype=np.float64)))
         i_steep = int(np.argmin(slopes))
     else:
         i_steep = 0
     lo = lrs[0] if lr_start is None else lr_start
     hi = lrs[-1] if lr_end is None else lr_end
-    lr = float(min(max(lrs[i_min] / 10.0, lo), hi))
+    lr = (hi if stop is None else lrs[stop]) / DIV_FACTOR
+    if values[i_min] < (1.0 - DROP) * start:
+        lr = min(lr, lrs[i_min] / MIN_FACTOR)
+    lr = float(min(max(lr, lo), hi))
     return lr, float(lrs[i_min]), float(lrs[i_steep]), None if stop is None else float(lrs[stop])
 
 
@@ -143,7 +168,7 @@ def lr_range_test(model: nn.Module, loss_fn: Callable[[nn.Module, dict[str, Tens
             value = float(loss.detach())
             seen_lrs.append(lrs[k])
             losses.append(value)
-            if diverged_at(smooth(losses)) is not None:
+            if len(losses) > 3 and diverged_at(smooth(losses), start_loss(losses)) is not None:
                 break
             loss.backward()
             if grad_clip:
@@ -153,6 +178,5 @@ def lr_range_test(model: nn.Module, loss_fn: Callable[[nn.Module, dict[str, Tens
         model.load_state_dict(saved)
         model.to(home).train(was_training)
         optimizer.zero_grad(set_to_none=True)
-    smoothed = smooth(losses)
-    lr, lr_min, lr_steep, lr_div = pick_lr(seen_lrs, smoothed, lr_start, lr_end)
-    return RangeTest(lr, lr_min, lr_steep, lr_div, len(losses), seen_lrs, losses, smoothed)
+    lr, lr_min, lr_steep, lr_div = pick_lr(seen_lrs, losses, lr_start, lr_end)
+    return RangeTest(lr, lr_min, lr_steep, lr_div, len(losses), seen_lrs, losses, smooth(losses))
