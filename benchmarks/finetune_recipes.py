@@ -14,12 +14,16 @@ Tasks (each written as ``OUT/tasks/<name>/{train,dev,test}.csv``; sizes: ``SIZES
   mismatches), rare (10% positives) and long (1,000 bp, 0.8, 1 mismatch) variants of several sizes;
 * ``gue_prom_core_all`` and ``gue_tf0``: the GUE tasks from ``--data-root`` (random subsets at CPU sizes).
 
-Arms (the from-scratch model of ``benchmarks/gpu_yeast_gue.sh``, 4 x 256 HyenaDNA, with ``--full``; a tiny
-2 x 64 HyenaDNA otherwise), all with ``optim.weight_decay=0.1 data.rc_aug=true``:
+Arms (the from-scratch model of ``benchmarks/gpu_yeast_gue.sh``, 4 x 256 HyenaDNA, 3.3M parameters, with
+``--full``; a tiny 2 x 32 HyenaDNA otherwise), all with ``optim.weight_decay=0.1 data.rc_aug=true``, 4 epochs
+(6 with ``--full``), patience 3, seed 0:
 
 * ``old``: ``optim.lr=1e-3``, no warm-up, cosine decay (the recipe of the user report);
 * ``new``: the shipped defaults of ``dnalm finetune`` (``conf/finetune.yaml``: learning rate and warm-up);
-* ``auto``: ``optim.lr=auto`` (the learning-rate range test) with the shipped warm-up.
+  when a ``GRID`` arm has the same settings its runs are shared;
+* ``auto``: ``optim.lr=auto`` (the learning-rate range test) with the shipped warm-up;
+* ``GRID`` arms (``lr3e-4+wu0.1``, ``lr1e-3+wu0.1``, ``lr3e-3+wu0.1``), named with ``--arms``: the measurement
+  the shipped defaults were chosen from.
 
 For each run the table gives test MCC, the final epoch's mean training loss against the constant-prediction
 loss (the class-prior entropy), whether the collapse warning fired, and for ``auto`` the chosen rate::
@@ -28,7 +32,8 @@ loss (the class-prior entropy), whether the collapse warning fired, and for ``au
     python benchmarks/finetune_recipes.py --data-root ../shared/data --out runs/recipes --full   # GPU, ~5 min
 
 Writes ``OUT/results.json`` (every run's metrics) and ``OUT/results.md`` (the table); a run whose
-``metrics.json`` exists is reused.
+``metrics.json`` exists is reused (``--table-only`` runs nothing). CPU runs go one at a time on one thread
+unless ``--jobs N``; ``--full`` runs 8 at a time on the GPU.
 """
 
 from __future__ import annotations
@@ -246,10 +251,14 @@ def run_one(args: list[str], log: Path, in_process: bool) -> float:
 
 
 def warned(checks: list[dict]) -> bool:
-    """Whether :class:`~dnalm.training.collapse.CollapseMonitor` warns on these per-epoch checks (two consecutive
-    collapsed epochs, or a collapsed last one): recomputed, so that runs of earlier versions read alike."""
+    """Whether :class:`~dnalm.training.collapse.CollapseMonitor` warns on these per-epoch checks (``PATIENCE``
+    consecutive collapsed epochs, or a collapsed last one): recomputed, so that runs of earlier versions read
+    alike."""
+    from dnalm.training.collapse import PATIENCE
+
     flags = [bool(c.get("collapse")) for c in checks]
-    return bool(flags and flags[-1]) or any(a and b for a, b in zip(flags, flags[1:]))
+    runs = any(all(flags[i:i + PATIENCE]) for i in range(len(flags) - PATIENCE + 1))
+    return bool(flags and flags[-1]) or runs
 
 
 def summarize(name: str, arm: str, metrics: dict) -> dict:
@@ -309,6 +318,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time (default: 1 on CPU, 8 with --full)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
+    ap.add_argument("--table-only", action="store_true", help="only tabulate the runs already done")
     a = ap.parse_args()
     out, data_root = Path(a.out), Path(a.data_root)
     out.mkdir(parents=True, exist_ok=True)
@@ -331,7 +341,7 @@ def main() -> int:
                     f"trainer.max_epochs={epochs}", "task.patience=3", *trainer, *COMMON, *{**ARMS, **GRID}[arm],
                     *a.extra]
             plan.append((name, arm, run_dir, args))
-    todo = list({p[2]: p for p in plan if not (p[2] / "metrics.json").exists()}.values())
+    todo = [] if a.table_only else list({p[2]: p for p in plan if not (p[2] / "metrics.json").exists()}.values())
     print(f"{len(plan)} runs, {len(todo)} to do, {jobs} at a time", flush=True)
 
     def go(item):

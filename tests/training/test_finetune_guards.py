@@ -109,8 +109,8 @@ def test_pick_lr_rule_on_synthetic_curves() -> None:
     """The rule of dnalm.training.lr_range, checked with pandas' bias-corrected EWM as the smoother.
 
     A loss that starts at 1.0, falls to 0.4 around lr 1e-3 and climbs steeply past 1e-2: divergence where the
-    smoothed loss first passes 1.1 x the start, and the pick is min(lr_div / 30, lr_min / 10). A loss that
-    never falls and rises past lr 0.1: lr_div / 30. A flat loss: lr_end / 30."""
+    smoothed loss first passes 1.1 x the start, and the pick is min(lr_div / 100, lr_min / 10). A loss that
+    never falls and rises past lr 0.1: lr_div / 100. A flat loss: lr_end / 100."""
     import pandas as pd
 
     lrs = list(np.logspace(-5, 0, 51))
@@ -124,15 +124,15 @@ def test_pick_lr_rule_on_synthetic_curves() -> None:
     k_div = next(k for k in range(51) if sm[k] > 1.1 * start or sm[k] > DIVERGENCE * sm[:k + 1].min())
     i_min = int(np.argmin(sm[:k_div]))
     assert lr_div == pytest.approx(lrs[k_div]) and lr_min == pytest.approx(lrs[i_min])
-    assert 1e-3 < lr_min < 1e-1 and lr == pytest.approx(min(lrs[k_div] / 30, lrs[i_min] / 10))
+    assert 1e-3 < lr_min < 1e-1 and lr == pytest.approx(min(lrs[k_div] / 100, lrs[i_min] / 10))
     assert lr_steep < lr_min  # the steepest descent comes before the minimum
     rising = np.where(x > -1.0, 0.7 + 2.0 * (x + 1.0), 0.7)
     lr, lr_min, _, lr_div = pick_lr(lrs, list(rising))
     sm = pd.Series(rising).ewm(alpha=0.1, adjust=True).mean().to_numpy()
     k_div = next(k for k in range(51) if sm[k] > 1.1 * 0.7)
-    assert lr_div == pytest.approx(lrs[k_div]) and lr == pytest.approx(lrs[k_div] / 30)
+    assert lr_div == pytest.approx(lrs[k_div]) and lr == pytest.approx(lrs[k_div] / 100)
     lr, _, _, lr_div = pick_lr(lrs, [0.69] * 51, 1e-5, 1.0)
-    assert lr_div is None and lr == pytest.approx(1.0 / 30)
+    assert lr_div is None and lr == pytest.approx(1.0 / 100)
 
 
 def _motif_batches(n: int, L_: int, seed: int) -> list[dict[str, torch.Tensor]]:

@@ -13,6 +13,12 @@ of the best dev epoch (``task.monitor``, default ``val/mcc`` / ``val/mse``), sto
 ``trainer`` and ``optim`` are the config groups of ``dnalm train`` (``trainer=gpu``, ``optim.lr=...``);
 fine-tuning counts epochs and validates once per epoch unless told otherwise. ``task.head_lr`` and
 ``task.layer_decay`` give the head its own learning rate and lower layers smaller ones.
+``optim.lr=auto`` picks the learning rate by a range test on the training split
+(:mod:`dnalm.training.lr_range`); ``optim.warmup_fraction`` / ``optim.decay`` shape the schedule.
+Classification reports the class prior (log and ``metrics.json``: ``class_prior``), takes
+``task.class_weights=none|auto|[...]`` and ``task.sampling=natural|balanced``
+(:mod:`dnalm.training.imbalance`), and warns when the classifier predicts the prior (one line on stderr,
+``warnings`` in ``metrics.json``; :mod:`dnalm.training.collapse`).
 
 ``task=lm`` continues next-token pretraining from the checkpoint: the ``data`` node is then a genome
 ``data`` option of ``dnalm train`` (default ``prepared``: ``data.prepared=DIR``) and the run is

@@ -15,8 +15,9 @@ epoch :class:`CollapseMonitor` applies two rules:
 
 Either rule holding is a collapse at that epoch. The warning is given once (one line on stderr and
 an entry in :attr:`CollapseMonitor.warnings`, written to ``metrics.json`` by the recipe): at the
-first of two consecutive collapsed epochs (a slow first epoch, spent partly in warm-up, is not
-enough), or at the end of fitting when the last epoch collapsed. The entry lists every epoch that met
+third of ``PATIENCE`` = 3 consecutive collapsed epochs (a learnable task often spends its first one
+or two epochs, partly in warm-up, at the prior: measured in ``benchmarks/RESULTS.md``), or at the end
+of fitting when the last epoch collapsed. The entry lists every epoch that met
 a rule and whether the last one did.
 """
 
@@ -30,6 +31,7 @@ import lightning as L
 import numpy as np
 
 TRAIN_MARGIN = 0.02
+PATIENCE = 3
 NULL_SE = 2.0
 ADVICE = ("try optim.lr=auto (a learning-rate range test), a smaller optim.lr with optim.warmup_fraction=0.1, "
           "or a search: dnalm tune search=finetune")
@@ -100,7 +102,8 @@ class CollapseMonitor(L.Callback):
         record["collapse"] = bool(record["train_at_prior"] or record.get("dev_at_chance", False))
         self._checked_epoch = epoch
         self.epochs.append(record)
-        if record["collapse"] and not self.warnings and len(self.epochs) >= 2 and self.epochs[-2]["collapse"]:
+        recent = self.epochs[-PATIENCE:]
+        if not self.warnings and len(recent) == PATIENCE and all(r["collapse"] for r in recent):
             self._warn(record, trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -11,13 +11,15 @@ least 3). The probe has *diverged* at the first step whose smoothed loss is not 
 the class-prior entropy) or exceeds ``DIVERGENCE`` = 4 times its minimum so far; it stops there.
 Afterwards the weights are restored exactly.
 
-**Rule** (:func:`pick_lr`): ``lr = lr_div / 30`` (``lr_div``: the rate at divergence, ``lr_end`` when
+**Rule** (:func:`pick_lr`): ``lr = lr_div / 100`` (``lr_div``: the rate at divergence, ``lr_end`` when
 none was reached), and when the loss fell clearly (its smoothed minimum before divergence is below
 ``(1 - DROP) l0``, ``DROP`` = 0.1), no more than ``lr_min / 10`` with ``lr_min`` the rate of that minimum;
 kept within ``[lr_start, lr_end]``. In a few dozen steps a hard classification task barely moves
 from ``l0``, so its minimum is noise and only the divergence point carries information; a task whose
 loss does fall is read at a tenth of the rate of its lowest loss (Smith 2017's "where the loss still
-falls"). Also reported: ``lr_steepest``, the rate of the steepest descent of the smoothed loss against
+falls"). The factor 100 is measured: with 30 the picks were 2 to 16 times the rate that did best (1e-3) on the
+tasks of ``benchmarks/finetune_recipes.py`` (``benchmarks/RESULTS.md``).
+Also reported: ``lr_steepest``, the rate of the steepest descent of the smoothed loss against
 ``log lr`` up to ``lr_min``.
 """
 
@@ -40,9 +42,9 @@ DIVERGENCE = 4.0
 RISE = 0.1
 DROP = 0.1
 START_FRACTION = 0.1
-DIV_FACTOR = 30.0
+DIV_FACTOR = 100.0
 MIN_FACTOR = 10.0
-RULE = ("lr = lr_div / 30 (lr_div: where the smoothed loss first exceeds 1.1 x the starting loss or 4 x its "
+RULE = ("lr = lr_div / 100 (lr_div: where the smoothed loss first exceeds 1.1 x the starting loss or 4 x its "
         "minimum; lr_end if never), at most lr_min / 10 when the loss fell by 10% (lr_min: rate of its minimum)")
 
 
