@@ -293,15 +293,16 @@ def table(rows: list[dict]) -> str:
         cells = [t, f"{first['n_train']:,}", f(first["prior_entropy"])]
         for a in arms:
             r = by.get((t, a), {})
-            cells += [f(r.get("test_mcc")), f(r.get("final_train_loss")), "yes" if r.get("warned") else "no"]
+            cells += [f(r.get("test_mcc")), f(r.get("final_train_loss")), ("yes" if r["warned"] else "no") if r else ""]
         auto = by.get((t, "auto"), {})
         cells.append("" if auto.get("lr") is None else f"{auto['lr']:.2g}")
         lines.append("| " + " | ".join(cells) + " |")
-    means = ["mean", "", ""]
+    common = [t for t in tasks if all((t, a) in by for a in arms)]
+    means = [f"mean of the {len(common)} tasks every arm ran", "", ""]
     for a in arms:
-        vals = [by[(t, a)]["test_mcc"] for t in tasks if (t, a) in by and by[(t, a)]["test_mcc"] is not None]
-        warned = sum(by[(t, a)]["warned"] for t in tasks if (t, a) in by)
-        means += [f(float(np.mean(vals))) if vals else "", "", f"{warned} of {len(tasks)}"]
+        vals = [by[(t, a)]["test_mcc"] for t in common if by[(t, a)]["test_mcc"] is not None]
+        warned = sum(by[(t, a)]["warned"] for t in common)
+        means += [f(float(np.mean(vals))) if vals else "", "", f"{warned} of {len(common)}"]
     means.append("")
     lines.append("| " + " | ".join(means) + " |")
     return "\n".join(lines) + "\n"
@@ -336,7 +337,7 @@ def main() -> int:
     alias = shipped_arm() if "new" in a.arms else None
     for name, task_dir in task_dirs.items():
         for arm in a.arms:
-            run_dir = out / "runs" / name / (alias if arm == "new" and alias in a.arms else arm)
+            run_dir = out / "runs" / name / (alias if arm == "new" and alias else arm)
             args = ["finetune", f"checkpoint={model}", f"data.path={task_dir}", f"out={run_dir}", f"seed={a.seed}",
                     f"trainer.max_epochs={epochs}", "task.patience=3", *trainer, *COMMON, *{**ARMS, **GRID}[arm],
                     *a.extra]
