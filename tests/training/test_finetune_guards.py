@@ -254,3 +254,14 @@ def test_bad_options_fail_before_writing(tmp_path, tiny_checkpoint) -> None:
             run(["finetune", f"checkpoint={tiny_checkpoint}", f"data.path={data}", f"out={tmp_path / 'x'}",
                  override, *FAST])
         assert not (tmp_path / "x").exists()
+
+
+def test_train_rejects_lr_auto_and_keeps_numbers() -> None:
+    """optim.lr=auto is a fine-tuning option; dnalm train says so. A number given as text is read as one."""
+    from dnalm.config import compose
+    from dnalm.recipes.train import parse
+    from dnalm.training.lightning import OptimConfig
+
+    with pytest.raises(ConfigError, match="optim.lr=auto"):
+        parse(compose("train", ["experiment=synthetic/hyena_demo", "optim.lr=auto"]))
+    assert OptimConfig(lr="3e-4").lr == pytest.approx(3e-4) and OptimConfig(lr="auto").lr == "auto"
