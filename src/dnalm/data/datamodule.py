@@ -97,6 +97,34 @@ class EpochBatchSampler(DistributedSampler):
         return n_batches // self.num_replicas if self.drop_last else math.ceil(n_batches / self.num_replicas)
 
 
+class BalancedBatchSampler(EpochBatchSampler):
+    """:class:`EpochBatchSampler` whose epochs draw classes evenly (``task.sampling=balanced``).
+
+    Each epoch has as many samples as ``labels`` ``(N,)``; each sample is a class drawn uniformly among the
+    classes present, then one of that class's examples drawn uniformly (with replacement), all a function of
+    ``(seed, epoch)``. Rare classes are repeated and common ones subsampled; the expected class counts
+    of an epoch are ``N / C`` each.
+    """
+
+    def __init__(self, labels: np.ndarray, batch_size: int, drop_last: bool = False, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
+        labels = np.asarray(labels, dtype=np.int64)
+        super().__init__(len(labels), batch_size, shuffle=True, drop_last=drop_last, seed=seed,
+                         num_replicas=num_replicas, rank=rank)
+        self.members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+
+    def _all_batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        drawn = rng.integers(len(self.members), size=len(self.indices))
+        order = np.empty(len(self.indices), dtype=np.int64)
+        for k, members in enumerate(self.members):
+            where = np.flatnonzero(drawn == k)
+            order[where] = members[rng.integers(len(members), size=where.size)]
+        n_full = len(order) // self.batch_size
+        n = n_full if self.drop_last else math.ceil(len(order) / self.batch_size)
+        return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(n)]
+
+
 class BatchedView(Dataset):
     """A map-style dataset over :data:`BatchKey` keys: ``view[key]`` is a whole batch.
 
@@ -317,11 +345,14 @@ class LabeledDataConfig:
 class LabeledDataModule(L.LightningDataModule):
     """Train/dev/test labeled sequences; batches come from :class:`LabeledCollator` (``input_ids``,
     ``attention_mask``, ``labels``, ``lengths``, plus ``padding`` ``(B,)`` bool, true on the copies
-    that even out distributed evaluation)."""
+    that even out distributed evaluation). ``sampling="balanced"`` draws training classes evenly
+    (:class:`BalancedBatchSampler`)."""
 
-    def __init__(self, config: LabeledDataConfig, tokenizer: SequenceTokenizer):
+    def __init__(self, config: LabeledDataConfig, tokenizer: SequenceTokenizer, sampling: str = "natural"):
         super().__init__()
-        self.config, self.tokenizer = config, tokenizer
+        if sampling not in ("natural", "balanced"):
+            raise ConfigError(f"task.sampling must be natural or balanced, got {sampling!r}")
+        self.config, self.tokenizer, self.sampling = config, tokenizer, sampling
         self.collate = LabeledCollator(pad_id=getattr(tokenizer, "pad_id", PAD_ID), padding_side=config.padding_side,
                                        pad_to_multiple_of=config.pad_to_multiple_of)
         self._datasets: dict[str, LabeledSequenceDataset | None] = {}
@@ -370,7 +401,10 @@ class LabeledDataModule(L.LightningDataModule):
             return []
         c = self.config
         world, rank = _world(self)
-        if split == "train":
+        if split == "train" and self.sampling == "balanced":
+            sampler = BalancedBatchSampler(ds.labels, c.batch_size, drop_last=world > 1, seed=c.seed,
+                                           num_replicas=world, rank=rank)
+        elif split == "train":
             sampler = EpochBatchSampler(len(ds), c.batch_size, shuffle=c.shuffle, drop_last=world > 1,
                                         seed=c.seed, num_replicas=world, rank=rank)
         else:

@@ -13,6 +13,12 @@ of the best dev epoch (``task.monitor``, default ``val/mcc`` / ``val/mse``), sto
 ``trainer`` and ``optim`` are the config groups of ``dnalm train`` (``trainer=gpu``, ``optim.lr=...``);
 fine-tuning counts epochs and validates once per epoch unless told otherwise. ``task.head_lr`` and
 ``task.layer_decay`` give the head its own learning rate and lower layers smaller ones.
+``optim.lr=auto`` picks the learning rate by a range test on the training split
+(:mod:`dnalm.training.lr_range`); ``optim.warmup_fraction`` / ``optim.decay`` shape the schedule.
+Classification reports the class prior (log and ``metrics.json``: ``class_prior``), takes
+``task.class_weights=none|auto|[...]`` and ``task.sampling=natural|balanced``
+(:mod:`dnalm.training.imbalance`), and warns when the classifier predicts the prior (one line on stderr,
+``warnings`` in ``metrics.json``; :mod:`dnalm.training.collapse`).
 
 ``task=lm`` continues next-token pretraining from the checkpoint: the ``data`` node is then a genome
 ``data`` option of ``dnalm train`` (default ``prepared``: ``data.prepared=DIR``) and the run is
@@ -27,6 +33,7 @@ continued pretraining on a new genome). With ``lora.enabled`` only LoRA adapters
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -58,6 +65,8 @@ class TaskConfig:
     patience: int | None = 5
     head_lr: float | None = None
     layer_decay: float = 1.0
+    class_weights: Any = "none"
+    sampling: str = "natural"
 
 
 @dataclass
@@ -81,19 +90,25 @@ class FinetuneResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _optimizer_factory(opt: OptimConfig, task: TaskConfig, total_steps: int, clock=None):
+def _optimizer(model, opt: OptimConfig, task: TaskConfig):
     import torch
 
     from dnalm.training.classify import finetune_param_groups
-    from dnalm.training.schedules import warmup_cosine_scheduler
+
+    groups = finetune_param_groups(model, lr=opt.lr, weight_decay=opt.weight_decay, head_lr=task.head_lr,
+                                   filter_lr=opt.filter_lr, filter_weight_decay=opt.filter_weight_decay,
+                                   layer_decay=task.layer_decay)
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+
+
+def _optimizer_factory(opt: OptimConfig, task: TaskConfig, total_steps: int, clock=None):
+    from dnalm.training.schedules import warmup_cosine_scheduler, warmup_steps_of
 
     def build(model):
-        groups = finetune_param_groups(model, lr=opt.lr, weight_decay=opt.weight_decay, head_lr=task.head_lr,
-                                       filter_lr=opt.filter_lr, filter_weight_decay=opt.filter_weight_decay,
-                                       layer_decay=task.layer_decay)
-        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
-        scheduler = warmup_cosine_scheduler(optimizer, total_steps, opt.warmup_steps, opt.min_lr_ratio,
-                                            clock if opt.horizon == "time" else None)
+        optimizer = _optimizer(model, opt, task)
+        scheduler = warmup_cosine_scheduler(optimizer, total_steps,
+                                            warmup_steps_of(total_steps, opt.warmup_steps, opt.warmup_fraction),
+                                            opt.min_lr_ratio, clock if opt.horizon == "time" else None, opt.decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     return build
@@ -213,6 +228,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     from dnalm.models.io import load_pretrained
     from dnalm.models.lora import LoraSettings, apply_lora, save_adapter
     from dnalm.training.classify import BestWeights, SequenceTaskModule
+    from dnalm.training.preflight import auto_lr, class_balance, collapse_monitor
     from dnalm.training.schedules import steps_per_epoch
 
     data = _labeled_data(cfg, task.kind, top.data_root)
@@ -224,7 +240,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     checkpoint = Path(top.checkpoint)
     base = load_pretrained(checkpoint)
     tokenizer = _tokenizer_of(checkpoint, base)
-    dm = LabeledDataModule(data, tokenizer)
+    if task.kind != "classification" and (task.sampling != "natural" or str(task.class_weights) != "none"):
+        raise ConfigError("task.class_weights and task.sampling=balanced apply to classification only")
+    dm = LabeledDataModule(data, tokenizer, sampling=task.sampling)
     paths = dm.paths()
     n_outputs = dm.num_classes if task.kind == "classification" else 1
     classes = dm.classes if task.kind == "classification" else None
@@ -238,6 +256,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
         apply_lora(model, lora)
     for split in ("train", "dev", "test"):  # every input is read and checked before anything is written
         _check_context(dm.dataset(split), getattr(base.config, "l_max", None))
+    balance = None
+    if task.kind == "classification":  # class prior and loss weights
+        balance = class_balance(dm.dataset("train").labels, classes, task.class_weights, task.sampling)
+        print(balance.line(), file=sys.stderr, flush=True)
     make_dir(out)
 
     has_dev = paths["dev"] is not None
@@ -245,6 +267,10 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
         raise ConfigError("finetune: set trainer.max_epochs or trainer.max_steps")
     best = BestWeights(monitor, mode)
     cbs: list[Any] = [best] if has_dev else []
+    watch = None
+    if balance is not None:  # the collapse warning
+        watch = collapse_monitor(balance, dm.dataset("dev").labels if has_dev else None)
+        cbs.append(watch)
     if has_dev and task.patience:
         cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=task.patience, check_finite=False,
                                  check_on_train_epoch_end=False))
@@ -255,8 +281,15 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     total = per_epoch * tc.max_epochs if tc.max_epochs is not None else tc.max_steps
     if tc.max_steps > 0:
         total = min(total, tc.max_steps)
+    range_test = None
+    if optim.lr == "auto":
+        range_test = auto_lr(model, dm.train_dataloader, lambda m: _optimizer(m, replace(optim, lr=1.0), task),
+                             trainer.strategy.root_device, tc.precision, optim.grad_clip,
+                             balance.weights if balance else None)
+        optim = replace(optim, lr=range_test.lr)
     module = SequenceTaskModule(model, _optimizer_factory(optim, task, max(1, total),
-                                                          lambda: time_budget_fraction(trainer)))
+                                                          lambda: time_budget_fraction(trainer)),
+                                class_weights=balance.weights if balance else None)
     OmegaConf.save(cfg, out / "config.yaml")
     start = time.time()
     trainer.fit(module, datamodule=dm)
@@ -269,6 +302,9 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
         "epochs": trainer.current_epoch, "steps": trainer.global_step, "train_seconds": round(time.time() - start, 2),
         "n_train": len(dm.dataset("train")), "classes": classes, "lora": lora.enabled,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "lr": optim.lr, "lr_range_test": range_test.summary() if range_test else None,
+        "class_prior": balance.summary() if balance else None,
+        "collapse_checks": watch.epochs if watch else None, "warnings": watch.warnings if watch else [],
     }
     if getattr(trainer, "should_stop", False) and any(getattr(c, "pruned", False) for c in callbacks):
         return FinetuneResult(monitor, mode, best.best_score, metrics, out)
@@ -327,6 +363,8 @@ def _summary(result: FinetuneResult) -> str:
         shown = ("mse", "pearson", "spearman")
     if test:
         parts.append("test " + " ".join(f"{k} {test[k]:.4f}" for k in shown if k in test))
+    if m.get("warnings"):
+        parts.append("WARNING: " + ", ".join(w["kind"] for w in m["warnings"]) + " (see warnings in metrics.json)")
     return "; ".join(parts)
 
 

@@ -210,6 +210,8 @@ def parse(cfg: DictConfig | dict[str, Any]) -> ParsedConfig:
     to_dataclass({**data_node, "path": source.prepared or ""}, GenomeDataConfig, where="data")
     trainer = to_dataclass(node.get("trainer"), TrainerConfig, where="trainer")
     optim = to_dataclass(node.get("optim"), OptimConfig, where="optim")
+    if optim.lr == "auto":
+        raise ConfigError("optim.lr=auto (a learning-rate range test) is a dnalm finetune option; give train a number")
     return ParsedConfig(top, model, source, data_node, trainer, optim)
 
 

@@ -125,13 +125,18 @@ class SequenceTaskModule(L.LightningModule):
     ``optimizer_factory(model)`` returns what ``configure_optimizers`` should return; the default is
     AdamW over :func:`finetune_param_groups` with lr 1e-3 and no weight decay.
     After each validation/test epoch the metrics are in ``self.last_metrics[stage]``.
+    ``class_weights`` ``(C,)``: weights of the training cross-entropy (PyTorch's weighted mean,
+    :func:`dnalm.training.imbalance.class_weights`); validation and test losses stay unweighted.
     """
 
-    def __init__(self, model: SequenceClassifier, optimizer_factory: OptimizerFactory | None = None):
+    def __init__(self, model: SequenceClassifier, optimizer_factory: OptimizerFactory | None = None,
+                 class_weights: Any = None):
         super().__init__()
         self.model = model
         self.task = model.task
         self.optimizer_factory = optimizer_factory
+        weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)
         self.last_metrics: dict[str, dict[str, float]] = {}
         self._outputs = nn.ModuleDict({s: CatMetric() for s in ("val", "test")})
         self._targets = nn.ModuleDict({s: CatMetric() for s in ("val", "test")})
@@ -156,7 +161,10 @@ class SequenceTaskModule(L.LightningModule):
         keep = self._keep(batch)
         if keep is not None:
             out, labels = out[keep], labels[keep]
-        loss = self.model.loss(out, labels)
+        if self.class_weights is not None:
+            loss = nn.functional.cross_entropy(out.float(), labels.long(), weight=self.class_weights)
+        else:
+            loss = self.model.loss(out, labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.shape[0])
         return loss
 

@@ -43,7 +43,7 @@ from dnalm.errors import ConfigError
 from dnalm.genome.regions import REGION_CLASSES
 from dnalm.training.losses import LMLoss, MaskedLMMetrics, NextTokenMetrics, lm_loss, masked_lm_loss
 from dnalm.training.optim import param_groups
-from dnalm.training.schedules import StagePlan, stage_at, warmup_cosine_scheduler
+from dnalm.training.schedules import DECAYS, StagePlan, stage_at, warmup_cosine_scheduler, warmup_steps_of
 from dnalm.utils import atomic_file
 
 LossFn = Callable[[Tensor, Tensor, Tensor | None], LMLoss]
@@ -57,14 +57,19 @@ class OptimConfig:
     decay 0); ``grad_clip``: maximum gradient norm (None: no clipping); ``warmup_steps`` and
     ``min_lr_ratio`` shape the schedule (see :mod:`dnalm.training.schedules`); ``horizon``: ``steps``
     (the cosine spans ``max_steps``) or ``time`` (it ends at ``max_steps`` or ``trainer.max_time``,
-    whichever comes first).
+    whichever comes first); ``warmup_fraction``: the warm-up as a fraction of the run's steps (used when
+    ``warmup_steps`` is 0); ``decay``: ``cosine`` or ``constant`` after the warm-up. ``lr`` is a number, or
+    ``auto`` where the recipe runs a learning-rate range test (``dnalm finetune``, see
+    :mod:`dnalm.training.lr_range`).
     """
 
-    lr: float = 6e-4
+    lr: Any = 6e-4
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 0
+    warmup_fraction: float | None = None
+    decay: str = "cosine"
     min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0
     filter_lr: float | None = None
@@ -72,6 +77,15 @@ class OptimConfig:
     horizon: str = "steps"
 
     def __post_init__(self) -> None:
+        if self.lr != "auto":
+            try:
+                self.lr = float(self.lr)
+            except (TypeError, ValueError):
+                raise ConfigError(f"optim.lr must be a number or 'auto', got {self.lr!r}") from None
+            if not self.lr >= 0:
+                raise ConfigError(f"optim.lr must be >= 0, got {self.lr}")
+        if self.decay not in DECAYS:
+            raise ConfigError(f"optim.decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
         if self.horizon not in HORIZONS:
             raise ConfigError(f"optim.horizon must be one of {', '.join(HORIZONS)}, got '{self.horizon}'")
 
@@ -169,7 +183,9 @@ class _Pretraining(L.LightningModule):
         groups = param_groups(self.model, o.weight_decay, o.lr, o.filter_lr, o.filter_weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         clock = (lambda: time_budget_fraction(self._trainer)) if o.horizon == "time" else None
-        scheduler = warmup_cosine_scheduler(optimizer, self.total_steps, o.warmup_steps, o.min_lr_ratio, clock)
+        scheduler = warmup_cosine_scheduler(optimizer, self.total_steps,
+                                            warmup_steps_of(self.total_steps, o.warmup_steps, o.warmup_fraction),
+                                            o.min_lr_ratio, clock, o.decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,

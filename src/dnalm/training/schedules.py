@@ -6,8 +6,10 @@ Learning rate of optimizer step ``s = 0, 1, ...`` (the lr that step ``s`` uses) 
     lr_s = lr * (s + 1) / W                                   s < W     (linear warm-up)
     lr_s = lr * (r + (1 - r) * (1 + cos(pi * t)) / 2),        t = min(1, (s - W) / max(1, T - W))
 
-(linear warm-up, Goyal et al. 2017; cosine decay, Loshchilov & Hutter 2017, "SGDR"), applied per
-optimizer step; HyenaDNA decays to ``0.1 * lr`` (``shared/reference/hyenadna.md`` §9).
+or, with ``decay="constant"``, ``lr_s = lr`` after the warm-up (linear warm-up, Goyal et al. 2017;
+cosine decay, Loshchilov & Hutter 2017, "SGDR"), applied per optimizer step; HyenaDNA decays to
+``0.1 * lr`` (``shared/reference/hyenadna.md`` §9). The warm-up may be given as a fraction of the
+run's steps (:func:`warmup_steps_of`).
 
 A run limited by wall-clock time (``trainer.max_time``) rather than steps does not know ``T`` in
 advance: with ``optim.horizon=time`` the decay follows ``t = max(t_steps, elapsed / max_time)``, so
@@ -31,21 +33,36 @@ from dataclasses import dataclass
 
 from dnalm.errors import ConfigError
 
+DECAYS = ("cosine", "constant")
+
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0,
-                  progress: float = 0.0) -> float:
+                  progress: float = 0.0, decay: str = "cosine") -> float:
     """The factor ``lr_s / lr`` of optimizer step ``step`` (see the module docstring).
 
     ``progress``: a floor on the decay's progress ``t`` in [0, 1] (the fraction of a time budget spent).
+    ``decay``: ``cosine`` or ``constant`` (no decay after the warm-up).
     """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
+    if decay == "constant":
+        return 1.0
     t = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps), progress))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def warmup_steps_of(total_steps: int, warmup_steps: int = 0, warmup_fraction: float | None = None) -> int:
+    """Warm-up length in optimizer steps: ``warmup_steps`` when > 0, else ``round(warmup_fraction * total_steps)``
+    (0 without either)."""
+    if warmup_steps > 0 or not warmup_fraction:
+        return max(0, warmup_steps)
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {warmup_fraction}")
+    return int(round(warmup_fraction * total_steps))
+
+
 def warmup_cosine_scheduler(optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0,
-                            time_fraction: Callable[[], float] | None = None):
+                            time_fraction: Callable[[], float] | None = None, decay: str = "cosine"):
     """A per-step ``LambdaLR`` following :func:`warmup_cosine` (every group keeps its own base lr).
 
     ``time_fraction``: called at every step, the fraction of the time budget spent (``horizon=time``).
@@ -58,10 +75,12 @@ def warmup_cosine_scheduler(optimizer, total_steps: int, warmup_steps: int = 0, 
         raise ConfigError(f"optim.warmup_steps must be >= 0, got {warmup_steps}")
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    if decay not in DECAYS:
+        raise ConfigError(f"optim.decay must be one of {', '.join(DECAYS)}, got {decay!r}")
 
     def factor(step: int) -> float:
         progress = float(time_fraction()) if time_fraction is not None else 0.0
-        return warmup_cosine(step, total_steps, warmup_steps, min_lr_ratio, progress)
+        return warmup_cosine(step, total_steps, warmup_steps, min_lr_ratio, progress, decay)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
