@@ -912,6 +912,72 @@ def to_caduceus_hub_state_dict(model: CaduceusLM) -> dict[str, Tensor]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# mamba_ssm's MambaLMHeadModel layout (``save_pretrained``: config.json + pytorch_model.bin)
+# ---------------------------------------------------------------------------------------------
+
+
+def is_mamba_ssm_config(meta: Any) -> bool:
+    """Whether a parsed config.json is ``mamba_ssm``'s ``MambaConfig`` (``d_model``, ``n_layer`` and ``ssm_cfg``,
+    neither dnalm's nor Caduceus's)."""
+    return (isinstance(meta, Mapping) and "format" not in meta and not is_caduceus_config(meta)
+            and all(k in meta for k in ("d_model", "n_layer", "ssm_cfg")))
+
+
+def detect_mamba_ssm(path: Path, meta: Any) -> bool:
+    """A ``mamba_ssm`` config beside a weight file."""
+    directory = path if path.is_dir() else path.parent
+    return is_mamba_ssm_config(meta) and any((directory / n).is_file() for n in HUB_WEIGHTS)
+
+
+def config_from_mamba_ssm(meta: Mapping[str, Any], where: str = "config.json", **overrides: Any) -> MambaConfig:
+    """A :class:`MambaConfig` from ``mamba_ssm``'s config.json: Mamba1 layers only, no MLP (``d_intermediate``
+    0), no attention layers, RMSNorm, tied embeddings."""
+    ssm = meta.get("ssm_cfg") or {}
+    if not isinstance(ssm, Mapping):
+        raise InputError(f"{where}: ssm_cfg must be an object")
+    for key, ok in (("layer", ssm.get("layer", "Mamba1") == "Mamba1"), ("d_intermediate", not meta.get("d_intermediate")),
+                    ("attn_layer_idx", not meta.get("attn_layer_idx")), ("rms_norm", meta.get("rms_norm", True)),
+                    ("tie_embeddings", meta.get("tie_embeddings", True))):
+        if not ok:
+            raise InputError(f"{where}: {key}={meta.get(key, ssm.get(key))!r} is not supported (Mamba1 blocks without "
+                             "MLP or attention, RMSNorm, tied embeddings)")
+    fields: dict[str, Any] = {k: meta[k] for k in ("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple",
+                                                   "residual_in_fp32") if k in meta}
+    for key in _SSM_FIELDS:
+        if key in ssm:
+            fields[key] = None if (key == "dt_rank" and ssm[key] == "auto") else ssm[key]
+    fields.update(overrides)
+    try:
+        return MambaConfig(**fields)
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def load_mamba_ssm(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                   overrides: Mapping[str, Any] | None = None) -> MambaLM:
+    """A ``mamba_ssm`` ``MambaLMHeadModel`` checkpoint (``backbone.embedding.weight``, ``backbone.layers.i.{norm,
+    mixer}.*``, ``backbone.norm_f.weight``, ``lm_head.weight``), eval mode on ``map_location``."""
+    from dnalm.models.io import check_fits, load_state_into, read_json, read_weights
+
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    cfg_file = directory / "config.json"
+    meta = read_json(cfg_file) if cfg_file.is_file() else None
+    if not is_mamba_ssm_config(meta):
+        raise InputError(f"{directory}: no mamba_ssm config.json beside the weights")
+    config = config_from_mamba_ssm(meta, str(cfg_file), **dict(overrides or {}))
+    file = next((directory / n for n in HUB_WEIGHTS if (directory / n).is_file()), None) if path.is_dir() else path
+    if file is None:
+        raise InputError(f"{path}: no weights ({' or '.join(HUB_WEIGHTS)})")
+    sd = {k.replace("backbone.embedding.", "backbone.embeddings.word_embeddings."): v
+          for k, v in read_weights(file).items() if isinstance(v, Tensor)}
+    check_fits(MambaLM, config, sd, file)
+    model = MambaLM(config)
+    load_state_into(model, sd, file)
+    return model.to(map_location).eval()
+
+
 def _tokenizer(config: SsmConfig):
     from dnalm.tokenizers import CharTokenizer
 
@@ -919,7 +985,8 @@ def _tokenizer(config: SsmConfig):
 
 
 FAMILY = Family(name="mamba", config_cls=MambaConfig, model_cls=MambaLM, presets=MAMBA_PRESETS, objective=CAUSAL,
-                lora_targets=("in_proj", "out_proj", "x_proj", "dt_proj"), tokenizer=_tokenizer)
+                lora_targets=("in_proj", "out_proj", "x_proj", "dt_proj"), tokenizer=_tokenizer,
+                importers=(Importer("mamba-ssm", detect_mamba_ssm, load_mamba_ssm),))
 
 CADUCEUS_FAMILY = Family(name="caduceus", config_cls=CaduceusConfig, model_cls=CaduceusLM, presets=CADUCEUS_PRESETS,
                          objective=MASKED, lora_targets=("in_proj", "out_proj", "x_proj", "dt_proj"),
