@@ -447,6 +447,14 @@ class Mamba(nn.Module):
                                                 device=p.device)).expand(self.d_inner, -1))
         self.D.fill_(1.0)
 
+    def _conv(self, window: Tensor, L: int) -> Tensor:
+        """The causal depthwise convolution of the last L positions of window (B, E, K-1+L) -> (B, E, L):
+        ``sum_k w[:, k] window[:, t + k] + bias`` (K shifted products; ``nn.Conv1d``'s depthwise kernel is
+        slow on the CPU, in float64 especially)."""
+        w = self.conv1d.weight[:, 0]  # (E, K)
+        y = sum(window[..., k: k + L] * w[:, k, None] for k in range(self.d_conv))
+        return y if self.conv1d.bias is None else y + self.conv1d.bias[:, None]
+
     def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x (B, E, L) after the convolution -> delta before softplus (B, E, L), Bt, Ct (B, N, L), A (E, N)."""
         x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
@@ -461,11 +469,11 @@ class Mamba(nn.Module):
         x, z = self.in_proj(u).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
         K = self.d_conv
         if state is None:
-            x = F.silu(self.conv1d(x)[..., :L])
+            window = F.pad(x, (K - 1, 0))  # (B, E, K-1+L): zeros before the start
         else:
             window = torch.cat([state.conv.to(x.dtype), x], dim=-1)  # (B, E, K-1+L)
             state.conv.copy_(window[..., window.shape[-1] - (K - 1):])
-            x = F.silu(F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))
+        x = F.silu(self._conv(window, L))
         delta, Bt, Ct, A = self._ssm_inputs(x)
         y, last = selective_scan(x, delta, A, Bt, Ct, self.D, z, self.dt_proj.bias,
                                  None if state is None else state.ssm, self.fast_path)
