@@ -37,8 +37,9 @@ def main() -> None:
         ref, ref_h = selective_scan_ref(u, delta, A, B, C, D, z, bias)
         tri, tri_h = selective_scan_triton(u, delta, A, B, C, D, z, bias)
         err = float((tri - ref).abs().max())
-        t_ref = timed(lambda: selective_scan_ref(u, delta, A, B, C, D, z, bias))
-        t_tri = timed(lambda: selective_scan_triton(u, delta, A, B, C, D, z, bias))
+        args = (u, delta, A, B, C, D, z, bias)
+        t_ref = timed(lambda args=args: selective_scan_ref(*args))
+        t_tri = timed(lambda args=args: selective_scan_triton(*args))
         print(f"scan B={b} E={E} N={N} L={L}: max|triton-ref| {err:.2e} (scale {float(ref.abs().max()):.1f}), "
               f"state {float((tri_h - ref_h).abs().max()):.2e}; ref {t_ref * 1e3:.1f} ms, triton {t_tri * 1e3:.2f} ms")
     for path in ("triton", "reference"):
@@ -48,7 +49,7 @@ def main() -> None:
                 continue
             ids = torch.randint(7, 11, (1, L), device=dev)
             with torch.no_grad():
-                t = timed(lambda: model(ids), repeat=2)
+                t = timed(lambda model=model, ids=ids: model(ids), repeat=2)
             print(f"caduceus-ps-131k forward fp32 L={L} path={path}: {t * 1e3:.1f} ms, "
                   f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

@@ -824,7 +824,8 @@ def config_from_caduceus_hub(meta: Mapping[str, Any], where: str = "config.json"
         if key not in meta:
             raise InputError(f"{where}: missing field '{key}'")
     if not meta.get("rms_norm", False):
-        raise InputError(f"{where}: rms_norm false (LayerNorm) is not supported; Caduceus's released models use RMSNorm")
+        raise InputError(f"{where}: rms_norm false (LayerNorm) is not supported; Caduceus's released models "
+                         "use RMSNorm")
     for key, name in _TOP_FIELDS.items():
         if key in meta and meta[key] is not None:
             fields[name] = meta[key]
@@ -944,7 +945,8 @@ def config_from_mamba_ssm(meta: Mapping[str, Any], where: str = "config.json", *
     ssm = meta.get("ssm_cfg") or {}
     if not isinstance(ssm, Mapping):
         raise InputError(f"{where}: ssm_cfg must be an object")
-    for key, ok in (("layer", ssm.get("layer", "Mamba1") == "Mamba1"), ("d_intermediate", not meta.get("d_intermediate")),
+    for key, ok in (("layer", ssm.get("layer", "Mamba1") == "Mamba1"),
+                    ("d_intermediate", not meta.get("d_intermediate")),
                     ("attn_layer_idx", not meta.get("attn_layer_idx")), ("rms_norm", meta.get("rms_norm", True)),
                     ("tie_embeddings", meta.get("tie_embeddings", True))):
         if not ok:
