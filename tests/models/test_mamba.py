@@ -188,14 +188,30 @@ def test_bimamba_ties_projections_and_combines_both_directions():
         d_model=16, n_layer=1, bidirectional_strategy="ew_multiply")
     torch.manual_seed(3)
     mixer = BiMamba(cfg).double()
-    assert mixer.mamba_rev.in_proj is mixer.mamba_fwd.in_proj and mixer.mamba_rev.out_proj is mixer.mamba_fwd.out_proj
-    assert mixer.mamba_rev.x_proj is not mixer.mamba_fwd.x_proj
+    assert mixer.mamba_rev.projections() == (mixer.mamba_fwd.in_proj, mixer.mamba_fwd.out_proj)
+    assert not hasattr(mixer.mamba_rev, "in_proj") and mixer.mamba_rev.x_proj is not mixer.mamba_fwd.x_proj
     u = torch.randn(2, 9, 16, dtype=torch.double)
     with torch.no_grad():
         want = mixer.mamba_fwd(u) * mixer.mamba_rev(u.flip(1)).flip(1)
         torch.testing.assert_close(mixer(u), want, rtol=0, atol=0)
     untied = BiMamba(CaduceusConfig(d_model=16, n_layer=1, bidirectional_weight_tie=False))
     assert untied.mamba_rev.in_proj is not untied.mamba_fwd.in_proj
+
+
+def test_lora_on_tied_projections_serves_both_directions():
+    from dnalm.models.lora import LoraSettings, apply_lora
+
+    model = _caduceus()
+    apply_lora(model, LoraSettings(enabled=True, r=2, alpha=4.0, trainable=[]))
+    mixer = model.backbone.layers[0].mixer
+    assert mixer.mamba_rev.projections() == (mixer.mamba_fwd.in_proj, mixer.mamba_fwd.out_proj)
+    assert hasattr(mixer.mamba_fwd.in_proj, "lora_A")
+    with torch.no_grad():
+        mixer.mamba_fwd.in_proj.lora_B["default"].weight.normal_()
+    u = torch.randn(1, 7, model.config.d_model)
+    y = mixer.mamba_rev(u)
+    y.sum().backward()
+    assert mixer.mamba_fwd.in_proj.lora_A["default"].weight.grad.abs().sum() > 0
 
 
 def test_padded_rows_equal_the_rows_alone():

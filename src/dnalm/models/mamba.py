@@ -409,21 +409,29 @@ class MambaState:
 
 
 class Mamba(nn.Module):
-    """The S6 mixer (see the module docstring); ``mamba_ssm``'s ``Mamba`` module names and initialisation."""
+    """The S6 mixer (see the module docstring); ``mamba_ssm``'s ``Mamba`` module names and initialisation.
 
-    def __init__(self, cfg: SsmConfig, device: torch.device | None = None, dtype: torch.dtype | None = None):
+    ``projections_of``: another Mamba whose ``in_proj`` and ``out_proj`` this one uses (looked up at every
+    call, so an adapter put on them later serves both); this one then has none of its own.
+    """
+
+    def __init__(self, cfg: SsmConfig, device: torch.device | None = None, dtype: torch.dtype | None = None,
+                 projections_of: Mamba | None = None):
         super().__init__()
+        object.__setattr__(self, "_owner", projections_of)  # not a submodule: its weights are its owner's
         kw = {"device": device, "dtype": dtype}
         D, E, N, K, R = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank
         self.d_inner, self.d_state, self.d_conv, self.dt_rank = E, N, K, R
         self.fast_path = cfg.fast_path
-        self.in_proj = nn.Linear(D, 2 * E, bias=cfg.bias, **kw)
+        if projections_of is None:
+            self.in_proj = nn.Linear(D, 2 * E, bias=cfg.bias, **kw)
         self.conv1d = nn.Conv1d(E, E, K, groups=E, padding=K - 1, bias=cfg.conv_bias, **kw)
         self.x_proj = nn.Linear(E, R + 2 * N, bias=False, **kw)
         self.dt_proj = nn.Linear(R, E, bias=True, **kw)
         self.A_log = nn.Parameter(torch.empty(E, N, **kw))
         self.D = nn.Parameter(torch.empty(E, **kw))
-        self.out_proj = nn.Linear(E, D, bias=cfg.bias, **kw)
+        if projections_of is None:
+            self.out_proj = nn.Linear(E, D, bias=cfg.bias, **kw)
         self._init = (cfg.dt_init, cfg.dt_scale, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
         if not self.A_log.is_meta:
             self.reset_ssm_parameters()
@@ -447,6 +455,11 @@ class Mamba(nn.Module):
                                                 device=p.device)).expand(self.d_inner, -1))
         self.D.fill_(1.0)
 
+    def projections(self) -> tuple[nn.Module, nn.Module]:
+        """(in_proj, out_proj): this module's own, or those of ``projections_of``."""
+        owner = self._owner or self
+        return owner.in_proj, owner.out_proj
+
     def _conv(self, window: Tensor, L: int) -> Tensor:
         """The causal depthwise convolution of the last L positions of window (B, E, K-1+L) -> (B, E, L):
         ``sum_k w[:, k] window[:, t + k] + bias`` (K shifted products; ``nn.Conv1d``'s depthwise kernel is
@@ -466,7 +479,8 @@ class Mamba(nn.Module):
     def forward(self, u: Tensor, state: MambaState | None = None, offset: int = 0) -> Tensor:
         """u (B, L, D) -> (B, L, D). With a state: the tokens at ``offset..``, continuing from it and updating it."""
         L = u.shape[1]
-        x, z = self.in_proj(u).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
+        in_proj, out_proj = self.projections()
+        x, z = in_proj(u).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
         K = self.d_conv
         if state is None:
             window = F.pad(x, (K - 1, 0))  # (B, E, K-1+L): zeros before the start
@@ -479,11 +493,12 @@ class Mamba(nn.Module):
                                  None if state is None else state.ssm, self.fast_path)
         if state is not None:
             state.ssm.copy_(last)
-        return self.out_proj(y.transpose(1, 2))
+        return out_proj(y.transpose(1, 2))
 
     def step(self, u: Tensor, state: MambaState, offset: int) -> Tensor:
         """One token u (B, 1, D) at position ``offset`` -> (B, 1, D): the recurrence, O(E N)."""
-        x, z = self.in_proj(u[:, 0]).chunk(2, dim=-1)  # (B, E)
+        in_proj, out_proj = self.projections()
+        x, z = in_proj(u[:, 0]).chunk(2, dim=-1)  # (B, E)
         window = torch.cat([state.conv.to(x.dtype), x[..., None]], dim=-1)  # (B, E, K)
         state.conv.copy_(window[..., 1:])
         x = (window * self.conv1d.weight[:, 0]).sum(-1)
@@ -498,12 +513,12 @@ class Mamba(nn.Module):
         state.ssm.copy_(h)
         y = (h * Ct[..., 0].to(acc)[:, None]).sum(-1) + self.D.to(acc) * xa
         y = y * F.silu(z.to(acc))
-        return self.out_proj(y.to(u.dtype)[:, None])
+        return out_proj(y.to(u.dtype)[:, None])
 
     def allocate_state(self, batch: int, max_len: int, device: torch.device | None = None,
                        dtype: torch.dtype | None = None) -> MambaState:
         """A zero state (its size does not depend on ``max_len``)."""
-        p = self.in_proj.weight
+        p = self.conv1d.weight
         device, dtype = device or p.device, dtype or p.dtype
         return MambaState(conv=torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
                           ssm=torch.zeros(batch, self.d_inner, self.d_state, device=device,
@@ -514,17 +529,15 @@ class BiMamba(nn.Module):
     """Caduceus's bidirectional mixer: ``Mamba_fwd(u) (+ or *) flip(Mamba_rev(flip(u)))`` along L (§C.2).
 
     With ``weight_tie`` the reverse direction uses the forward direction's ``in_proj`` and ``out_proj``
-    modules themselves (state-dict keys under both names, as in the reference; a LoRA adapter on them
-    serves both directions)."""
+    (stored once, under ``mamba_fwd``; the hub layout repeats them under ``mamba_rev``); a LoRA adapter on them
+    serves both directions."""
 
     def __init__(self, cfg: CaduceusConfig, device: torch.device | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         self.strategy = cfg.bidirectional_strategy
         self.mamba_fwd = Mamba(cfg, device=device, dtype=dtype)
-        self.mamba_rev = Mamba(cfg, device=device, dtype=dtype) if cfg.bidirectional else None
-        if self.mamba_rev is not None and cfg.bidirectional_weight_tie:
-            self.mamba_rev.in_proj = self.mamba_fwd.in_proj
-            self.mamba_rev.out_proj = self.mamba_fwd.out_proj
+        tied = self.mamba_fwd if cfg.bidirectional_weight_tie else None
+        self.mamba_rev = Mamba(cfg, device=device, dtype=dtype, projections_of=tied) if cfg.bidirectional else None
 
     def forward(self, u: Tensor) -> Tensor:
         """u (B, L, D) -> (B, L, D)."""
@@ -863,6 +876,12 @@ def caduceus_state_dict(sd: Mapping[str, Tensor], config: CaduceusConfig, where:
         for a, b in _HUB_RENAMES:
             k = k.replace(a, b)
         out[k] = value
+    if config.bidirectional and config.bidirectional_weight_tie:
+        for k in [k for k in out if ".mamba_rev.in_proj." in k or ".mamba_rev.out_proj." in k]:
+            v = out.pop(k)
+            own = out.get(k.replace(".mamba_rev.", ".mamba_fwd."))
+            if own is None or own.shape != v.shape or not torch.equal(own, v):
+                raise InputError(f"{where}: '{k}' differs from its mamba_fwd twin, but the config ties them")
     return out
 
 
@@ -904,8 +923,12 @@ def to_caduceus_hub_state_dict(model: CaduceusLM) -> dict[str, Tensor]:
     """dnalm's Caduceus weights under the hub's key names (the inverse of :func:`caduceus_state_dict`; for
     exporting and for tests of the importer). Tied tensors appear under each of their names."""
     rcps = model.config.rcps
+    sd = dict(model.state_dict())
+    if model.config.bidirectional and model.config.bidirectional_weight_tie:
+        for k in [k for k in sd if ".mamba_fwd.in_proj." in k or ".mamba_fwd.out_proj." in k]:
+            sd[k.replace(".mamba_fwd.", ".mamba_rev.")] = sd[k]
     out: dict[str, Tensor] = {}
-    for k, v in model.state_dict().items():
+    for k, v in sd.items():
         if k == "lm_head.weight":
             out["lm_head.lm_head.weight" if rcps else "lm_head.weight"] = v
             continue
