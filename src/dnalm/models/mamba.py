@@ -75,8 +75,8 @@ log = logging.getLogger(__name__)
 FAST_PATHS = ("auto", "reference", "triton", "mamba_ssm")
 BIDIRECTIONAL_STRATEGIES = ("add", "ew_multiply")
 #: Elements of the (B, E, T, T, N) decay tensor of one chunk of :func:`selective_scan_ref`.
-SCAN_CHUNK_ELEMENTS = 1 << 23
-SCAN_MAX_CHUNK = 64
+SCAN_CHUNK_ELEMENTS = 1 << 21
+SCAN_MAX_CHUNK = 16
 
 
 # ---------------------------------------------------------------------------------------------
