@@ -285,3 +285,38 @@ def test_parameter_counts_of_released_and_shipped_sizes():
     # the shipped small configs are about HyenaDNA-small's size (0.87 M) and far below 7 M
     assert count_parameters_of_config(MambaConfig.preset("small")) == 818_432
     assert count_parameters_of_config(CaduceusConfig.preset("small")) == 810_880
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["mamba", "caduceus"])
+def test_loss_falls_on_a_periodic_sequence(family):
+    """A few Adam steps on a period-5 sequence: next-token loss (mamba) or masked-token loss (caduceus, BERT
+    masking of dnalm.models.dnabert2.mlm_mask with the tokenizer's alphabet) falls well below its start."""
+    from dnalm.models.dnabert2 import mlm_mask
+    from dnalm.models.families import family as family_named
+
+    fam = family_named(family)
+    torch.manual_seed(0)
+    model = fam.build(fam.config_cls.preset("tiny")).train()
+    alphabet = fam.tokenizer(model.config).alphabet
+    motif = torch.tensor([alphabet.base_id(b) for b in "ACGTT"])
+    ids = motif.repeat(4, 5)[:, :24]  # (4, 24)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(15):
+        if fam.causal:
+            logits = model(ids[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        else:
+            masked, labels = mlm_mask(ids, alphabet, rate=0.25, generator=g)
+            loss = torch.nn.functional.cross_entropy(model(masked).flatten(0, 1), labels.flatten(), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
