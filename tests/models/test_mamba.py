@@ -282,6 +282,11 @@ def test_parameter_counts_of_released_and_shipped_sizes():
         for name in cfg_cls.presets():
             cfg = cfg_cls.preset(name)
             assert count_parameters(cls(cfg, device="meta")) == count_parameters_of_config(cfg)
+    for cfg in (MambaConfig(d_model=24, n_layer=3, bias=True, conv_bias=False, dt_rank=5, d_state=7, expand=3),
+                CaduceusConfig(d_model=24, n_layer=2, bias=True, bidirectional_weight_tie=False),
+                CaduceusConfig(d_model=24, n_layer=2, bidirectional=False)):
+        model = (MambaLM if isinstance(cfg, MambaConfig) else CaduceusLM)(cfg, device="meta")
+        assert count_parameters(model) == count_parameters_of_config(cfg)
     # the shipped small configs are about HyenaDNA-small's size (0.87 M) and far below 7 M
     assert count_parameters_of_config(MambaConfig.preset("small")) == 818_432
     assert count_parameters_of_config(CaduceusConfig.preset("small")) == 810_880
