@@ -202,8 +202,10 @@ def test_dtype_names_and_bad_sizes():
         model_info(HyenaConfig.preset("tiny-1k"), seq_len=2000)
     with pytest.raises(ConfigError, match="seq_len >= 1"):
         model_info(TRANSFORMER_SMALL, seq_len=0)
-    with pytest.raises(ConfigError, match="unknown model 'mamba'"):
-        family_config("mamba", "tiny")
+    with pytest.raises(ConfigError, match="unknown model 'rwkv'"):
+        family_config("rwkv", "tiny")
+    with pytest.raises(ConfigError, match="no cost model for MambaConfig"):
+        model_info(family_config("mamba", "tiny"), seq_len=16)
 
 
 def test_command_writes_the_numbers(tmp_path, capsys):

@@ -123,7 +123,7 @@ def test_demo_experiment_takes_a_prepared_directory():
     (["+optim.momentum=0.9"], "unknown config key 'optim.momentum'"),
     (["+foo=1"], "unknown config key 'train.foo'"),
     (["model.d_model=wide"], "bad value for 'model.d_model'"),
-    (["model.family=mamba"], "model.family must be one of"),
+    (["model.family=rwkv"], "model.family must be one of"),
     (["data=prepared"], "data.prepared"),
     (["logger=[csv,neptune]"], "unknown logger 'neptune'"),
     (["model=nosuch"], "unknown option 'nosuch' for config group 'model'"),

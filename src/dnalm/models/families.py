@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from dnalm.errors import ConfigError
-from dnalm.models import dnabert2, hyena, stripedhyena, transformer
+from dnalm.models import dnabert2, hyena, mamba, stripedhyena, transformer
 from dnalm.models.family import Family
 
-FAMILIES: tuple[Family, ...] = (hyena.FAMILY, transformer.FAMILY, dnabert2.FAMILY, stripedhyena.FAMILY)
+FAMILIES: tuple[Family, ...] = (hyena.FAMILY, transformer.FAMILY, dnabert2.FAMILY, stripedhyena.FAMILY, mamba.FAMILY,
+                                mamba.CADUCEUS_FAMILY)
 
 
 def names() -> list[str]:
