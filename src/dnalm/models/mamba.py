@@ -67,7 +67,7 @@ from torch import Tensor, nn
 from dnalm.errors import ConfigError, InputError
 from dnalm.inference.state import InferenceState
 from dnalm.kernels.hyena_torch import wide
-from dnalm.models.blocks import CausalLM, Embeddings, pad_vocab
+from dnalm.models.blocks import CausalLM, Embeddings, backbone_forward, pad_vocab
 from dnalm.models.family import CAUSAL, MASKED, Family, Importer
 
 log = logging.getLogger(__name__)
@@ -571,16 +571,19 @@ class MambaBlock(nn.Module):
     def _residual(self, x: Tensor) -> Tensor:
         return wide(x) if self.residual_in_fp32 else x
 
-    def forward(self, x: Tensor, layer_state: object | None = None, offset: int = 0) -> Tensor:
+    def with_mixer(self, x: Tensor, mixer: Callable[[Tensor], Tensor]) -> Tensor:
+        """The block on x (B, L, D) with its mixer's call replaced by ``mixer`` (chunked inference, steps)."""
         x = self._residual(x)
-        h = self.norm(x)
-        h = self.mixer(h) if layer_state is None else self.mixer(h, state=layer_state, offset=offset)
-        return x + h.to(x.dtype)
+        return x + mixer(self.norm(x)).to(x.dtype)
+
+    def forward(self, x: Tensor, layer_state: object | None = None, offset: int = 0) -> Tensor:
+        if layer_state is None:
+            return self.with_mixer(x, self.mixer)
+        return self.with_mixer(x, lambda h: self.mixer(h, state=layer_state, offset=offset))
 
     def step(self, x: Tensor, layer_state: object, offset: int) -> Tensor:
         """One token: x (B, 1, D) at position ``offset`` -> (B, 1, D)."""
-        x = self._residual(x)
-        return x + self.mixer.step(self.norm(x), layer_state, offset).to(x.dtype)
+        return self.with_mixer(x, lambda h: self.mixer.step(h, layer_state, offset))
 
 
 class MambaBackbone(nn.Module):
@@ -601,32 +604,13 @@ class MambaBackbone(nn.Module):
         x = self.embeddings(input_ids)
         return wide(x) if self.residual_in_fp32 else x
 
+    def final_norm(self, x: Tensor) -> Tensor:
+        return self.norm_f(x)
+
     def forward(self, input_ids: Tensor, state: InferenceState | None = None,
                 keep: Sequence[int] = ()) -> tuple[Tensor, list[Tensor]]:
         """input_ids (B, L) -> (final hidden (B, L, D), hidden states at the layer indices ``keep``)."""
-        n = len(self.layers)
-        B, L = input_ids.shape
-        if state is not None:
-            if len(state.layers) != n:
-                raise ConfigError(f"inference state has {len(state.layers)} layers, the model {n}")
-            state.check_room(L, B)
-        x = self.embed(input_ids)
-        kept: dict[int, Tensor] = {0: x} if 0 in keep else {}
-        for i, block in enumerate(self.layers):
-            if state is None:
-                x = block(x)
-            elif L == 1:
-                x = block.step(x, state.layers[i], state.offset)
-            else:
-                x = block(x, state.layers[i], state.offset)
-            if i + 1 in keep:
-                kept[i + 1] = x
-        h = self.norm_f(x)
-        if n + 1 in keep:
-            kept[n + 1] = h
-        if state is not None:
-            state.advance(L)
-        return h, [kept[i] for i in keep]
+        return backbone_forward(self, input_ids, state, keep)
 
 
 @torch.no_grad()
