@@ -704,27 +704,30 @@ class CaduceusLM(nn.Module):
         """ids (B, L) -> the reverse complement (B, L) through ``complement_map``."""
         return self.complement.to(input_ids.device)[input_ids.flip(-1)]
 
-    def _layout(self, x: Tensor, B: int) -> Tensor:
-        """Streams (2B, L, D) -> the reference's RCPS layout (B, L, 2D); without RCPS x itself."""
-        return torch.cat([x[:B], x[B:].flip(1, 2)], dim=-1) if self.config.rcps else x
+    def _layout(self, xs: list[Tensor]) -> Tensor:
+        """Streams [(B, L, D)] x 1 or 2 -> the reference's RCPS layout (B, L, 2D); without RCPS the one stream."""
+        return torch.cat([xs[0], xs[1].flip(1, 2)], dim=-1) if self.config.rcps else xs[0]
 
     def _run(self, input_ids: Tensor, keep: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
-        """Unpadded rows (B, L) -> final hidden states and those at ``keep`` (indices already normalised)."""
-        B = input_ids.shape[0]
+        """Unpadded rows (B, L) -> final hidden states and those at ``keep`` (indices already normalised).
+
+        With RCPS the two streams (the sequence, its reverse complement) run as separate batches of the same
+        shape, so that the reverse complement of a sequence reruns the very same computations with the streams
+        swapped: the outputs are reverse-complement equivariant bit for bit, whatever the kernels' blocking
+        (one batch of 2B rows would put each stream in other rows for the two inputs)."""
         backbone, rcps = self.backbone, self.config.rcps
-        ids = torch.cat([input_ids, self.reverse_complement(input_ids)]) if rcps else input_ids
-        x = backbone.embed(ids)  # (B or 2B, L, D)
+        xs = [backbone.embed(s) for s in ([input_ids, self.reverse_complement(input_ids)] if rcps else [input_ids])]
         n = len(backbone.layers)
         wanted = set(keep)
-        found = {0: self._layout(x, B)} if 0 in wanted else {}
+        found = {0: self._layout(xs)} if 0 in wanted else {}
         swap = rcps and self.config.fused_add_norm
         for i, block in enumerate(backbone.layers):
             if swap:  # the reference's fused RCPS block: stream 1 <- flip(stream 2), stream 2 <- flip(stream 1)
-                x = torch.cat([x[B:], x[:B]]).flip(1, 2)
-            x = block(x)
+                xs = [xs[1].flip(1, 2), xs[0].flip(1, 2)]
+            xs = [block(x) for x in xs]
             if i + 1 in wanted:
-                found[i + 1] = self._layout(x, B)
-        h = self._layout(backbone.norm_f(x), B)
+                found[i + 1] = self._layout(xs)
+        h = self._layout([backbone.norm_f(x) for x in xs])
         if n + 1 in wanted:
             found[n + 1] = h
         return h, [found[i] for i in keep]
