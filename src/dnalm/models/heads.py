@@ -112,7 +112,11 @@ def head_loss(outputs: Tensor, labels: Tensor, task: str) -> Tensor:
 
 
 def backbone_width(backbone: nn.Module) -> int:
-    """Width ``D`` of a backbone's hidden states (its ``config.d_model``, or ``hidden_size``)."""
+    """Width ``D`` of a backbone's hidden states: its ``hidden_width`` where it has one (Caduceus with RCPS: two
+    streams, ``2 d_model``), else its ``config.d_model`` or ``hidden_size``."""
+    width = getattr(backbone, "hidden_width", None)
+    if width is not None:
+        return int(width)
     config = getattr(backbone, "config", None)
     d_model = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
     if d_model is None:

@@ -700,6 +700,11 @@ class CaduceusLM(nn.Module):
             out.append(j)
         return out
 
+    @property
+    def hidden_width(self) -> int:
+        """Channels of every hidden state: ``2 d_model`` with RCPS (the two streams), else ``d_model``."""
+        return 2 * self.config.d_model if self.config.rcps else self.config.d_model
+
     def reverse_complement(self, input_ids: Tensor) -> Tensor:
         """ids (B, L) -> the reverse complement (B, L) through ``complement_map``."""
         return self.complement.to(input_ids.device)[input_ids.flip(-1)]
