@@ -373,9 +373,8 @@ def test_caduceus_resumes_to_the_same_model(caduceus_run, prepared, tmp_path):
 def test_masked_lm_loss_is_generic(caduceus_run):
     """mlm_loss (the head on the masked positions only) equals the cross-entropy of the full forward's logits at
     those positions, for Caduceus as for DNABERT-2 (a float64 model; the loss is taken from float32 logits)."""
-    from tolerance import float32_tolerance, scale_of
-
     from dnalm.models.dnabert2 import mlm_loss, mlm_mask
+    from tolerance import float32_tolerance, scale_of
 
     model = load_pretrained(caduceus_run / "model").double()
     tok = CharTokenizer()
