@@ -1,8 +1,9 @@
 """Sequence-level heads on an LM backbone: classification and regression.
 
 A :class:`SequenceClassifier` reads the hidden states of one layer of a backbone (any model of
-:data:`dnalm.models.families.FAMILIES`: a causal LM such as ``HyenaLM`` or ``StripedHyenaLM``, or the
-bidirectional ``Dnabert2Model``), pools them over the
+:data:`dnalm.models.families.FAMILIES`: a causal LM such as ``HyenaLM``, ``StripedHyenaLM`` or ``MambaLM``, or
+a bidirectional ``Dnabert2Model`` or ``CaduceusLM``, whose RCPS hidden states are ``2 d_model`` wide, the
+:func:`backbone_width`), pools them over the
 real (non-padding) tokens of each sequence and maps the pooled vector through dropout and a
 Linear layer, as in HyenaDNA's sequence-classification fine-tuning (Nguyen et al. 2023, §4.2) and
 DNABERT-2's GUE heads (Zhou et al. 2023, "DNABERT-2: Efficient Foundation Model and Benchmark for
