@@ -29,6 +29,20 @@ def test_hyena_builders_pick_the_path():
     assert model.config.fast_path == "auto" and model.config.l_max == 2050
 
 
+def test_ssm_families_at_the_hyena_preset_size():
+    """mamba and caduceus have presets of their own: they are timed at the Hyena preset's d_model and n_layer, and
+    their FLOPs per token are those of their cost model."""
+    from dnalm.models.hyena import HyenaConfig
+    from dnalm.models.info import model_info
+
+    size = HyenaConfig.preset("tiny-1k")
+    for name in ("mamba", "caduceus"):
+        model = build_model(name, "tiny-1k", 64, device="cpu")
+        assert (model.config.d_model, model.config.n_layer) == (size.d_model, size.n_layer)
+        assert model(torch.randint(7, 11, (1, 9))).shape == (1, 9, 16)
+        assert matmul_flops_per_token(name, "tiny-1k", 1024) == model_info(model.config, 1024).forward_flops_per_token
+
+
 def test_lengths_and_table():
     assert [parse_length(t) for t in ("1k", "1M", "4096")] == [1024, 1 << 20, 4096]
     assert [length_label(n) for n in (1024, 1 << 20, 1000)] == ["1k", "1M", "1000"]

@@ -204,8 +204,8 @@ def test_dtype_names_and_bad_sizes():
         model_info(TRANSFORMER_SMALL, seq_len=0)
     with pytest.raises(ConfigError, match="unknown model 'rwkv'"):
         family_config("rwkv", "tiny")
-    with pytest.raises(ConfigError, match="no cost model for MambaConfig"):
-        model_info(family_config("mamba", "tiny"), seq_len=16)
+    with pytest.raises(ConfigError, match="no cost model for Dnabert2Config"):
+        model_info(family_config("dnabert2", "tiny"), seq_len=16)
 
 
 def test_command_writes_the_numbers(tmp_path, capsys):

@@ -316,6 +316,83 @@ def test_token_base_counts(bpe):
 
 
 # ---------------------------------------------------------------------------------------------
+# Caduceus (masked LM on dnalm's character ids: no BPE, no translation)
+# ---------------------------------------------------------------------------------------------
+
+CADUCEUS = ["model=caduceus_small", "model.d_model=16", "model.n_layer=1", "model.d_state=4"]
+
+
+def _caduceus_run(prepared: Path, out: Path) -> list[str]:
+    return common(prepared, out, *CADUCEUS, "data.length=32", "data.eval_max_windows=8", "trainer.max_steps=12",
+                  "trainer.val_check_interval=6", "checkpoint.every_n_steps=6", "checkpoint.keep=2", "optim.lr=1e-2")
+
+
+@pytest.fixture(scope="module")
+def caduceus_run(prepared, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("caduceus") / "run"
+    torch.set_num_threads(1)
+    assert cli_run(_caduceus_run(prepared, out)) == 0
+    return out
+
+
+def test_caduceus_trains_by_masked_lm_on_character_ids(caduceus_run):
+    """The masked family that reads dnalm's own ids: masked-LM metrics, validation loss falling below uniform over
+    the 12 ids, training loss falling, and a CaduceusLM with the character tokenizer saved beside it."""
+    from dnalm.models.mamba import CaduceusLM
+
+    metrics = json.loads((caduceus_run / "metrics.json").read_text())
+    assert metrics["objective"] == "masked" and metrics["global_step"] == 12
+    assert set(metrics["val"]) == {"loss", "acc", "ppl", "bits_per_masked_base"}
+    with open(caduceus_run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    train = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(val) == 2 and val[-1] < val[0] and val[-1] < math.log(12) - 0.5, val
+    assert np.mean(train[-4:]) < np.mean(train[:4]) - 0.3, train
+    model = load_pretrained(caduceus_run / "model")
+    assert isinstance(model, CaduceusLM) and model.config.rcps and model.config.d_model == 16
+    assert load_tokenizer(caduceus_run / "model") == CharTokenizer()
+
+
+def test_caduceus_resumes_to_the_same_model(caduceus_run, prepared, tmp_path):
+    """Resumed from the uninterrupted run's step-6 checkpoint, the run ends with its very weights (the same masks,
+    data order and schedule)."""
+    out = tmp_path / "resumed"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(caduceus_run / "checkpoints" / "step-00000006", out / "checkpoints" / "step-00000006")
+    assert cli_run(_caduceus_run(prepared, out)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("step-00000006") and metrics["global_step"] == 12
+    a = load_pretrained(caduceus_run / "checkpoints" / "last").state_dict()
+    b = load_pretrained(out / "checkpoints" / "last").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    mid = load_pretrained(caduceus_run / "checkpoints" / "step-00000006").state_dict()
+    assert not all(torch.equal(a[k], mid[k]) for k in a)  # it trained after the checkpoint
+
+
+def test_masked_lm_loss_is_generic(caduceus_run):
+    """mlm_loss (the head on the masked positions only) equals the cross-entropy of the full forward's logits at
+    those positions, for Caduceus as for DNABERT-2 (a float64 model; the loss is taken from float32 logits)."""
+    from dnalm.models.dnabert2 import mlm_loss, mlm_mask
+    from tolerance import float32_tolerance, scale_of
+
+    model = load_pretrained(caduceus_run / "model").double()
+    tok = CharTokenizer()
+    ids = tok.encode_batch(["ACGTTGACNNACGGATTACA", "GGGATCCA"], padding=True, return_tensors="pt")
+    masked, labels = mlm_mask(ids["input_ids"], tok.alphabet, 0.4, torch.Generator().manual_seed(1),
+                              ids["attention_mask"])
+    out = mlm_loss(model, {"input_ids": masked, "labels": labels, "attention_mask": ids["attention_mask"]})
+    logits = model(masked, ids["attention_mask"])
+    picked = labels != IGNORE_INDEX
+    assert int(picked.sum()) > 3
+    ref = torch.nn.functional.cross_entropy(logits[picked], labels[picked], reduction="none")
+    tol = float32_tolerance(2, 1, scale_of([logits]))
+    torch.testing.assert_close(out.ce[picked].double(), ref.detach(), **tol)
+    assert abs(float(out.loss) - float(ref.mean())) < tol["atol"]
+    assert torch.equal(out.weight, picked.float())
+
+
+# ---------------------------------------------------------------------------------------------
 # Combinations that cannot train
 # ---------------------------------------------------------------------------------------------
 

@@ -5,13 +5,16 @@ step (forward, next-token cross-entropy, backward, AdamW step) and a forward pas
 autocast, in one process. Models: ``hyena`` (dnalm's HyenaDNA with the fused kernels),
 ``hyena-ref`` (the same weights through dnalm's reference path, ``fast_path=reference``),
 ``transformer`` (dnalm's Transformer baseline) and ``gpt`` (:class:`PlainGPT`, a plain PyTorch
-SDPA GPT of the same size with the same rotary attention, the yardstick for ``transformer``).
-Attention costs O(L^2): the attention models run only up to ``attention_cap`` tokens.
+SDPA GPT of the same size with the same rotary attention, the yardstick for ``transformer``),
+``mamba`` and ``caduceus`` (dnalm's selective-state-space families, at the preset's ``d_model`` and ``n_layer``
+when the family has no preset of that name; Caduceus, a masked LM, is timed with the same cross-entropy over
+every position). Attention costs O(L^2): the attention models run only up to ``attention_cap`` tokens.
 
 The ceilings are measured at the start: device-to-device copy bandwidth (bytes read + written)
 and a bf16 8192^3 matrix product. Each row reports the matmul FLOP rate as a fraction of the
 latter (FLOPs of the Linear layers, the LM head and, for attention, the causal half of ``q k^T``
-and ``A v``; training = 3 x forward) and, for Hyena, the traffic of the fused design's kernels
+and ``A v``; for the other families, every FLOP of the family's cost model, :mod:`dnalm.models.info`;
+training = 3 x forward) and, for Hyena, the traffic of the fused design's kernels
 (:func:`hyena_traffic_bytes`) as a fraction of the former.
 
 Library API: :func:`ceilings`, :func:`run_speed` (returns :class:`SpeedRow` objects),
@@ -31,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MODELS = ("hyena", "hyena-ref", "transformer", "gpt")
+MODELS = ("hyena", "hyena-ref", "transformer", "gpt", "mamba", "caduceus")
 MODES = ("train", "forward")
 
 
@@ -134,8 +137,11 @@ def build_model(name: str, preset: str, max_len: int, device: torch.device | str
     from dnalm.models.families import family
 
     fam = family("hyena" if name == "hyena-ref" else "transformer" if name == "gpt" else name)
-    default = fam.config_cls.preset(preset)
-    overrides = {}
+    overrides: dict = {}
+    if preset not in fam.presets:  # a family with presets of its own: the size of the Hyena preset
+        overrides = _size_of(preset)
+        preset = "small"
+    default = fam.config_cls.preset(preset, **overrides)
     if fam.context_field is not None:
         overrides[fam.context_field] = max(max_len + 2, fam.context_length(default) if fam.name == "hyena" else 0)
     if name.startswith("hyena"):
@@ -146,9 +152,26 @@ def build_model(name: str, preset: str, max_len: int, device: torch.device | str
     return fam.build(cfg, device=device)
 
 
-def matmul_flops_per_token(name: str, preset: str, length: int) -> float:
-    """Forward matmul FLOPs per token: Linear layers, LM head and (attention) the causal half of the scores."""
+def _size_of(preset: str) -> dict[str, int]:
+    """``d_model`` and ``n_layer`` of Hyena's preset ``preset`` (the size other families are timed at)."""
     from dnalm.models.hyena import HyenaConfig
+
+    cfg = HyenaConfig.preset(preset)
+    return {"d_model": cfg.d_model, "n_layer": cfg.n_layer}
+
+
+def matmul_flops_per_token(name: str, preset: str, length: int) -> float:
+    """Forward matmul FLOPs per token: Linear layers, LM head and (attention) the causal half of the scores; for a
+    family besides Hyena and the Transformers, the forward FLOPs of its cost model (:mod:`dnalm.models.info`)."""
+    from dnalm.models.hyena import HyenaConfig
+
+    if name not in ("hyena", "hyena-ref", "transformer", "gpt"):
+        from dnalm.models.families import family
+
+        fam = family(name)
+        cfg = fam.config_cls.preset(preset) if preset in fam.presets else \
+            fam.config_cls.preset("small", **_size_of(preset))
+        return fam.info(cfg, length, 1, "bf16").forward_flops_per_token
 
     cfg = HyenaConfig.preset(preset)
     d, di, n = cfg.d_model, cfg.d_inner, cfg.n_layer

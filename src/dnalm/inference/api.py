@@ -9,9 +9,9 @@ Example::
     m.generate(["ACGT"], max_new_tokens=50, temperature=0.8, seed=1)
     m.embed(["ACGT" * 100], layer="final", pool="mean")   # (1, d_model)
 
-A masked LM (DNABERT-2) scores by pseudo-log-likelihood (``score``; ``reduce='mean'`` per base) and embeds over
-its tokens (``embed``, pools mean | max | cls | none); ``log_probs``, ``logits`` and ``generate`` need a causal
-LM (a one-line ConfigError otherwise).
+A masked LM (DNABERT-2, Caduceus) scores by pseudo-log-likelihood (``score``; ``reduce='mean'`` per base) and
+embeds over its tokens (``embed``, pools mean | max | cls | none); ``log_probs``, ``logits`` and ``generate`` need
+a causal LM (a one-line ConfigError otherwise).
 
 Every method of a causal LM works at any length (chunked, exact; see :mod:`dnalm.inference.chunked`); the
 semantics are those of :mod:`~dnalm.inference.scoring`, :mod:`~dnalm.inference.generate` and

@@ -1,6 +1,6 @@
 """Inference with a masked (bidirectional) LM: pseudo-log-likelihoods, embeddings, masked-marginal variant scores.
 
-A masked family (``Family.objective == "masked"``, e.g. DNABERT-2) has no next-token distribution: nothing
+A masked family (``Family.objective == "masked"``: DNABERT-2, Caduceus) has no next-token distribution: nothing
 is generated and no causal log-likelihood exists. Its scores are built from the MLM head at masked positions:
 
 * **Pseudo-log-likelihood** (Salazar et al. 2020, "Masked Language Model Scoring"): each scored token

@@ -17,8 +17,8 @@ sum and mean differ only by a constant factor. This is the protocol of the Evo 2
 ``Δ = (Δ_forward + Δ_reverse) / 2``. A negative Δ means the model finds the alternative allele
 less likely.
 
-A masked LM (DNABERT-2) has no causal log-likelihood of a window; it gives the masked-marginal score
-instead (:func:`score_variants_masked`): in the reference window the BPE token(s) covering the variant
+A masked LM (DNABERT-2, Caduceus) has no causal log-likelihood of a window; it gives the masked-marginal score
+instead (:func:`score_variants_masked`): in the reference window the token(s) covering the variant
 are masked and the log-probabilities of the reference and the alternative allele's tokens at the masks
 compared, Δ = log p(alt tokens) - log p(ref tokens) (Meier et al. 2021).
 
@@ -304,7 +304,7 @@ def score_variants(model, tokenizer, variants: Sequence[Variant], genome: FastaI
 def score_variants_masked(model, tokenizer, variants: Sequence[Variant], genome: FastaIndex, window: int = 512,
                           reverse_complement_average: bool = False,
                           progress: bool = False) -> list[VariantScore]:
-    """Masked-marginal scores of every variant under a masked LM (DNABERT-2): the reference window of
+    """Masked-marginal scores of every variant under a masked LM (DNABERT-2, Caduceus): the reference window of
     :func:`variant_windows` with the token(s) covering the variant masked, and ``log p`` of the reference vs the
     alternative allele's tokens there (:func:`dnalm.inference.masked.masked_marginal`, which says what is done
     with BPE tokens spanning the variant). ``ref_score``/``alt_score`` are summed log-probabilities (nats) of

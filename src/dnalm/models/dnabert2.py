@@ -436,6 +436,10 @@ class Dnabert2Model(nn.Module):
         h, _ = self._run(input_ids, attention_mask, ())
         return self.cls(h)
 
+    def head(self, h: Tensor) -> Tensor:
+        """The MLM head: hidden states (..., D) -> logits (..., V), position by position."""
+        return self.cls(h)
+
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """The last layer's hidden states (B, L, D), zero on padding (what the MLM head reads)."""
         h, _ = self._run(input_ids, attention_mask, ())
@@ -522,8 +526,10 @@ def mlm_mask(input_ids: Tensor, alphabet: Alphabet | Any, rate: float = 0.15,
     return masked, labels
 
 
-def mlm_loss(model: Dnabert2Model, batch: Mapping[str, Tensor]) -> LMLoss:
-    """Masked-LM cross-entropy of a batch from :func:`mlm_mask`.
+def mlm_loss(model: nn.Module, batch: Mapping[str, Tensor]) -> LMLoss:
+    """Masked-LM cross-entropy of a batch from :func:`mlm_mask`, for any masked model that offers
+    ``encode(input_ids, attention_mask)`` (the final hidden states) and a position-wise ``head(h)`` (DNABERT-2's,
+    Caduceus's).
 
     ``batch``: ``input_ids`` (B, L) (masked), ``labels`` (B, L) (-100 where not predicted) and
     optionally ``attention_mask`` (B, L). The head runs only on labelled positions. Returns a
@@ -535,7 +541,7 @@ def mlm_loss(model: Dnabert2Model, batch: Mapping[str, Tensor]) -> LMLoss:
     input_ids, labels = batch["input_ids"], batch["labels"]
     hidden = model.encode(input_ids, batch.get("attention_mask"))  # (B, L, D)
     picked = labels != IGNORE_INDEX  # (B, L)
-    logits = model.cls(hidden[picked]).float()  # (N, V)
+    logits = model.head(hidden[picked]).float()  # (N, V)
     targets = labels[picked]
     ce_picked = F.cross_entropy(logits, targets, reduction="none")  # (N,)
     loss = ce_picked.mean() if targets.numel() else logits.sum() * 0.0
@@ -547,13 +553,14 @@ def mlm_loss(model: Dnabert2Model, batch: Mapping[str, Tensor]) -> LMLoss:
 
 
 @torch.no_grad()
-def pseudo_log_likelihood(model: Dnabert2Model, input_ids: Tensor, attention_mask: Tensor | None = None,
+def pseudo_log_likelihood(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None,
                           batch_of_masks: int = 64, alphabet: Alphabet | Any | None = None,
                           reduce: str = "sum") -> Tensor:
     """Pseudo-log-likelihood (Salazar et al. 2020): each scored token masked in turn, ``log p(true token)``.
 
     Scored tokens are the real (``attention_mask`` 1), non-special ones. The masked copies run
-    ``batch_of_masks`` at a time; the head reads only the masked position.
+    ``batch_of_masks`` at a time; the head reads only the masked position. ``model``: any masked model with
+    ``encode(input_ids, attention_mask)`` and a position-wise ``head(h)`` (DNABERT-2's, Caduceus's).
 
     Args:
         input_ids: (B, L); attention_mask: (B, L) or None.
@@ -572,7 +579,7 @@ def pseudo_log_likelihood(model: Dnabert2Model, input_ids: Tensor, attention_mas
     if attention_mask is not None:
         scored &= attention_mask.to(input_ids.device).bool()
     rows, cols = scored.nonzero(as_tuple=True)  # (N,) each
-    dtype = torch.promote_types(model.bert.embeddings.word_embeddings.weight.dtype, torch.float32)
+    dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
     out = torch.zeros(input_ids.shape, dtype=dtype, device=input_ids.device)
     for start in range(0, len(rows), batch_of_masks):
         r, c = rows[start: start + batch_of_masks], cols[start: start + batch_of_masks]
@@ -580,7 +587,7 @@ def pseudo_log_likelihood(model: Dnabert2Model, input_ids: Tensor, attention_mas
         ids = input_ids[r].clone()  # (n, L)
         ids[n, c] = mask_id
         hidden = model.encode(ids, None if attention_mask is None else attention_mask[r])
-        logp = model.cls(hidden[n, c]).to(dtype).log_softmax(dim=-1)  # (n, V)
+        logp = model.head(hidden[n, c]).to(dtype).log_softmax(dim=-1)  # (n, V)
         out[r, c] = logp[n, input_ids[r, c]]
     return out.sum(dim=1) if reduce == "sum" else out
 

@@ -1,8 +1,9 @@
 """Sequence-level heads on an LM backbone: classification and regression.
 
 A :class:`SequenceClassifier` reads the hidden states of one layer of a backbone (any model of
-:data:`dnalm.models.families.FAMILIES`: a causal LM such as ``HyenaLM`` or ``StripedHyenaLM``, or the
-bidirectional ``Dnabert2Model``), pools them over the
+:data:`dnalm.models.families.FAMILIES`: a causal LM such as ``HyenaLM``, ``StripedHyenaLM`` or ``MambaLM``, or
+a bidirectional ``Dnabert2Model`` or ``CaduceusLM``, whose RCPS hidden states are ``2 d_model`` wide, the
+:func:`backbone_width`), pools them over the
 real (non-padding) tokens of each sequence and maps the pooled vector through dropout and a
 Linear layer, as in HyenaDNA's sequence-classification fine-tuning (Nguyen et al. 2023, §4.2) and
 DNABERT-2's GUE heads (Zhou et al. 2023, "DNABERT-2: Efficient Foundation Model and Benchmark for
@@ -112,7 +113,11 @@ def head_loss(outputs: Tensor, labels: Tensor, task: str) -> Tensor:
 
 
 def backbone_width(backbone: nn.Module) -> int:
-    """Width ``D`` of a backbone's hidden states (its ``config.d_model``, or ``hidden_size``)."""
+    """Width ``D`` of a backbone's hidden states: its ``hidden_width`` where it has one (Caduceus with RCPS: two
+    streams, ``2 d_model``), else its ``config.d_model`` or ``hidden_size``."""
+    width = getattr(backbone, "hidden_width", None)
+    if width is not None:
+        return int(width)
     config = getattr(backbone, "config", None)
     d_model = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
     if d_model is None:

@@ -384,3 +384,65 @@ def print_info(info: ModelInfo, title: str = "", console=None) -> None:
     summary.add_row(f"weights + grads + AdamW ({TRAIN_STATE_BYTES_PER_PARAM} B/param)",
                     _bytes(info.train_state_bytes))
     console.print(summary)
+
+
+#: FLOPs per inner channel, state dimension and token of the selective scan (see :func:`ssm_info`).
+SCAN_FLOPS_PER_STATE = 9
+
+
+def ssm_info(cfg: Any, seq_len: int, batch_size: int = 1, dtype: str | torch.dtype = "bf16") -> ModelInfo:
+    """Rows of :class:`~dnalm.models.mamba.MambaLM` and :class:`~dnalm.models.mamba.CaduceusLM`.
+
+    Notation: ``D`` = d_model, ``E`` = d_inner, ``N`` = d_state, ``K`` = d_conv, ``R`` = dt_rank, ``V`` padded
+    vocabulary. FLOPs per token of one Mamba (one direction, one stream), the conventions above:
+
+    * ``in_proj`` ``2 D 2E``, ``x_proj`` ``2 E (R + 2N)``, ``dt_proj`` ``2 R E``, ``out_proj`` ``2 E D``;
+    * the depthwise causal convolution ``2 K E``;
+    * the selective scan ``9 E N`` (:data:`SCAN_FLOPS_PER_STATE`): per channel and state ``delta A`` (1), its
+      exponential (counted 1), ``delta u B`` (2), ``h = a h + b`` (2) and ``<h, C>`` (2, multiply and add), plus
+      ``delta u`` shared by the states (counted in the 9); softplus, ``D u``, the SiLU gates left out;
+    * the LM head ``2 D V``.
+
+    Caduceus's BiMamba runs two Mambas per layer (the reverse one on the flipped input); RCPS runs the whole
+    network on the sequence and on its reverse complement (two streams) and the head on both, so every FLOP
+    row is multiplied by the directions and the streams (row names: ``2 dir``, ``2 RC``). Parameters are exact
+    (the tied head and, with ``bidirectional_weight_tie``, the shared ``in_proj``/``out_proj`` count once; the
+    same total as :func:`dnalm.models.mamba.count_parameters_of_config`). Activation memory is an estimate, not
+    measured: per Mamba the Linear inputs in the compute dtype (``b (D + E + R + E)``), the convolution window
+    ``b E (L + K - 1) / L``, the scan inputs a fused kernel keeps (``x``, ``delta``, ``z``: ``3 b E``; ``B``,
+    ``C``: ``2 b N``); per block the RMSNorm's float32 input and reciprocal RMS ``4 D + 4``; the head input
+    ``b D`` per stream and the loss as in :func:`transformer_info`. (The plain PyTorch scans keep more.)
+    """
+    from dnalm.models.mamba import CaduceusConfig
+
+    _check_sizes(seq_len, batch_size)
+    D, E, N, K, R, V = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank, cfg.padded_vocab_size
+    n, L, b = cfg.n_layer, seq_len, dtype_bytes(dtype)
+    caduceus = isinstance(cfg, CaduceusConfig)
+    dirs = 2 if caduceus and cfg.bidirectional else 1
+    streams = 2 if caduceus and cfg.rcps else 1
+    tied = dirs == 1 or cfg.bidirectional_weight_tie
+    proj_count = n if tied else n * dirs
+    proj_runs = (dirs if tied else 1) * streams  # runs of one stored projection per token
+    runs = streams  # runs of one stored per-direction module per token
+    times = ", ".join((["2 dir"] if dirs > 1 else []) + (["2 RC"] if streams > 1 else []))
+    times = f" ({times})" if times else ""
+    family = "caduceus" if caduceus else "mamba"
+    rows = [
+        Row("embedding (tied head)", 1, V * D, 0.0, 8.0),
+        Row("mamba in_proj" + times, proj_count, 2 * D * E + (2 * E if cfg.bias else 0),
+            proj_runs * 4.0 * D * E, proj_runs * b * D),
+        Row("mamba conv" + times, n * dirs, E * K + (E if cfg.conv_bias else 0), runs * 2.0 * K * E,
+            runs * b * E * (L + K - 1) / L),
+        Row("mamba x_proj" + times, n * dirs, E * (R + 2 * N), runs * 2.0 * E * (R + 2 * N), runs * b * E),
+        Row("mamba dt_proj" + times, n * dirs, R * E + E, runs * 2.0 * R * E, runs * b * R),
+        Row("selective scan" + times, n * dirs, E * N + E, runs * float(SCAN_FLOPS_PER_STATE * E * N),
+            runs * b * (3 * E + 2 * N)),
+        Row("mamba out_proj" + times, proj_count, E * D + (D if cfg.bias else 0), proj_runs * 2.0 * E * D,
+            proj_runs * b * E),
+        Row("norms (1 per block)", n, D, 0.0, streams * (4 * D + 4)),
+        Row("final norm", 1, D, 0.0, streams * (4 * D + 4)),
+        Row("LM head + loss" + (" (2 RC)" if streams > 1 else ""), 1, 0, streams * 2.0 * D * V,
+            streams * b * D + (b * V if b < 4 else 0) + 4 * V + 8),
+    ]
+    return ModelInfo(family, L, batch_size, b, tuple(rows))

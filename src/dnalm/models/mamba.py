@@ -700,6 +700,11 @@ class CaduceusLM(nn.Module):
             out.append(j)
         return out
 
+    @property
+    def hidden_width(self) -> int:
+        """Channels of every hidden state: ``2 d_model`` with RCPS (the two streams), else ``d_model``."""
+        return 2 * self.config.d_model if self.config.rcps else self.config.d_model
+
     def reverse_complement(self, input_ids: Tensor) -> Tensor:
         """ids (B, L) -> the reverse complement (B, L) through ``complement_map``."""
         return self.complement.to(input_ids.device)[input_ids.flip(-1)]
@@ -1012,11 +1017,17 @@ def _tokenizer(config: SsmConfig):
     return CharTokenizer()
 
 
+def _info(config: SsmConfig, seq_len: int, batch_size: int = 1, dtype: Any = "bf16"):
+    from dnalm.models.info import ssm_info
+
+    return ssm_info(config, seq_len, batch_size, dtype)
+
+
 FAMILY = Family(name="mamba", config_cls=MambaConfig, model_cls=MambaLM, presets=MAMBA_PRESETS, objective=CAUSAL,
                 lora_targets=("in_proj", "out_proj", "x_proj", "dt_proj"), tokenizer=_tokenizer,
-                importers=(Importer("mamba-ssm", detect_mamba_ssm, load_mamba_ssm),))
+                importers=(Importer("mamba-ssm", detect_mamba_ssm, load_mamba_ssm),), info=_info)
 
 CADUCEUS_FAMILY = Family(name="caduceus", config_cls=CaduceusConfig, model_cls=CaduceusLM, presets=CADUCEUS_PRESETS,
                          objective=MASKED, lora_targets=("in_proj", "out_proj", "x_proj", "dt_proj"),
                          tokenizer=_tokenizer,
-                         importers=(Importer("caduceus-hub", detect_caduceus_hub, load_caduceus_hub),))
+                         importers=(Importer("caduceus-hub", detect_caduceus_hub, load_caduceus_hub),), info=_info)

@@ -1,8 +1,8 @@
 """``dnalm embed input=FASTA|CSV checkpoint=CKPT out=DIR layer=final pool=mean|max|last|none``.
 
-A masked LM (DNABERT-2) pools over its tokens (``mean`` over every real token with ``[CLS]`` and ``[SEP]``,
-``max``, ``cls``) or writes per base (``none``: each base gets its BPE token's vector); see
-:mod:`dnalm.inference.masked`.
+A masked LM (DNABERT-2, Caduceus) pools over its tokens (``mean`` over every real token with the specials its
+tokenizer adds, ``max``, ``cls``) or writes per base (``none``: each base gets its token's vector; Caduceus's
+vectors are ``2 d_model`` wide with RCPS, the two strands' streams); see :mod:`dnalm.inference.masked`.
 """
 
 from __future__ import annotations

@@ -31,6 +31,16 @@ class ModelInfoConfig:
     out: str | None = None
 
 
+def _fitting(config_cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` without the implied ``d_inner=None`` where the config has no such field (Mamba's d_inner is
+    ``expand * d_model`` already)."""
+    from dataclasses import fields
+
+    if overrides.get("d_inner", 0) is None and "d_inner" not in {f.name for f in fields(config_cls)}:
+        return {k: v for k, v in overrides.items() if k != "d_inner"}
+    return overrides
+
+
 def _checkpoint_config(path: str, overrides: dict[str, Any]):
     from dnalm.models.families import family
     from dnalm.models.hyena import is_hyenadna_config, load_hyenadna_config
@@ -49,7 +59,7 @@ def _checkpoint_config(path: str, overrides: dict[str, Any]):
     except ConfigError as exc:
         raise InputError(f"{file}: {exc}") from None
     try:
-        return fam.config_cls(**{**meta.get("config", {}), **overrides})
+        return fam.config_cls(**{**meta.get("config", {}), **_fitting(fam.config_cls, overrides)})
     except (TypeError, ConfigError) as exc:
         raise InputError(f"{file}: bad {fam.name} config: {exc}") from None
 
@@ -66,6 +76,12 @@ def main(cfg: DictConfig) -> int | None:
     else:
         if mc.family == "hyena" and "n_head" in overrides:
             raise ConfigError("model_info: n_head applies to model=transformer only")
+        from dnalm.models.families import family
+
+        try:
+            overrides = _fitting(family(mc.family).config_cls, overrides)
+        except ConfigError:
+            pass  # family_config names the unknown model
         config = family_config(mc.family, mc.preset, **overrides)
         name = mc.preset
     from dnalm.models.families import family_of

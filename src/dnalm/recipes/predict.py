@@ -2,7 +2,7 @@
 
 A causal model gives next-token log-likelihoods (``collapse=sum|mean|per_token`` is BioNeMo's
 ``predict_evo2 --output-log-prob-seqs --log-prob-collapse-option``, with ``prepend_bos`` as its
-``--prepend-bos``); a masked model (DNABERT-2) gives pseudo-log-likelihoods (:mod:`dnalm.inference.masked`):
+``--prepend-bos``); a masked model (DNABERT-2, Caduceus) gives pseudo-log-likelihoods (:mod:`dnalm.inference.masked`):
 ``loglik`` is their sum, or with ``reduce=mean`` that sum per base covered by the scored tokens; ``per_token``
 lists every scored token with the 1-based position of its first base and its number of bases.
 """

@@ -1,5 +1,5 @@
 """``dnalm score-variants variants=VCF|TSV reference=FASTA checkpoint=CKPT out=scores.tsv``: Δ log-likelihood
-(a causal LM) or the masked-marginal Δ (a masked LM such as DNABERT-2; :func:`score_variants_masked`)."""
+(a causal LM) or the masked-marginal Δ (a masked LM such as DNABERT-2 or Caduceus; :func:`score_variants_masked`)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
 """``dnalm train [experiment=NAME] [data.prepared=DIR] [key=value ...]``: pretraining on a genome.
 
 The model family's ``objective`` chooses the training (:func:`genome_vocabulary`): a causal family
-(HyenaDNA, Transformer, StripedHyena 2 / Evo 2) learns next-token prediction, the prepared genome's
+(HyenaDNA, Transformer, StripedHyena 2 / Evo 2, Mamba) learns next-token prediction, the prepared genome's
 character ids translated into the family's tokenizer ids when they differ (Evo 2's bytes; soft-masked
 bases and N become whatever the tokenizer makes of ``a``/``N``), with per-region bits/base; a masked
-family (DNABERT-2) learns masked LM on windows tokenized by its tokenizer (``model.tokenizer=DIR``,
-from ``dnalm tokenizer train``; learnt on the training split when the directory does not exist yet),
-``mask_rate`` of the tokens masked 80/10/10, validated by masked-token loss, accuracy, perplexity and
-bits per masked base (not comparable with causal bits/base).
+family learns masked LM on windows tokenized by its tokenizer (DNABERT-2: a BPE, ``model.tokenizer=DIR``,
+from ``dnalm tokenizer train``; learnt on the training split when the directory does not exist yet;
+Caduceus: dnalm's character tokenizer, nothing to learn), ``mask_rate`` of the tokens masked 80/10/10,
+validated by masked-token loss, accuracy, perplexity and bits per masked base (not comparable with causal
+bits/base).
 
 Setup -> fit -> save, on a prepared genome (``dnalm prepare``); with ``data.prepared=null`` the data
 group's ``source`` (a FASTA + GFF3 genome) or ``synthetic`` (a synthetic genome) is prepared first

@@ -293,7 +293,7 @@ class NextTokenLM(_Pretraining):
 
 
 class MaskedLM(_Pretraining):
-    """Lightning shell of masked-LM pretraining (BERT's objective, DNABERT-2's training).
+    """Lightning shell of masked-LM pretraining (BERT's objective; DNABERT-2's and Caduceus's training).
 
     Args:
         model: a masked LM, ``model(input_ids (B, T), attention_mask (B, T)) -> logits (B, T, V)``.
