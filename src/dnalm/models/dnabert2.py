@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from dnalm.errors import ConfigError, InputError
 from dnalm.models.blocks import layer_indices
-from dnalm.models.family import MASKED, Alphabet, Family, Importer
+from dnalm.models.family import HUB_WEIGHTS, MASKED, Alphabet, Family, Importer
 from dnalm.utils import atomic_file
 
 if TYPE_CHECKING:
@@ -866,8 +866,6 @@ def default_tokenizer(config: Dnabert2Config) -> None:
 # The hub checkpoint layout
 # ---------------------------------------------------------------------------------------------
 
-HUB_CONFIG = "config.json"
-HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 #: Hub keys that belong to no part of :class:`Dnabert2Model` and are dropped on load.
 HUB_IGNORED_PREFIXES = ("bert.pooler.",)
 _HUB_FIELDS = {  # config.json field (the Dnabert2Config field of the same name) -> required
@@ -919,28 +917,10 @@ def load_hub(path: str | os.PathLike, map_location: str | torch.device = "cpu",
     word embedding) or must equal it; ``bert.pooler.*`` is ignored; any other missing or unexpected
     key raises :class:`InputError` naming the file and the key.
     """
-    from dnalm.models.io import load_state_into, read_weights
+    from dnalm.models.io import load_state_into, read_hub_layout, read_weights
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    directory = path if path.is_dir() else path.parent
-    cfg_file = directory / HUB_CONFIG
-    if not cfg_file.is_file():
-        raise InputError(f"{directory}: no {HUB_CONFIG} beside the weights")
-    try:
-        meta = json.loads(cfg_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{cfg_file}: cannot read JSON ({exc})") from None
-    if not isinstance(meta, Mapping):
-        raise InputError(f"{cfg_file}: expected a JSON object")
+    meta, cfg_file, file = read_hub_layout(path)
     config = config_from_hub(meta, str(cfg_file), **dict(overrides or {}))
-    if path.is_dir():
-        file = next((path / n for n in HUB_WEIGHTS if (path / n).is_file()), None)
-        if file is None:
-            raise InputError(f"{path}: no weights ({' or '.join(HUB_WEIGHTS)})")
-    else:
-        file = path
     state = {k: v for k, v in read_weights(file).items() if not k.startswith(HUB_IGNORED_PREFIXES)}
     model = Dnabert2Model(config)
     load_state_into(model, state, file)

@@ -28,6 +28,8 @@ from torch import nn
 
 CAUSAL = "causal"
 MASKED = "masked"
+#: Weight files of the Hugging Face hub layout, in the order they are looked for.
+HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass(frozen=True)

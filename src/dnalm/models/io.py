@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from dnalm.errors import ConfigError, InputError
+from dnalm.models.family import HUB_WEIGHTS
 from dnalm.utils import atomic_dir, torch_load_reason
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,28 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: cannot read JSON ({exc})") from None
+
+
+def read_hub_layout(path: str | os.PathLike) -> tuple[Mapping[str, Any], Path, Path]:
+    """A checkpoint in the hub layout: ``path`` is its directory (``config.json`` + one of :data:`HUB_WEIGHTS`)
+    or a weight file beside its ``config.json``. Returns (the config object, its file, the weight file);
+    an :class:`InputError` names what is missing or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    directory = path if path.is_dir() else path.parent
+    cfg_file = directory / "config.json"
+    if not cfg_file.is_file():
+        raise InputError(f"{directory}: no config.json beside the weights")
+    meta = read_json(cfg_file)
+    if not isinstance(meta, Mapping):
+        raise InputError(f"{cfg_file}: expected a JSON object")
+    if not path.is_dir():
+        return meta, cfg_file, path
+    file = next((path / n for n in HUB_WEIGHTS if (path / n).is_file()), None)
+    if file is None:
+        raise InputError(f"{path}: no weights ({' or '.join(HUB_WEIGHTS)})")
+    return meta, cfg_file, file
 
 
 def read_format_json(file: str | os.PathLike, fmt: str, what: str) -> dict[str, Any]:

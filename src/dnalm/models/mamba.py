@@ -67,8 +67,8 @@ from torch import Tensor, nn
 from dnalm.errors import ConfigError, InputError
 from dnalm.inference.state import InferenceState
 from dnalm.kernels.hyena_torch import wide
-from dnalm.models.blocks import CausalLM, Embeddings, backbone_forward, pad_vocab
-from dnalm.models.family import CAUSAL, MASKED, Family, Importer
+from dnalm.models.blocks import CausalLM, Embeddings, backbone_forward, layer_indices, pad_vocab
+from dnalm.models.family import CAUSAL, HUB_WEIGHTS, MASKED, Family, Importer
 
 log = logging.getLogger(__name__)
 
@@ -688,17 +688,7 @@ class CaduceusLM(nn.Module):
         _init_weights(self, self.n_layer, self.config.initializer_range)
 
     def _layer_indices(self, layers: Sequence[int] | None) -> list[int]:
-        top = self.n_layer + 1
-        if layers is None:
-            return list(range(top + 1))
-        out = []
-        for i in layers:
-            j = int(i) + top + 1 if int(i) < 0 else int(i)
-            if not 0 <= j <= top:
-                raise ConfigError(f"layer {i} out of range: this model has hidden states 0..{top} "
-                                  f"(0 = embedding, {top} = after the final norm)")
-            out.append(j)
-        return out
+        return layer_indices(layers, self.n_layer + 1, "after the final norm")
 
     @property
     def hidden_width(self) -> int:
@@ -797,7 +787,6 @@ class CaduceusLM(nn.Module):
 # Caduceus's hub layout (§C.2)
 # ---------------------------------------------------------------------------------------------
 
-HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _SSM_FIELDS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor",
                "conv_bias", "bias")
 _TOP_FIELDS = {"d_model": "d_model", "n_layer": "n_layer", "vocab_size": "vocab_size",
@@ -893,25 +882,10 @@ def load_caduceus_hub(path: str | os.PathLike, map_location: str | torch.device 
     Pickled weights are read with the restricted unpickler; a missing, unexpected or misshapen tensor raises
     :class:`InputError` naming the file and the key.
     """
-    from dnalm.models.io import check_fits, load_state_into, read_json, read_weights
+    from dnalm.models.io import check_fits, load_state_into, read_hub_layout, read_weights
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    directory = path if path.is_dir() else path.parent
-    cfg_file = directory / "config.json"
-    if not cfg_file.is_file():
-        raise InputError(f"{directory}: no config.json beside the weights")
-    meta = read_json(cfg_file)
-    if not isinstance(meta, Mapping):
-        raise InputError(f"{cfg_file}: expected a JSON object")
+    meta, cfg_file, file = read_hub_layout(path)
     config = config_from_caduceus_hub(meta, str(cfg_file), **dict(overrides or {}))
-    if path.is_dir():
-        file = next((path / n for n in HUB_WEIGHTS if (path / n).is_file()), None)
-        if file is None:
-            raise InputError(f"{path}: no weights ({' or '.join(HUB_WEIGHTS)})")
-    else:
-        file = path
     sd = caduceus_state_dict(read_weights(file), config, file)
     check_fits(CaduceusLM, config, sd, file)
     model = CaduceusLM(config)
