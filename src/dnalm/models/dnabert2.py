@@ -536,20 +536,11 @@ def mlm_loss(model: nn.Module, batch: Mapping[str, Tensor]) -> LMLoss:
     :class:`dnalm.training.losses.LMLoss`: ``loss`` the mean over labelled tokens (0 when there are
     none), ``ce``/``weight``/``correct`` (B, L) with weight 1 on labelled tokens.
     """
-    from dnalm.training.losses import LMLoss
+    from dnalm.training.losses import masked_lm_loss_at_labels
 
     input_ids, labels = batch["input_ids"], batch["labels"]
     hidden = model.encode(input_ids, batch.get("attention_mask"))  # (B, L, D)
-    picked = labels != IGNORE_INDEX  # (B, L)
-    logits = model.head(hidden[picked]).float()  # (N, V)
-    targets = labels[picked]
-    ce_picked = F.cross_entropy(logits, targets, reduction="none")  # (N,)
-    loss = ce_picked.mean() if targets.numel() else logits.sum() * 0.0
-    ce = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
-    ce[picked] = ce_picked.detach()
-    correct = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
-    correct[picked] = logits.detach().argmax(dim=-1) == targets
-    return LMLoss(loss=loss, ce=ce, weight=picked.float(), correct=correct)
+    return masked_lm_loss_at_labels(model.head(hidden[labels != IGNORE_INDEX]), labels)  # head on (N, D)
 
 
 @torch.no_grad()

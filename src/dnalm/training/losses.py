@@ -162,11 +162,17 @@ def masked_lm_loss(logits: Tensor, labels: Tensor) -> LMLoss:
     """Masked-LM cross-entropy: logits (B, T, V) and labels (B, T), the original token where masked and
     ``IGNORE_INDEX`` elsewhere. ``loss`` is the mean over masked tokens (0 when none is masked); ``ce``,
     ``weight`` (1 on masked tokens) and ``correct`` are (B, T) as for :func:`lm_loss`."""
+    return masked_lm_loss_at_labels(logits[labels != IGNORE_INDEX], labels)
+
+
+def masked_lm_loss_at_labels(chosen: Tensor, labels: Tensor) -> LMLoss:
+    """:func:`masked_lm_loss` from the logits of the labelled positions only: ``chosen`` (N, V), in the order of
+    ``labels != IGNORE_INDEX`` (a head run on those positions alone)."""
     picked = labels != IGNORE_INDEX  # (B, T)
-    chosen = logits[picked].float()  # (N, V)
+    chosen = chosen.float()
     targets = labels[picked]
     ce_picked = F.cross_entropy(chosen, targets, reduction="none")  # (N,)
-    loss = ce_picked.mean() if targets.numel() else logits.sum() * 0.0
+    loss = ce_picked.mean() if targets.numel() else chosen.sum() * 0.0
     ce = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
     ce[picked] = ce_picked.detach()
     correct = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
