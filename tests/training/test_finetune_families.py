@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _finetune_helpers import assert_saved_classifier_gives_the_test_loss
 
 from dnalm.data.datasets import LabeledCollator, truncate_tokens
 from dnalm.models.dnabert2 import Dnabert2Config, Dnabert2Model, Dnabert2Tokenizer
@@ -128,7 +129,6 @@ def test_finetune_cli_end_to_end(tmp_path, vortex_dir, family: str, lora: bool) 
     """`dnalm finetune` on a few GUE-format rows from the hub (DNABERT-2) and vortex (StripedHyena 2) layouts: the
     family's tokenizer is saved with the result, and the saved classifier reproduces the reported test loss."""
     from dnalm.cli import run
-    from dnalm.inference.classify import load_sequence_model
     from dnalm.tokenizers import load_tokenizer
 
     checkpoint = DNABERT2 if family == "dnabert2" else vortex_dir
@@ -142,16 +142,8 @@ def test_finetune_cli_end_to_end(tmp_path, vortex_dir, family: str, lora: bool) 
     saved = out / ("adapter" if lora else "model")
     tokenizer = load_tokenizer(saved)
     assert tokenizer.type == ("dnabert2" if family == "dnabert2" else "byte")
-    loaded = load_sequence_model(saved, base=checkpoint if lora else None)
-    import pandas as pd
-
-    df = pd.read_csv(data / "test.csv")
-    items = [{"input_ids": torch.as_tensor(tokenizer.encode(s)), "labels": 0} for s in df["sequence"]]
-    batch = LabeledCollator(pad_id=tokenizer.pad_id)(items)
-    with torch.no_grad():
-        logits = loaded.model.eval()(batch["input_ids"], batch["attention_mask"])
-    ce = torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(np.array(df["label"])))
-    assert metrics["test"]["loss"] == pytest.approx(float(ce), rel=1e-4)
+    assert_saved_classifier_gives_the_test_loss(saved, checkpoint, lora, tokenizer, data / "test.csv",
+                                                metrics["test"]["loss"])
 
 
 def test_dnabert2_gue_recipe(tmp_path, shared_data) -> None:

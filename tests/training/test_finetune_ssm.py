@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from _finetune_helpers import assert_saved_classifier_gives_the_test_loss
 from safetensors.torch import load_file
 
-from dnalm.data.datasets import LabeledCollator
 from dnalm.models.families import family
 from dnalm.models.io import save_pretrained
 from dnalm.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -51,7 +50,6 @@ def test_finetune_cli_end_to_end(tmp_path, setup, name: str, lora: bool) -> None
     """The head reads the backbone's hidden width (32 for Caduceus's two streams); LoRA adapts exactly the family's
     targets; the saved classifier reproduces the reported test loss."""
     from dnalm.cli import run
-    from dnalm.inference.classify import load_sequence_model
     from dnalm.tokenizers import load_tokenizer
 
     checkpoint, data, out = setup[name], setup["gue"], tmp_path / "run"
@@ -72,11 +70,5 @@ def test_finetune_cli_end_to_end(tmp_path, setup, name: str, lora: bool) -> None
         assert adapted == set(targets)
     tokenizer = load_tokenizer(saved)
     assert tokenizer.type == "char"
-    loaded = load_sequence_model(saved, base=checkpoint if lora else None)
-    df = pd.read_csv(data / "test.csv")
-    items = [{"input_ids": torch.as_tensor(tokenizer.encode(s)), "labels": 0} for s in df["sequence"]]
-    batch = LabeledCollator(pad_id=tokenizer.pad_id)(items)
-    with torch.no_grad():
-        logits = loaded.model.eval()(batch["input_ids"], batch["attention_mask"])
-    ce = torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(np.array(df["label"])))
-    assert metrics["test"]["loss"] == pytest.approx(float(ce), rel=1e-4)
+    assert_saved_classifier_gives_the_test_loss(saved, checkpoint, lora, tokenizer, data / "test.csv",
+                                                metrics["test"]["loss"])
