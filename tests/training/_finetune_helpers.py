@@ -10,6 +10,22 @@ import pytest
 import torch
 
 from dnalm.data.datasets import LabeledCollator
+from dnalm.models.hyena import HyenaConfig, HyenaLM
+
+#: The tiny HyenaDNA the classification fine-tuning tests start from.
+TINY = HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=66, filter_order=8, embed_dropout=0.0)
+
+
+@pytest.fixture(scope="module", name="tiny_checkpoint")
+def tiny_checkpoint_fixture(tmp_path_factory) -> str:
+    """A randomly initialised :data:`TINY` saved with the character tokenizer."""
+    from dnalm.models.io import save_pretrained
+    from dnalm.tokenizers import CharTokenizer
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_pretrained(HyenaLM(TINY), path, tokenizer=CharTokenizer())
+    return str(path)
 
 
 def assert_saved_classifier_gives_the_test_loss(saved: Path, checkpoint: Path, lora: bool, tokenizer,

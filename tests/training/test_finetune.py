@@ -6,20 +6,19 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from _finetune_helpers import TINY, tiny_checkpoint_fixture  # noqa: F401 (fixture)
 from scipy import stats
 from sklearn import metrics as skm
 
 from dnalm.errors import ConfigError
 from dnalm.models.heads import SequenceClassifier
-from dnalm.models.hyena import HyenaConfig, HyenaLM
+from dnalm.models.hyena import HyenaLM
 from dnalm.training.classify import (
     BestWeights,
     SequenceTaskModule,
     finetune_param_groups,
     regression_metrics,
 )
-
-TINY = HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=66, filter_order=8, embed_dropout=0.0)
 
 
 @pytest.mark.parametrize("C", [2, 3])
@@ -166,17 +165,6 @@ def _write_motif_csv(path, n: int, seed: int, L_: int = 40, regression: bool = F
                 seq = seq[:s] + MOTIF + seq[s + len(MOTIF):]
         lines.append(f"{seq},{label}")
     path.write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> str:
-    from dnalm.models.io import save_pretrained
-    from dnalm.tokenizers import CharTokenizer
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_pretrained(HyenaLM(TINY), path, tokenizer=CharTokenizer())
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from _finetune_helpers import TINY, tiny_checkpoint_fixture  # noqa: F401 (fixture)
 
 from dnalm.data.datamodule import BalancedBatchSampler
 from dnalm.errors import ConfigError
 from dnalm.models.heads import SequenceClassifier
-from dnalm.models.hyena import HyenaConfig, HyenaLM
+from dnalm.models.hyena import HyenaLM
 from dnalm.training.collapse import TRAIN_MARGIN, dev_at_chance, train_at_prior
 from dnalm.training.imbalance import class_weights, constant_loss, entropy
 from dnalm.training.lr_range import DIVERGENCE, lr_range_test, pick_lr, smooth
 from dnalm.training.schedules import warmup_cosine, warmup_steps_of
 
-TINY = HyenaConfig(d_model=16, n_layer=2, d_inner=32, l_max=66, filter_order=8, embed_dropout=0.0)
 MOTIF = "GGGGGGGG"
 FAST = ["trainer.progress_bar=false", "trainer.accelerator=cpu", "optim.weight_decay=0", "task.dropout=0",
         "data.batch_size=16", "save_model=false"]
@@ -182,17 +182,6 @@ def _write_motif_csv(path, n: int, seed: int, shuffled: bool = False, L_: int = 
             seq = seq[:s] + MOTIF + seq[s + len(MOTIF):]
         lines.append(f"{seq},{int(rng.integers(2)) if shuffled else label}")
     path.write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> str:
-    from dnalm.models.io import save_pretrained
-    from dnalm.tokenizers import CharTokenizer
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_pretrained(HyenaLM(TINY), path, tokenizer=CharTokenizer())
-    return str(path)
 
 
 def _task(root, shuffled: bool):
