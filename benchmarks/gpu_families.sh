@@ -22,23 +22,25 @@ GUE_MODELS=${GUE_MODELS:-}
 EXTRA=${EXTRA:-}
 STAGES=${STAGES:-yeast}
 mkdir -p "$R" "$OUT"
+OUT=$(cd "$OUT" && pwd)
 T0=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
 dnalm() { python3 -c 'import sys; from dnalm.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
-# metrics, configs and logs of every run, and each trained model (a few MB) to $OUT
+# What comes back is a few files: $OUT/runs.tgz (metrics, configs and logs of every run) and the trained
+# models named in PACK_MODELS (yeast run names) as $OUT/models.tar.part-* pieces of at most 15 MB
+# (`cat models.tar.part-* | tar x` joins them).
+PACK_MODELS=${PACK_MODELS:-bert mamba caduceus}
 pack() {
-  for d in "$R"/*/; do
-    name=$(basename "$d")
-    mkdir -p "$OUT/runs/$name"
-    cp "$d"/metrics.json "$d"/config.yaml "$d"/metrics.csv "$OUT/runs/$name/" 2>/dev/null
-    [[ -d $d/model ]] && mkdir -p "$OUT/runs/$name/model" && cp -r "$d"/model/. "$OUT/runs/$name/model/"
-  done
-  cp "$R"/*.log "$OUT/" 2>/dev/null
-  for d in "$R"/gue_*/*/; do
-    rel=${d#"$R"/}
-    mkdir -p "$OUT/runs/$rel" && cp "$d"/metrics.json "$OUT/runs/$rel/" 2>/dev/null
-  done
+  (cd "$R" && find . \( -name metrics.json -o -name config.yaml -o -name metrics.csv -o -name '*.log' \) \
+     -not -path '*/model/*' -print0 | tar czf "$OUT/runs.tgz.tmp" --null -T - ) \
+    && mv "$OUT/runs.tgz.tmp" "$OUT/runs.tgz"
+  local models=()
+  for name in $PACK_MODELS; do [[ -d $R/yeast_$name/model ]] && models+=("yeast_$name/model"); done
+  if (( ${#models[@]} )); then
+    rm -f "$OUT"/models.tar.part-*
+    tar cf - -C "$R" "${models[@]}" | split -b 15M - "$OUT/models.tar.part-"
+  fi
   return 0
 }
 
