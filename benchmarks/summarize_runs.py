@@ -1,11 +1,14 @@
-"""Markdown tables of the yeast pretraining and GUE fine-tuning runs of ``benchmarks/gpu_yeast_gue.sh``.
+"""Markdown tables of the yeast pretraining and GUE fine-tuning runs of ``benchmarks/gpu_yeast_gue.sh`` and
+``benchmarks/gpu_families.sh``.
 
     python benchmarks/summarize_runs.py RUNS_DIR
 
-RUNS_DIR holds ``yeast_<name>/metrics.json`` (``dnalm train ... test=true``) and
-``gue_<task>/seed<k>/metrics.json`` (``dnalm finetune``). Yeast: steps, training time, the validation step
-chosen, validation and test bits/base of that checkpoint. GUE: test MCC per seed (model of the best dev
-epoch), their mean and standard deviation, and the mean test AUROC.
+RUNS_DIR holds ``yeast_<name>/metrics.json`` (``dnalm train ... test=true``) and GUE runs (``dnalm finetune``)
+as ``gue_<task>/seed<k>/metrics.json`` or ``gue_<model>/<task>_seed<k>/metrics.json``. Yeast: family,
+parameters, steps, training time, the validation step chosen, validation and test figures of that
+checkpoint: bits/base for a next-token model, bits per masked base and masked-token accuracy for a masked
+LM (the two are not comparable). GUE: test MCC per seed (model of the best dev epoch), their mean and
+standard deviation, and the mean test AUROC.
 """
 
 from __future__ import annotations
@@ -15,46 +18,72 @@ import statistics
 import sys
 from pathlib import Path
 
+import math
+import re
+
 import torch
 
 from dnalm.models.blocks import count_parameters
-from dnalm.models.hyena import HyenaConfig, HyenaLM
+from dnalm.models.families import family
 from dnalm.models.io import read_pretrained_info
 
 
-def _shell(model_dir: Path) -> HyenaLM:
-    """The saved Hyena model's architecture, without its weights (which need not have been kept)."""
-    return HyenaLM(HyenaConfig(**read_pretrained_info(model_dir)["config"]), device=torch.device("meta"))
+def _family_and_parameters(model_dir: Path) -> tuple[str, str]:
+    """The saved model's family and parameter count (its architecture built without weights, which need not
+    have been kept), or empty strings without a ``config.json``."""
+    if not (model_dir / "config.json").is_file():
+        return "", ""
+    meta = read_pretrained_info(model_dir)
+    fam = family(meta.get("family", "hyena"))
+    shell = fam.build(fam.config_cls(**meta["config"]), device=torch.device("meta"))
+    return fam.name, f"{count_parameters(shell):,}"
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def yeast_table(root: Path) -> list[str]:
-    rows = ["| run | parameters | steps | training s | best step | val bits/base (best) | test bits/base "
-            "| model/ holds |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | family | parameters | steps | training s | best step | val (best) | test | test accuracy "
+            "| model/ holds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(root.glob("yeast_*/metrics.json")):
         m = json.loads(path.read_text())
-        model = path.parent / "model"
-        params = f"{count_parameters(_shell(model)):,}" if (model / "config.json").is_file() else ""
-        best = m.get("best", {})
-        val_bpb = best.get("val/loss")
-        val_bpb = f"{val_bpb / 0.6931471805599453:.4f}" if val_bpb is not None else "-"
-        test = (m.get("test") or {}).get("bits_per_base")
-        rows.append(f"| {path.parent.name.removeprefix('yeast_')} | {params} | {m['global_step']} | "
-                    f"{m['train_seconds']:.0f} | {best.get('step')} | {val_bpb} | "
-                    f"{'-' if test is None else f'{test:.4f}'} | {m.get('model', '-')} |")
+        name, params = _family_and_parameters(path.parent / "model")
+        best, test = m.get("best", {}), m.get("test") or {}
+        val_loss = best.get("val/loss")
+        if m.get("objective") == "masked":  # bits per masked base, and how often the masked token is recovered
+            val = f"{_fmt(None if val_loss is None else val_loss / math.log(2))} bits/masked token"
+            test_fig = f"{_fmt(test.get('bits_per_masked_base'))} bits/masked base"
+            acc = _fmt(test.get("acc"))
+        else:
+            val = f"{_fmt(None if val_loss is None else val_loss / math.log(2))} bits/base"
+            test_fig, acc = f"{_fmt(test.get('bits_per_base'))} bits/base", "-"
+        rows.append(f"| {path.parent.name.removeprefix('yeast_')} | {name} | {params} | {m['global_step']} | "
+                    f"{m['train_seconds']:.0f} | {best.get('step')} | {val} | {test_fig} | {acc} | "
+                    f"{m.get('model', '-')} |")
     return rows
+
+
+def _gue_groups(root: Path) -> dict[str, list[Path]]:
+    """Metrics files of the GUE runs grouped by (model, task): ``gue_<task>/seed<k>`` (one model) and
+    ``gue_<model>/<task>_seed<k>``."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(root.glob("gue_*/*/metrics.json")):
+        top, run = path.parent.parent.name.removeprefix("gue_"), path.parent.name
+        named = re.fullmatch(r"(.+)_seed\d+", run)
+        groups.setdefault(f"{top} {named.group(1)}" if named else top, []).append(path)
+    return groups
 
 
 def gue_table(root: Path) -> list[str]:
     rows = ["| task | test MCC per seed | mean MCC | sd | mean AUROC | epochs (best) |", "|---|---|---|---|---|---|"]
-    for task_dir in sorted(p for p in root.glob("gue_*") if p.is_dir()):
-        runs = [json.loads(p.read_text()) for p in sorted(task_dir.glob("seed*/metrics.json"))]
-        if not runs:
-            continue
+    for group, paths in _gue_groups(root).items():
+        runs = [json.loads(p.read_text()) for p in paths]
         mcc = [r["test"]["mcc"] for r in runs]
         auroc = [r["test"]["auroc"] for r in runs]
         sd = statistics.stdev(mcc) if len(mcc) > 1 else 0.0
         epochs = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in runs)
-        rows.append(f"| {task_dir.name.removeprefix('gue_')} | {' / '.join(f'{v:.3f}' for v in mcc)} | "
+        rows.append(f"| {group} | {' / '.join(f'{v:.3f}' for v in mcc)} | "
                     f"{statistics.mean(mcc):.3f} | {sd:.3f} | {statistics.mean(auroc):.3f} | {epochs} |")
     return rows
 
