@@ -5,6 +5,9 @@
   twin of :class:`dnalm.models.blocks.Block` with :class:`dnalm.models.hyena.HyenaOperator`.
 * :mod:`dnalm.kernels.hyena_torch`: its elementwise pieces in plain PyTorch (CPU, any device).
 * :mod:`dnalm.kernels.hyena_triton`: the same pieces as Triton kernels (CUDA).
+* :mod:`dnalm.kernels.selective_scan_triton`: Mamba's selective scan as Triton kernels (CUDA), forward-only
+  and trainable (an autograd function over a forward and a backward kernel); twin of
+  :func:`dnalm.models.mamba.selective_scan_ref`, picked by :func:`dnalm.models.mamba.selective_scan`.
 
 :func:`select_ops` picks the implementation for a ``fast_path`` setting and a device.
 """

@@ -21,7 +21,9 @@ positions every state is a sum weighted by ``exp(S_t - S_s)``, ``S`` the cumulat
 with the upper triangle masked to 0 before the exponential, so nothing overflows). The loop is the
 plain PyTorch path on the CPU (faster there), the chunked form the one on CUDA where no kernel applies.
 On CUDA, :func:`selective_scan` uses ``mamba_ssm``'s kernel when it is installed (never required) and
-else, where no gradient is needed, the Triton kernel of :mod:`dnalm.kernels.selective_scan_triton`.
+else the Triton kernels of :mod:`dnalm.kernels.selective_scan_triton`: the forward-only one where no gradient
+is needed, the trainable pair (a forward that keeps one state per tile of positions, a backward that
+recomputes the states in between) where one is.
 
 Networks (the block of ``mamba_ssm``: residual add -> RMSNorm -> mixer, no MLP)::
 
@@ -94,8 +96,8 @@ class SsmConfig:
     ``dt_scale`` the scale of ``dt_proj.weight``. ``conv_bias``/``bias``: biases of the convolution and
     of ``in_proj``/``out_proj``. ``norm_eps``: RMSNorm epsilon. ``residual_in_fp32``: keep the residual
     stream in at least float32. ``fast_path``: the scan on CUDA: ``auto`` (``mamba_ssm`` if installed,
-    else the Triton kernel without gradients, else the reference), ``triton``, ``mamba_ssm`` or
-    ``reference``; the CPU always runs the reference. It changes no weights.
+    else the Triton kernels, forward-only or trainable as gradients require, else the reference), ``triton``,
+    ``mamba_ssm`` or ``reference``; the CPU always runs the reference. It changes no weights.
     """
 
     d_model: int = 128
@@ -357,16 +359,19 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
     Off CUDA: :func:`selective_scan_sequential` (on a CPU its L small steps cost less than the chunked form's
     T x T decays: 0.31 s against 1.7 s (T = 4) for a forward of (2, 512, 16, 1024), 0.04 s against 0.15 s
-    forward + backward of (16, 64, 16, 32), one thread); on CUDA where neither kernel applies (a gradient
-    without ``mamba_ssm``, float64): :func:`selective_scan_ref`, a few large kernels per chunk instead of
-    many tiny ones per position.
+    forward + backward of (16, 64, 16, 32), one thread). On CUDA (unless ``fast_path='reference'``):
+    ``mamba_ssm``'s kernel where it applies, else with Triton installed
+    :func:`~dnalm.kernels.selective_scan_triton.selective_scan_triton` where no gradient is needed and
+    :func:`~dnalm.kernels.selective_scan_triton.selective_scan_triton_train` (differentiable in every input,
+    the state too; float64 computed in float64) where one is or the inputs are float64; without Triton
+    :func:`selective_scan_ref`, a few large kernels per chunk instead of many tiny ones per position.
 
     Returns y (B, E, L) and the last state (B, E, N), or None for it where ``state`` is None and the path
     does not give it (``mamba_ssm``).
     """
     if u.is_cuda and fast_path != "reference":
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                               for t in (u, delta, A, B, C, D, z, delta_bias))
+                                               for t in (u, delta, A, B, C, D, z, delta_bias, state))
         mamba_ssm = _mamba_ssm_scan() if fast_path in ("auto", "mamba_ssm") and state is None else None
         if mamba_ssm is not None and u.dtype != torch.float64:
             y = mamba_ssm(u.contiguous(), delta.contiguous(), A.float(), B.contiguous(), C.contiguous(),
@@ -375,13 +380,16 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
             return y, None
         if fast_path == "mamba_ssm" and state is None:
             raise ConfigError("fast_path='mamba_ssm' but mamba_ssm's CUDA scan cannot be imported")
-        if fast_path in ("auto", "triton") and not grad:
+        if fast_path in ("auto", "triton"):
             from dnalm.kernels import triton_available
 
             if triton_available():
-                from dnalm.kernels.selective_scan_triton import selective_scan_triton
+                from dnalm.kernels import selective_scan_triton as kernels
 
-                return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, state)
+                # The trainable pair also computes float64 in float64 (the forward-only kernel in float32).
+                train = grad or u.dtype == torch.float64
+                scan = kernels.selective_scan_triton_train if train else kernels.selective_scan_triton
+                return scan(u, delta, A, B, C, D, z, delta_bias, state)
     if not u.is_cuda:
         return selective_scan_sequential(u, delta, A, B, C, D, z, delta_bias, True, state)
     return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, True, state)
