@@ -6,7 +6,8 @@
 #   DATA=... OUT=... STAGES=gue,sh2 BERT=dir-of-the-pretrained-bert-model bash benchmarks/gpu_families.sh
 # Environment: RUNS (name:experiment[:overrides] entries, space separated), TRAIN_TIME (DD:HH:MM:SS per yeast
 # run), GUE_TASKS, GUE_SEEDS, GUE_TIME, GUE_EPOCHS, GUE_MODELS (name=checkpoint entries), GUE_EXTRA,
-# SH2_ARGS, EXTRA (overrides for every train/finetune command, e.g. for a CPU smoke run).
+# SPEED_MODELS, SPEED_MODES, SPEED_LENGTHS, SPEED_BUDGET (`dnalm speed`, STAGES=speed), SH2_ARGS,
+# EXTRA (overrides for every train/finetune command, e.g. for a CPU smoke run).
 set -u
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-benchmarks/out}
@@ -79,6 +80,13 @@ if want gue; then
   wait
   stamp fine-tuned
   pack
+fi
+
+if want speed; then  # alone on the GPU: throughput of the selective-state-space families beside Hyena
+  stamp speed
+  dnalm speed "models=[${SPEED_MODELS:-hyena,mamba,caduceus}]" "modes=[${SPEED_MODES:-train,forward}]" \
+    "lengths=[${SPEED_LENGTHS:-1k,4k,16k,64k,256k,1M}]" budget=${SPEED_BUDGET:-64k} out=$OUT/speed.md \
+    > $OUT/speed.log 2>&1
 fi
 
 if want sh2; then

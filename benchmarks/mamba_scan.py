@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -109,6 +110,19 @@ def trainable() -> None:
             print(f"  forward+backward {name}: {t * 1e3:.1f} ms, peak {peak:.2f} GiB")
 
 
+def check(rel_tol: float = 1e-4) -> int:
+    """Exit status 0 when the trainable scan's output and gradients on CUDA agree with the float64 reference
+    to ``rel_tol`` of each tensor's largest magnitude (float32 rounding is ~1e-6 there), else 1."""
+    x = scan_inputs(2, 200, 16, 1001)
+    dy = torch.randn(2, 200, 1001, device="cuda")
+    got = forward_backward(selective_scan_triton_train, x, dy)
+    want = forward_backward(selective_scan_ref, {k: v.double() for k, v in x.items()}, dy.double())
+    worst = max(float((got[k].double() - want[k]).abs().max() / want[k].abs().max().clamp_min(1e-30))
+                for k in want)
+    print(f"trainable scan on CUDA vs float64 reference: {differences(got, want)}; worst relative {worst:.1e}")
+    return 0 if worst <= rel_tol else 1
+
+
 def sweep() -> None:
     for b, E, N, L in ((1, 512, 16, 16384), (8, 1024, 16, 4096)):
         x = scan_inputs(b, E, N, L)
@@ -167,9 +181,13 @@ def main() -> None:
     parser.add_argument("--budget", type=parse_length, default=65536, help="tokens per training step")
     parser.add_argument("--ref-max-length", type=parse_length, default=16384,
                         help="longest length the reference path trains at")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the trainable scan against the float64 reference (exit status 1 if off)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(torch.cuda.get_device_name(), torch.__version__)
+    if args.check:
+        sys.exit(check())
     forward_only()
     trainable()
     if args.sweep:

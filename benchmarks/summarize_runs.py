@@ -14,12 +14,11 @@ standard deviation, and the mean test AUROC.
 from __future__ import annotations
 
 import json
+import math
+import re
 import statistics
 import sys
 from pathlib import Path
-
-import math
-import re
 
 import torch
 
