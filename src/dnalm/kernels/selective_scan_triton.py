@@ -131,6 +131,21 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
 
 
 @triton.jit
+def _program_block(E, N, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The sequence (64-bit: offsets of B E L and B L/T E N may pass 2^31) and channel block of this program,
+    its channel, state and tile-position indices, their masks and the (BLOCK_E, BLOCK_N) offsets inside one
+    (E, N) state."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_e = tl.program_id(1)
+    e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    n = tl.arange(0, BLOCK_N)
+    t = tl.arange(0, BLOCK_T)
+    e_ok = e < E
+    n_ok = n < N
+    return pid_b, pid_e, e, n, t, e_ok, n_ok, e_ok[:, None] & n_ok[None, :], e[:, None] * N + n[None, :]
+
+
+@triton.jit
 def _scan_fwd_core(u_ptr, dt_ptr, b_ptr, c_ptr, a_ptr, h0_ptr, y_ptr, hs_ptr, hT_ptr,
                    E, N, L, n_tiles,
                    HAS_H0: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
@@ -140,16 +155,8 @@ def _scan_fwd_core(u_ptr, dt_ptr, b_ptr, c_ptr, a_ptr, h0_ptr, y_ptr, hs_ptr, hT
     hs (B, n_tiles, E, N) and the last state into hT (B, E, N), all in hs's dtype (the compute dtype).
     Positions past L load dt = u = B = C = 0: the state passes through them unchanged (exp(0) = 1).
     """
-    pid_b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: B E L and B L/T E N may pass 2^31
-    pid_e = tl.program_id(1)
+    pid_b, pid_e, e, n, t, e_ok, n_ok, en_ok, en = _program_block(E, N, BLOCK_E, BLOCK_N, BLOCK_T)
     acc = hs_ptr.dtype.element_ty
-    e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    n = tl.arange(0, BLOCK_N)
-    t = tl.arange(0, BLOCK_T)
-    e_ok = e < E
-    n_ok = n < N
-    en_ok = e_ok[:, None] & n_ok[None, :]
-    en = e[:, None] * N + n[None, :]  # (BLOCK_E, BLOCK_N) offsets inside one (E, N) state
     A = tl.load(a_ptr + en, mask=en_ok, other=0.0).to(acc)
     if HAS_H0:
         h = tl.load(h0_ptr + pid_b * E * N + en, mask=en_ok, other=0.0).to(acc)
@@ -198,16 +205,8 @@ def _scan_bwd_core(u_ptr, dt_ptr, b_ptr, c_ptr, a_ptr, hs_ptr, dy_ptr, dhT_ptr,
     barrier separates the writes from the reads (other threads of the program read what one wrote) and the
     reads of one tile from the writes of the next.
     """
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_e = tl.program_id(1)
+    pid_b, pid_e, e, n, t, e_ok, n_ok, en_ok, en = _program_block(E, N, BLOCK_E, BLOCK_N, BLOCK_T)
     acc = hs_ptr.dtype.element_ty
-    e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    n = tl.arange(0, BLOCK_N)
-    t = tl.arange(0, BLOCK_T)
-    e_ok = e < E
-    n_ok = n < N
-    en_ok = e_ok[:, None] & n_ok[None, :]
-    en = e[:, None] * N + n[None, :]
     A = tl.load(a_ptr + en, mask=en_ok, other=0.0).to(acc)
     if HAS_DHT:
         dh = tl.load(dhT_ptr + pid_b * E * N + en, mask=en_ok, other=0.0).to(acc)
