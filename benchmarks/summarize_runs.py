@@ -21,20 +21,29 @@ import sys
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from dnalm.models.blocks import count_parameters
 from dnalm.models.families import family
 from dnalm.models.io import read_pretrained_info
+from dnalm.recipes.train import build_model
 
 
-def _family_and_parameters(model_dir: Path) -> tuple[str, str]:
-    """The saved model's family and parameter count (its architecture built without weights, which need not
-    have been kept), or empty strings without a ``config.json``."""
-    if not (model_dir / "config.json").is_file():
+def _family_and_parameters(run_dir: Path) -> tuple[str, str]:
+    """The run's model family and parameter count, its architecture built without weights (which need not
+    have been kept) from the saved ``model/config.json``, else from the run's ``config.yaml``; empty strings
+    without either."""
+    meta_file, run_config = run_dir / "model" / "config.json", run_dir / "config.yaml"
+    if meta_file.is_file():
+        meta = read_pretrained_info(meta_file.parent)
+        fam = family(meta.get("family", "hyena"))
+        shell = fam.build(fam.config_cls(**meta["config"]), device=torch.device("meta"))
+    elif run_config.is_file():
+        cfg = OmegaConf.to_container(OmegaConf.load(run_config), resolve=False)
+        fam = family(cfg["model"]["family"])
+        shell = build_model(cfg["model"], int(cfg["data"]["length"]), device=torch.device("meta"))
+    else:
         return "", ""
-    meta = read_pretrained_info(model_dir)
-    fam = family(meta.get("family", "hyena"))
-    shell = fam.build(fam.config_cls(**meta["config"]), device=torch.device("meta"))
     return fam.name, f"{count_parameters(shell):,}"
 
 
@@ -47,7 +56,7 @@ def yeast_table(root: Path) -> list[str]:
             "| model/ holds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(root.glob("yeast_*/metrics.json")):
         m = json.loads(path.read_text())
-        name, params = _family_and_parameters(path.parent / "model")
+        name, params = _family_and_parameters(path.parent)
         best, test = m.get("best", {}), m.get("test") or {}
         val_loss = best.get("val/loss")
         if m.get("objective") == "masked":  # bits per masked base, and how often the masked token is recovered
