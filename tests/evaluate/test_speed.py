@@ -7,6 +7,7 @@ import torch
 from dnalm.evaluate.speed import (
     SpeedRow,
     build_model,
+    checkpoint_blocks,
     hyena_traffic_bytes,
     length_label,
     markdown_table,
@@ -41,6 +42,25 @@ def test_ssm_families_at_the_hyena_preset_size():
         assert (model.config.d_model, model.config.n_layer) == (size.d_model, size.n_layer)
         assert model(torch.randint(7, 11, (1, 9))).shape == (1, 9, 16)
         assert matmul_flops_per_token(name, "tiny-1k", 1024) == model_info(model.config, 1024).forward_flops_per_token
+
+
+def test_checkpointing_of_the_models_that_run_out_of_memory_keeps_the_gradients():
+    """The fallback for a training step out of memory (every model but the fused Hyena): every block recomputed
+    in the backward pass, with the gradients of the plain model (float64: the same operations, so equal to
+    rounding)."""
+    for name in ("mamba", "caduceus", "hyena-ref", "transformer"):
+        torch.manual_seed(0)
+        plain = build_model(name, "tiny-1k", 64, device="cpu").double()
+        wrapped = build_model(name, "tiny-1k", 64, device="cpu").double()
+        wrapped.load_state_dict(plain.state_dict())
+        assert checkpoint_blocks(wrapped) == plain.config.n_layer
+        ids = torch.randint(7, 11, (1, 9))
+        for model in (plain, wrapped):
+            model.train()
+            torch.manual_seed(1)  # the same dropout masks
+            model(ids).logsumexp(-1).sum().backward()
+        for (key, p), q in zip(plain.named_parameters(), wrapped.parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=1e-10, msg=f"{name} {key}")
 
 
 def test_lengths_and_table():

@@ -200,14 +200,12 @@ def hyena_traffic_bytes(preset: str, train: bool) -> float:
     return cfg.n_layer * (fwd + bwd if train else fwd)
 
 
-def checkpoint_blocks(model: nn.Module) -> None:
-    """Activation checkpointing of every block (how the reference HyenaDNA trains 1M tokens)."""
-    from torch.utils.checkpoint import checkpoint
+def checkpoint_blocks(model: nn.Module) -> int:
+    """Activation checkpointing of every block (how the reference HyenaDNA trains 1M tokens; any family's
+    blocks: :func:`dnalm.training.lightning.checkpoint_blocks`)."""
+    from dnalm.training.lightning import checkpoint_blocks as wrap
 
-    for block in model.backbone.layers:
-        plain = type(block).forward
-        block.forward = (lambda b, f: lambda x, *a, **k: checkpoint(f, b, x, *a, use_reentrant=False, **k))(
-            block, plain)
+    return wrap(model)
 
 
 def step_fn(model: nn.Module, mode: str, ids: Tensor, targets: Tensor) -> Callable[[], None]:
@@ -269,7 +267,7 @@ def run_speed(models: Sequence[str], modes: Sequence[str], lengths: Sequence[int
     """Measure every (model, length, mode); ``report`` is called with each row as it completes.
 
     ``hyena-ref`` trains with activation checkpointing of every block from ``ref_checkpoint_from``
-    tokens on, and at any length where it runs out of memory without it (noted in the row); ``hyena``
+    tokens on; every dnalm model but ``hyena`` does wherever it runs out of memory without it (noted in the row); ``hyena``
     checkpoints only its mixers (selective checkpointing) from ``mixer_checkpoint_from`` tokens on.
     """
     ceil = ceil or ceilings()
@@ -288,8 +286,8 @@ def run_speed(models: Sequence[str], modes: Sequence[str], lengths: Sequence[int
                     mixer.checkpoint_mixer = True
             for mode in modes:
                 row = measure(model, name, mode, length, budget, preset, ceil, steps, warmup)
-                if name == "hyena-ref" and mode == "train" and row.tokens_per_s is None and not checkpointed:
-                    checkpoint_blocks(model)  # the reference at this size needs it; the fused path never did
+                if name not in ("hyena", "gpt") and mode == "train" and row.tokens_per_s is None and not checkpointed:
+                    checkpoint_blocks(model)  # e.g. the reference or Mamba at 1M tokens; the fused path never did
                     checkpointed = True
                     row = measure(model, name, mode, length, budget, preset, ceil, steps, warmup)
                 if checkpointed and mode == "train":
