@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The model families side by side on one GPU: yeast pretraining of every family's small experiment at once
-# (HyenaDNA as the baseline of the same run), GUE fine-tuning of the pretrained encoders, and the
-# StripedHyena 2 (evo2-1b-shaped) speed rows. Results go to $OUT after every stage.
+# (HyenaDNA as the baseline of the same run), GUE fine-tuning of the pretrained encoders, the training speed of
+# the state-space families beside Hyena, and the StripedHyena 2 (evo2-1b-shaped) speed rows. Results go to $OUT
+# after every stage.
 #   DATA=dir-with-yeast_r64-and-gue OUT=dir STAGES=yeast bash benchmarks/gpu_families.sh
-#   DATA=... OUT=... STAGES=gue,sh2 BERT=dir-of-the-pretrained-bert-model bash benchmarks/gpu_families.sh
-# Environment: RUNS (name:experiment[:overrides] entries, space separated), TRAIN_TIME (DD:HH:MM:SS per yeast
-# run), GUE_TASKS, GUE_SEEDS, GUE_TIME, GUE_EPOCHS, GUE_MODELS (name=checkpoint entries), GUE_EXTRA,
-# SPEED_MODELS, SPEED_MODES, SPEED_LENGTHS, SPEED_BUDGET (`dnalm speed`, STAGES=speed), SH2_ARGS,
-# EXTRA (overrides for every train/finetune command, e.g. for a CPU smoke run).
+#   DATA=... OUT=... STAGES=gue,speed GUE_MODELS="bert=runs/gpu/yeast_bert/model:optim.lr=1e-4 \
+#     mamba=runs/gpu/yeast_mamba/model" bash benchmarks/gpu_families.sh
+# Environment: RUNS (name:experiment[:overrides] entries, space separated; overrides comma-separated),
+# TRAIN_TIME (DD:HH:MM:SS per yeast run), GUE_TASKS, GUE_SEEDS, GUE_TIME, GUE_EPOCHS, GUE_MODELS
+# (name=checkpoint[:overrides] entries; the overrides come after GUE_EXTRA's), GUE_EXTRA, SPEED_MODELS,
+# SPEED_MODES, SPEED_LENGTHS, SPEED_BUDGET (`dnalm speed`, STAGES=speed), PACK_MODELS, SH2_ARGS, EXTRA
+# (overrides for every train/finetune command, e.g. for a CPU smoke run).
 set -u
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-benchmarks/out}
@@ -68,12 +71,13 @@ fi
 if want gue; then
   stamp "GUE: $GUE_MODELS"
   for entry in $GUE_MODELS; do
-    name=${entry%%=*}; ckpt=${entry#*=}
+    name=${entry%%=*}; rest=${entry#*=}
+    IFS=: read -r ckpt model_extra <<< "$rest"
     for task in $GUE_TASKS; do
       for seed in $GUE_SEEDS; do
         dnalm finetune checkpoint=$ckpt task=$task data_root="$DATA" out=$R/gue_$name/${task}_seed$seed seed=$seed \
           trainer=gpu trainer.max_epochs=$GUE_EPOCHS trainer.max_time=$GUE_TIME trainer.progress_bar=false \
-          save_model=false ${GUE_EXTRA:-} $EXTRA > $R/gue_${name}_${task}_seed$seed.log 2>&1 &
+          save_model=false ${GUE_EXTRA:-} ${model_extra//,/ } $EXTRA > $R/gue_${name}_${task}_seed$seed.log 2>&1 &
       done
     done
   done
