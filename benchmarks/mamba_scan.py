@@ -27,7 +27,7 @@ import torch
 
 from dnalm.evaluate.speed import ceilings, length_label, measure, parse_length
 from dnalm.kernels.selective_scan_triton import selective_scan_triton, selective_scan_triton_train
-from dnalm.models.mamba import CaduceusConfig, CaduceusLM, Mamba, MambaConfig, MambaLM, selective_scan_ref
+from dnalm.models.mamba import CaduceusConfig, CaduceusLM, MambaConfig, MambaLM, selective_scan_ref
 
 SHAPES = ((2, 512, 16, 1024), (1, 512, 16, 16384), (8, 1024, 16, 4096))
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -59,13 +59,18 @@ def forward_backward(fn, x: dict[str, torch.Tensor], dy: torch.Tensor) -> dict[s
     return {"y": y.detach(), **dict(zip(GRAD_NAMES, grads, strict=True))}
 
 
-def differences(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> str:
-    parts = []
+def relative_errors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """Per tensor: the largest absolute difference and that difference over the reference's largest magnitude."""
+    errors = {}
     for k in want:
         err = float((got[k].double() - want[k].double()).abs().max())
-        scale = float(want[k].abs().max())
-        parts.append(f"{k} {err:.1e} ({err / max(scale, 1e-30):.1e})")
-    return ", ".join(parts)
+        errors[k] = (err, err / max(float(want[k].abs().max()), 1e-30))
+    return errors
+
+
+def differences(errors: dict[str, tuple[float, float]]) -> str:
+    """:func:`relative_errors` as 'name absolute (relative)' items."""
+    return ", ".join(f"{k} {err:.1e} ({rel:.1e})" for k, (err, rel) in errors.items())
 
 
 def forward_only() -> None:
@@ -89,13 +94,13 @@ def trainable() -> None:
         print(f"train scan B={b} E={E} N={N} L={L}: max abs difference (relative to the reference's max):")
         try:
             want = forward_backward(selective_scan_ref, x, dy)
-            print(f"  vs reference float32: {differences(got, want)}")
+            print(f"  vs reference float32: {differences(relative_errors(got, want))}")
             del want
         except torch.OutOfMemoryError:
             print("  vs reference float32: out of memory")
         if i == 0:
             want64 = forward_backward(selective_scan_ref, {k: v.double() for k, v in x.items()}, dy.double())
-            print(f"  vs reference float64: {differences(got, want64)}")
+            print(f"  vs reference float64: {differences(relative_errors(got, want64))}")
             del want64
         del got
         for name, fn in (("triton", selective_scan_triton_train), ("reference", selective_scan_ref)):
@@ -117,9 +122,9 @@ def check(rel_tol: float = 1e-4) -> int:
     dy = torch.randn(2, 200, 1001, device="cuda")
     got = forward_backward(selective_scan_triton_train, x, dy)
     want = forward_backward(selective_scan_ref, {k: v.double() for k, v in x.items()}, dy.double())
-    worst = max(float((got[k].double() - want[k]).abs().max() / want[k].abs().max().clamp_min(1e-30))
-                for k in want)
-    print(f"trainable scan on CUDA vs float64 reference: {differences(got, want)}; worst relative {worst:.1e}")
+    errors = relative_errors(got, want)
+    worst = max(rel for _, rel in errors.values())
+    print(f"trainable scan on CUDA vs float64 reference: {differences(errors)}; worst relative {worst:.1e}")
     return 0 if worst <= rel_tol else 1
 
 
@@ -143,10 +148,7 @@ def lm_training(lengths: list[int], budget: int, ref_max_length: int) -> None:
     print(f"Mamba LM d_model {cfg.d_model}, {cfg.n_layer} layers, training step at {budget} tokens per step:")
     for path in ("triton", "reference"):
         torch.manual_seed(0)
-        model = MambaLM(cfg).cuda()
-        for m in model.modules():
-            if isinstance(m, Mamba):
-                m.fast_path = path
+        model = MambaLM(MambaConfig.preset("medium", fast_path=path)).cuda()
         for L in lengths:
             if path == "reference" and L > ref_max_length:
                 continue

@@ -20,7 +20,6 @@ from dnalm.evaluate.speed import (
     MODES,
     build_model,
     ceilings,
-    checkpoint_blocks,
     device_description,
     length_label,
     markdown_table,
@@ -28,6 +27,7 @@ from dnalm.evaluate.speed import (
     run_speed,
     step_fn,
 )
+from dnalm.training.lightning import checkpoint_blocks
 
 
 def profile(spec: str, budget: int, preset: str, max_len: int, top: int = 15) -> str:

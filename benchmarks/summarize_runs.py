@@ -59,12 +59,13 @@ def yeast_table(root: Path) -> list[str]:
         name, params = _family_and_parameters(path.parent)
         best, test = m.get("best", {}), m.get("test") or {}
         val_loss = best.get("val/loss")
+        val_bits = _fmt(None if val_loss is None else val_loss / math.log(2))
         if m.get("objective") == "masked":  # bits per masked base, and how often the masked token is recovered
-            val = f"{_fmt(None if val_loss is None else val_loss / math.log(2))} bits/masked token"
+            val = f"{val_bits} bits/masked token"
             test_fig = f"{_fmt(test.get('bits_per_masked_base'))} bits/masked base"
             acc = _fmt(test.get("acc"))
         else:
-            val = f"{_fmt(None if val_loss is None else val_loss / math.log(2))} bits/base"
+            val = f"{val_bits} bits/base"
             test_fig, acc = f"{_fmt(test.get('bits_per_base'))} bits/base", "-"
         rows.append(f"| {path.parent.name.removeprefix('yeast_')} | {name} | {params} | {m['global_step']} | "
                     f"{m['train_seconds']:.0f} | {best.get('step')} | {val} | {test_fig} | {acc} | "

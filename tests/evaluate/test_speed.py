@@ -7,7 +7,6 @@ import torch
 from dnalm.evaluate.speed import (
     SpeedRow,
     build_model,
-    checkpoint_blocks,
     hyena_traffic_bytes,
     length_label,
     markdown_table,
@@ -15,6 +14,7 @@ from dnalm.evaluate.speed import (
     parse_length,
 )
 from dnalm.models.blocks import count_parameters
+from dnalm.training.lightning import checkpoint_blocks
 
 
 def test_plain_gpt_has_the_transformer_size_and_runs():

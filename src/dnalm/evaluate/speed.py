@@ -200,14 +200,6 @@ def hyena_traffic_bytes(preset: str, train: bool) -> float:
     return cfg.n_layer * (fwd + bwd if train else fwd)
 
 
-def checkpoint_blocks(model: nn.Module) -> int:
-    """Activation checkpointing of every block (how the reference HyenaDNA trains 1M tokens; any family's
-    blocks: :func:`dnalm.training.lightning.checkpoint_blocks`)."""
-    from dnalm.training.lightning import checkpoint_blocks as wrap
-
-    return wrap(model)
-
-
 def step_fn(model: nn.Module, mode: str, ids: Tensor, targets: Tensor) -> Callable[[], None]:
     if mode == "forward":
         def forward() -> None:
@@ -267,9 +259,12 @@ def run_speed(models: Sequence[str], modes: Sequence[str], lengths: Sequence[int
     """Measure every (model, length, mode); ``report`` is called with each row as it completes.
 
     ``hyena-ref`` trains with activation checkpointing of every block from ``ref_checkpoint_from``
-    tokens on; every dnalm model but ``hyena`` does wherever it runs out of memory without it (noted in the row); ``hyena``
-    checkpoints only its mixers (selective checkpointing) from ``mixer_checkpoint_from`` tokens on.
+    tokens on; every dnalm model but ``hyena`` does wherever it runs out of memory without it (noted in the
+    row; :func:`dnalm.training.lightning.checkpoint_blocks`); ``hyena`` checkpoints only its mixers (selective
+    checkpointing) from ``mixer_checkpoint_from`` tokens on.
     """
+    from dnalm.training.lightning import checkpoint_blocks
+
     ceil = ceil or ceilings()
     rows = []
     for name in models:
