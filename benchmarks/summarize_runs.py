@@ -7,7 +7,7 @@ RUNS_DIR holds ``yeast_<name>/metrics.json`` (``dnalm train ... test=true``) and
 as ``gue_<task>/seed<k>/metrics.json`` or ``gue_<model>/<task>_seed<k>/metrics.json``. Yeast: family,
 parameters, steps, training time, the validation step chosen, validation and test figures of that
 checkpoint: bits/base for a next-token model, bits per masked base and masked-token accuracy for a masked
-LM (the two are not comparable). GUE: test MCC per seed (model of the best dev epoch), their mean and
+LM (the two are not comparable); test bits/base per region class of the next-token runs. GUE: test MCC per seed (model of the best dev epoch), their mean and
 standard deviation, and the mean test AUROC.
 """
 
@@ -73,6 +73,29 @@ def yeast_table(root: Path) -> list[str]:
     return rows
 
 
+REGIONS = ("CDS", "UTR", "exon_other", "intergenic", "intron", "promoter", "repeat")
+
+
+def region_table(root: Path) -> list[str]:
+    """Test bits/base of the next-token yeast runs per region class (``dnalm prepare``'s GFF3 labels), each
+    column's lowest in bold."""
+    runs = []
+    for path in sorted(root.glob("yeast_*/metrics.json")):
+        m = json.loads(path.read_text())
+        test = m.get("test") or {}
+        if m.get("objective") != "masked" and "bits_per_base" in test:
+            figures = [test["bits_per_base"]] + [test.get(f"bits_per_base/{r}") for r in REGIONS]
+            runs.append((path.parent.name.removeprefix("yeast_"), figures))
+    rows = ["| run | all | " + " | ".join(REGIONS) + " |", "|---|" + "---|" * (len(REGIONS) + 1)]
+    for name, figures in runs:
+        cells = []
+        for j, x in enumerate(figures):
+            column = [f[j] for _, f in runs if f[j] is not None]
+            cells.append(f"**{x:.4f}**" if x is not None and x == min(column) and len(column) > 1 else _fmt(x))
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows if runs else []
+
+
 def _gue_groups(root: Path) -> dict[str, list[Path]]:
     """Metrics files of the GUE runs grouped by (model, task): ``gue_<task>/seed<k>`` (one model) and
     ``gue_<model>/<task>_seed<k>``."""
@@ -102,7 +125,7 @@ def main(argv: list[str]) -> int:
         print("usage: python benchmarks/summarize_runs.py RUNS_DIR", file=sys.stderr)
         return 2
     root = Path(argv[0])
-    print("\n".join(yeast_table(root) + [""] + gue_table(root)))
+    print("\n".join(yeast_table(root) + [""] + region_table(root) + [""] + gue_table(root)))
     return 0
 
 
