@@ -265,3 +265,138 @@ def test_python_api_with_caduceus(checkpoints) -> None:
     assert m.embed(seq, pool="mean").shape == (32,) and m.embed([seq, seq], pool="mean").shape == (2, 32)
     with pytest.raises(ConfigError, match="needs a causal LM; this is a masked LM"):
         m.generate("ACGT")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows longer than a window
+# ---------------------------------------------------------------------------------------------
+
+
+def test_window_row_tiles_the_row() -> None:
+    """For every row length, window and specials layout: one pass when the row fits; else windows of exactly
+    ``window`` tokens, each a copy of the row's tokens at ``position - shift`` with the row's end specials,
+    answering in order for ranges that tile the row, every answered content token with an eighth of the content
+    width of context on both sides (fewer only at the row's ends)."""
+    from dnalm.inference.masked import window_row
+
+    CLS, SEP = 90, 91
+    for head, tail in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        for n in (1, 5, 17, 40, 41, 100, 257):
+            ids = np.array([CLS] * head + list(range(n)) + [SEP] * tail)
+            for window in (4 + head + tail, 9, 16, 33, 64, 1000):
+                if window < 4 + head + tail:
+                    continue
+                windows = window_row(ids, window, {CLS, SEP}, row=3)
+                if len(ids) <= window:
+                    assert len(windows) == 1 and windows[0].lo == 0 and windows[0].hi == len(ids)
+                    continue
+                margin = (window - head - tail) // 8
+                assert windows[0].lo == 0 and windows[-1].hi == len(ids) and all(w.row == 3 for w in windows)
+                for a, b in zip(windows, windows[1:]):
+                    assert a.hi == b.lo
+                for w in windows:
+                    assert len(w.ids) == window and w.lo < w.hi
+                    assert list(w.ids[:head]) == [CLS] * head and list(w.ids[len(w.ids) - tail:]) == [SEP] * tail
+                    for p in range(w.lo, w.hi):
+                        assert w.ids[p - w.shift] == ids[p]
+                        if head <= p < head + n:  # a content token: context within its window
+                            before, after = p - w.shift - head, window - tail - 1 - (p - w.shift)
+                            assert before >= min(margin, p - head) and after >= min(margin, head + n - 1 - p)
+
+
+def _window_case(dtype=torch.float64):
+    tok = CharTokenizer()  # [SEP] after the bases
+    rng = np.random.default_rng(5)
+    seqs = ["".join(rng.choice(list("ACGT"), size=k)) for k in (7, 90, 203)]
+    return _caduceus(dtype), tok, [encode_tokens(tok, s) for s in seqs]
+
+
+def test_windowed_embeddings_are_the_window_passes_stitched_in_float64() -> None:
+    """A row longer than the window: every token's vector is that of one plain forward of the window answering
+    for it (float64, 1e-10); pooled mean / max / cls are those of the stitched tokens; a row within the window,
+    and every row with no window, is read in one pass as before."""
+    from dnalm.inference.masked import window_row
+
+    model, tok, rows = _window_case()
+    window, layer = 32, -1
+    D = model.config.d_model * 2  # RCPS: both streams
+    per_base = {}
+
+    def write(i: int, start: int, block: np.ndarray) -> None:
+        per_base.setdefault(i, np.full((int(rows[i].n_bases.sum()), D), np.nan))[start: start + len(block)] = block
+
+    embed_masked(model, rows, layer, "none", write=write, window=window, batch_size=3)
+    pooled = {p: embed_masked(model, rows, layer, p, window=window, batch_size=3) for p in ("mean", "max", "cls")}
+    one_pass = embed_masked(model, rows, layer, "mean")
+    for i, r in enumerate(rows):
+        stitched = np.full((len(r.ids), D), np.nan)
+        for w in window_row(r.ids, window, {tok.alphabet.eos}):
+            with torch.no_grad():
+                (h,) = model.hidden_states(torch.as_tensor(w.ids)[None], [layer])
+            stitched[w.lo: w.hi] = h[0, w.lo - w.shift: w.hi - w.shift].numpy()
+        assert not np.isnan(stitched).any()
+        rounding = 4 * np.finfo(np.float32).eps * np.abs(stitched).max()  # per-base vectors are stored as float32
+        np.testing.assert_allclose(per_base[i], np.repeat(stitched, r.n_bases, axis=0), rtol=0, atol=rounding)
+        np.testing.assert_allclose(pooled["mean"][i], stitched.mean(0), rtol=0, atol=1e-6)  # stored as float32
+        np.testing.assert_allclose(pooled["max"][i], stitched.max(0), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(pooled["cls"][i], stitched[0], rtol=0, atol=1e-6)
+        with torch.no_grad():
+            (whole,) = model.hidden_states(torch.as_tensor(r.ids)[None], [layer])
+        np.testing.assert_allclose(one_pass[i], whole[0].numpy().mean(0), rtol=0, atol=1e-6)
+        if len(r.ids) <= window:
+            np.testing.assert_allclose(stitched, whole[0].numpy(), rtol=0, atol=FLOAT64_ATOL)
+        else:  # the windows did change what the far tokens see
+            assert np.abs(stitched - whole[0].numpy()).max() > 1e-6
+
+
+def test_windowed_pll_masks_each_token_in_its_window_in_float64() -> None:
+    """The pseudo-log-likelihood of a row longer than the window: each token masked in the window answering for
+    it, one forward per copy (float64, 1e-10); the [SEP] is never scored."""
+    from dnalm.inference.masked import window_row
+
+    model, tok, rows = _window_case()
+    window = 29
+    got = pseudo_log_likelihoods(model, [r.ids for r in rows], tok.alphabet, window=window, batch_size=16)
+    for r, lp in zip(rows, got, strict=True):
+        expected = np.full(len(r.ids), np.nan)
+        for w in window_row(r.ids, window, {tok.alphabet.eos}):
+            for p in range(w.lo, w.hi):
+                if r.n_bases[p]:
+                    copy = torch.as_tensor(w.ids).clone()[None]
+                    copy[0, p - w.shift] = tok.alphabet.mask
+                    with torch.no_grad():
+                        expected[p] = float(model(copy)[0, p - w.shift].double().log_softmax(-1)[int(r.ids[p])])
+        np.testing.assert_allclose(lp, expected, rtol=0, atol=FLOAT64_ATOL)  # NaN where not scored, in both
+
+
+def test_window_reaches_predict_embed_and_the_api(tmp_path, checkpoints) -> None:
+    """``chunk_size`` is a masked LM's window in `dnalm embed`, `dnalm predict` and ``dnalm.load``: their outputs
+    are the library's with that window, and differ from one pass."""
+    import dnalm
+
+    seq = "".join(np.random.default_rng(8).choice(list("ACGT"), size=150))
+    fasta = tmp_path / "long.fa"
+    fasta.write_text(f">long\n{seq}\n")
+    ckpt = checkpoints["sep"]
+    model, tok = load_pretrained(ckpt), CharTokenizer()
+    row = encode_tokens(tok, seq)
+    blocks = {}
+    embed_masked(model, [row], -1, "none", write=lambda i, s, b: blocks.setdefault(s, b), window=40)
+    expected = np.concatenate([blocks[s] for s in sorted(blocks)])
+    assert len(blocks) > 1
+    assert _cli("embed", f"input={fasta}", f"checkpoint={ckpt}", f"out={tmp_path / 'e'}", "pool=none",
+                "chunk_size=40") == 0
+    got = np.load(next((tmp_path / "e").glob("*.npy")))
+    same = {"rtol": 0, "atol": 4 * np.finfo(np.float32).eps * np.abs(expected).max()}  # the same float32 passes
+    np.testing.assert_allclose(got, expected, **same)
+    api = dnalm.load(ckpt, device="cpu", chunk_size=40)
+    np.testing.assert_allclose(api.embed(seq, pool="none"), expected, **same)
+    np.testing.assert_allclose(api.embed(seq), embed_masked(model, [row], -1, "mean", window=40)[0], **same)
+    assert not np.allclose(dnalm.load(ckpt, device="cpu").embed(seq, pool="none"), expected, atol=1e-6)
+
+    pll = pseudo_log_likelihoods(model, [row.ids], tok.alphabet, window=40)[0]
+    assert _cli("predict", f"input={fasta}", f"checkpoint={ckpt}", f"out={tmp_path / 'p.parquet'}",
+                "output_type=loglik", "reduce=sum", "chunk_size=40") == 0
+    table = pd.read_parquet(tmp_path / "p.parquet")
+    assert table["log_likelihood"][0] == pytest.approx(np.nansum(pll), abs=1e-4)
+    assert api.score(seq, reduce="sum") == pytest.approx(np.nansum(pll), abs=1e-4)

@@ -112,7 +112,8 @@ class DnaLM:
     """A loaded model with its tokenizer (see the module docstring).
 
     ``batch_size``/``max_tokens``: rows and padded tokens per batch; ``chunk_size``: tokens per
-    chunk for long sequences (None: :func:`dnalm.inference.chunked.default_chunk_size`).
+    chunk for long sequences (None: :func:`dnalm.inference.chunked.default_chunk_size`); for a masked LM, tokens
+    per window (None: its family's ``window_tokens``; :mod:`dnalm.inference.masked`).
     """
 
     def __init__(self, model: nn.Module, tokenizer, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -163,7 +164,7 @@ class DnaLM:
             check_objective(self.model, CAUSAL, "prepend_bos=True")
         rows = [encode_tokens(self.tokenizer, s.upper(), where=f"sequence {i}") for i, s in enumerate(seqs)]
         lps = pseudo_log_likelihoods(self.model, [r.ids for r in rows], self.tokenizer.alphabet, skip_n=skip_n,
-                                     batch_size=self.batch_size, max_tokens=self.max_tokens)
+                                     batch_size=self.batch_size, max_tokens=self.max_tokens, window=self.chunk_size)
         out = []
         for r, lp in zip(rows, lps, strict=True):
             keep = ~np.isnan(lp)
@@ -233,18 +234,20 @@ class DnaLM:
     def _embed_masked(self, seqs: list[str], layer: int | str, pool: str, prepend_bos: bool,
                       single: bool) -> np.ndarray | list[np.ndarray]:
         from dnalm.inference.masked import embed_masked, encode_tokens
+        from dnalm.models.heads import backbone_width
 
         if prepend_bos:
             self._causal("prepend_bos=True")
         rows = [encode_tokens(self.tokenizer, s.upper(), where=f"sequence {i}") for i, s in enumerate(seqs)]
-        outs: list[np.ndarray] = [np.empty(0)] * len(rows)
+        D = backbone_width(self.model)
+        outs = [np.empty((int(r.n_bases.sum()), D), dtype=np.float32) for r in rows] if pool == "none" else []
 
         def write(i: int, start: int, block: np.ndarray) -> None:
-            outs[i] = block
+            outs[i][start: start + len(block)] = block
 
         vectors = embed_masked(self.model, rows, resolve_layer(self.model, layer), pool,
                                self.tokenizer.alphabet.pad or 0, write=write if pool == "none" else None,
-                               batch_size=self.batch_size, max_tokens=self.max_tokens)
+                               batch_size=self.batch_size, max_tokens=self.max_tokens, window=self.chunk_size)
         result = outs if pool == "none" else vectors
         return result[0] if single else result
 

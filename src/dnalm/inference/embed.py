@@ -187,7 +187,7 @@ def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequenc
 
     A masked LM (:mod:`dnalm.inference.masked`) takes :class:`~dnalm.inference.masked.TokenRow` rows (ids with
     specials and the bases of each token), padded with ``pad_id``; pools ``mean`` | ``max`` | ``cls`` | ``none``
-    (per base: each base gets the vector of its token).
+    (per base: each base gets the vector of its token); ``chunk_size`` is its window (tokens per pass).
 
     Layout: ``sequences.parquet`` (row, id, length in bases [, file]) and ``embed.json`` (layer,
     pool, dtype, precision, width and ``metadata``); pooled: ``embeddings.npy`` (N, D); per base
@@ -234,7 +234,8 @@ def embed_to_directory(model: CausalLM, rows: Sequence[np.ndarray], ids: Sequenc
         if masked:
             vectors = embed_masked(model, rows, index, pool, pad_id,
                                    write=(lambda i, s, block: streams[i].write(s, block)) if pool == "none" else None,
-                                   batch_size=batch_size, max_tokens=max_tokens, progress=progress)
+                                   batch_size=batch_size, max_tokens=max_tokens, progress=progress,
+                                   window=chunk_size)
             if pool == "none":
                 table["file"] = names
             else:

@@ -17,13 +17,21 @@ is generated and no causal log-likelihood exists. Its scores are built from the 
 * **Masked-marginal variant effect** (Meier et al. 2021, "Language models enable zero-shot prediction of
   the effects of mutations on protein function"), see :func:`masked_marginal`.
 
-A masked model reads a sequence whole (no chunking; attention is quadratic in the token count).
+A masked model reads a sequence whole up to its family's ``window_tokens`` (DNABERT-2 4,096 tokens, about 20 kb:
+attention is quadratic in the token count; Caduceus 2^20) or a ``window`` given by the caller. A longer row is
+read in overlapping windows (:func:`window_row`): each window holds the row's leading and trailing specials
+around ``window - specials`` content tokens, consecutive windows overlap by a quarter of those, and every token is
+answered for by the one window where it has at least an eighth of the content width of context on both sides
+(except at the row's ends): its hidden state, or its masked copy for the pseudo-log-likelihood. A bidirectional
+model's outputs then differ from one pass by what lies beyond that margin; a row within one window is read
+exactly as before.
 ``check_objective`` gives the one-line error when a quantity of one objective is asked of the other.
 
 API
 ---
 ``check_objective(model, needed, what)``: ConfigError unless the model's family has objective ``needed``
 ``encode_tokens(tokenizer, seq, where) -> TokenRow`` (ids with specials, bases per token)
+``window_row(ids, window, specials) -> list[Window]`` (the passes a row is read in)
 ``pseudo_log_likelihoods(model, rows, ...) -> list[(n,) float64]`` (NaN where not scored)
 ``embed_masked(model, rows, layer, pool, ...) -> (N, D)`` or per-base blocks through ``write``
 ``masked_marginal(model, tokenizer, window, offset, ref, alt) -> (ref_score, alt_score)``
@@ -130,6 +138,66 @@ def _batches(rows: Sequence[np.ndarray], batch_size: int, max_tokens: int, progr
 
 
 # ---------------------------------------------------------------------------------------------
+# Windows over long rows
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """One pass over (part of) row ``row``: ``ids`` its tokens; row position = window position + ``shift``;
+    it answers for the row positions ``lo .. hi - 1``."""
+
+    row: int
+    ids: np.ndarray
+    shift: int
+    lo: int
+    hi: int
+
+
+def window_row(ids: np.ndarray, window: int | None, specials: set[int], row: int = 0) -> list[Window]:
+    """The passes that read the row ``ids`` (see the module docstring): one when it has at most ``window``
+    tokens (or ``window`` is None), else windows of exactly ``window`` tokens whose answered ranges tile the row
+    in order. A leading and a trailing special token (``[CLS]``, ``[SEP]``) are kept in every window."""
+    ids = np.asarray(ids)
+    total = len(ids)
+    if window is None or total <= window:
+        return [Window(row, ids, 0, 0, total)]
+    head = int(int(ids[0]) in specials)
+    tail = int(total > head and int(ids[-1]) in specials)
+    width = window - head - tail  # content tokens per window
+    if width < 4:
+        raise ConfigError(f"a window of {window} tokens leaves {width} for the sequence; give at least "
+                          f"{4 + head + tail}")
+    n, margin = total - head - tail, width // 8
+    stride = width - 2 * margin
+    lead, trail = ids[:head], ids[total - tail:]
+    out, start, lo = [], 0, 0
+    while start + width < n:
+        hi = head + start + width - margin
+        out.append(Window(row, np.concatenate([lead, ids[head + start: head + start + width], trail]), start, lo, hi))
+        start, lo = start + stride, hi
+    start = n - width  # the last window ends with the row
+    out.append(Window(row, np.concatenate([lead, ids[head + start: head + n], trail]), start, lo, total))
+    return out
+
+
+def masked_window(model: nn.Module, window: int | None = None) -> int | None:
+    """``window`` when given (>= 1), else the model family's ``window_tokens``."""
+    from dnalm.models.families import family_of
+
+    if window is not None:
+        if int(window) < 1:
+            raise ConfigError(f"window (chunk_size) must be >= 1 token, got {window}")
+        return int(window)
+    return family_of(model).window_tokens
+
+
+def _windows(model: nn.Module, rows: Sequence[np.ndarray], specials: set[int], window: int | None) -> list[Window]:
+    size = masked_window(model, window)
+    return [w for i, r in enumerate(rows) for w in window_row(r, size, specials, i)]
+
+
+# ---------------------------------------------------------------------------------------------
 # Pseudo-log-likelihood
 # ---------------------------------------------------------------------------------------------
 
@@ -145,20 +213,21 @@ def scored_tokens(ids: np.ndarray, alphabet, skip_n: bool = True) -> np.ndarray:
 @torch.no_grad()
 def pseudo_log_likelihoods(model: nn.Module, rows: Sequence[np.ndarray], alphabet, skip_n: bool = True,
                            batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int = DEFAULT_MAX_TOKENS,
-                           progress: bool = False) -> list[np.ndarray]:
+                           progress: bool = False, window: int | None = None) -> list[np.ndarray]:
     """``log p(x_t | x_without_t)`` of every scored token of every row (ids with specials): (n_i,) float64, NaN
     on tokens not scored (:func:`scored_tokens`).
 
-    Each scored token gives one masked copy of its row; copies run ``batch_size`` rows (at most
-    ``max_tokens`` padded tokens) at a time with the attention mask, through ``model(ids, attention_mask)``.
+    Each scored token gives one masked copy of the window that answers for it (the whole row unless it is longer
+    than ``window`` tokens: :func:`masked_window`); copies run ``batch_size`` rows (at most ``max_tokens``
+    padded tokens) at a time with the attention mask, through ``model(ids, attention_mask)``.
     """
     if alphabet.mask is None:
         raise ConfigError("pseudo-log-likelihood needs a vocabulary with a [MASK] token")
     device = _device(model)
     out = [np.full(len(r), np.nan) for r in rows]
-    jobs = [(i, t) for i, r in enumerate(rows) for t in np.flatnonzero(scored_tokens(np.asarray(r), alphabet,
-                                                                                      skip_n))]
-    lengths = [len(rows[i]) for i, _ in jobs]
+    jobs = [(w, t) for w in _windows(model, rows, _specials(alphabet), window)
+            for t in w.lo + np.flatnonzero(scored_tokens(np.asarray(rows[w.row][w.lo:w.hi]), alphabet, skip_n))]
+    lengths = [len(w.ids) for w, _ in jobs]
     batches = bucket_batches(lengths, batch_size, max_tokens)
     it: Iterable[list[int]] = track(batches, total=len(batches), desc="scoring", unit="batch") if progress \
         else batches
@@ -166,20 +235,20 @@ def pseudo_log_likelihoods(model: nn.Module, rows: Sequence[np.ndarray], alphabe
     for batch in it:
         copies = []
         for k in batch:
-            i, t = jobs[k]
-            row = np.asarray(rows[i], dtype=np.int64).copy()
-            row[t] = alphabet.mask
-            copies.append(row)
+            w, t = jobs[k]
+            copy = np.asarray(w.ids, dtype=np.int64).copy()
+            copy[t - w.shift] = alphabet.mask
+            copies.append(copy)
         ids, mask = _pad(copies, pad, device)
         logits = model(ids, mask)  # (n, L, V)
         n = torch.arange(len(batch), device=device)
-        cols = torch.tensor([jobs[k][1] for k in batch], device=device)
-        targets = torch.tensor([int(rows[jobs[k][0]][jobs[k][1]]) for k in batch], device=device)
+        cols = torch.tensor([jobs[k][1] - jobs[k][0].shift for k in batch], device=device)
+        targets = torch.tensor([int(rows[jobs[k][0].row][jobs[k][1]]) for k in batch], device=device)
         wide = torch.promote_types(logits.dtype, torch.float32)
         lp = logits[n, cols].to(wide).log_softmax(-1)[n, targets].double().cpu().numpy()
         for k, v in zip(batch, lp, strict=True):
-            i, t = jobs[k]
-            out[i][t] = v
+            w, t = jobs[k]
+            out[w.row][t] = v
     return out
 
 
@@ -188,44 +257,62 @@ def pseudo_log_likelihoods(model: nn.Module, rows: Sequence[np.ndarray], alphabe
 # ---------------------------------------------------------------------------------------------
 
 
-def _hidden_blocks(model: nn.Module, rows: Sequence[np.ndarray], index: int, pad: int, batch_size: int,
+def _hidden_pieces(model: nn.Module, windows: Sequence[Window], index: int, pad: int, batch_size: int,
                    max_tokens: int, progress: bool):
-    """``(row, hidden (n_i, D))`` for every row: the layer's hidden states of its real tokens."""
+    """``(window, hidden (hi - lo, D))`` for every window: the layer's hidden states of the row positions it
+    answers for."""
     device = _device(model)
-    for batch in _batches(rows, batch_size, max_tokens, progress, "embedding"):
-        ids, mask = _pad([rows[i] for i in batch], pad, device)
+    for batch in _batches([w.ids for w in windows], batch_size, max_tokens, progress, "embedding"):
+        ids, mask = _pad([windows[k].ids for k in batch], pad, device)
         (hidden,) = model.hidden_states(ids, [index], attention_mask=mask)
-        for b, i in enumerate(batch):
-            yield i, hidden[b, : len(rows[i])]
+        for b, k in enumerate(batch):
+            w = windows[k]
+            yield w, hidden[b, w.lo - w.shift: w.hi - w.shift]
 
 
 @torch.no_grad()
 def embed_masked(model: nn.Module, rows: Sequence[TokenRow], layer: int, pool: str, pad_id: int = 0,
                  write: Callable[[int, int, np.ndarray], None] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False) -> np.ndarray | None:
+                 max_tokens: int = DEFAULT_MAX_TOKENS, progress: bool = False,
+                 window: int | None = None) -> np.ndarray | None:
     """Embeddings of a masked LM (see the module docstring): (N, D) float32 for pool ``mean`` | ``max`` |
-    ``cls``; padding with ``pad_id``; for ``none`` the per-base vectors (n_bases_i, D) go to
-    ``write(row, 0, block)`` and None is returned. ``layer``: a hidden-state index of the model (0 embeddings,
-    i after layer i, -1 last)."""
+    ``cls``; padding with ``pad_id``; for ``none`` the per-base vectors go to ``write(row, first base, block)``
+    (a row longer than a window in several blocks) and None is returned. ``layer``: a hidden-state index of the
+    model (0 embeddings, i after layer i, -1 last); ``window``: tokens per pass (:func:`masked_window`)."""
     if pool not in MASKED_POOLS:
         raise ConfigError(f"pool={pool!r} must be one of {', '.join(MASKED_POOLS)} for a masked LM")
     if pool == "none" and write is None:
         raise ConfigError("pool=none needs a writer for the per-base blocks")
-    ids = [r.ids for r in rows]
-    vectors: list[np.ndarray | None] = [None] * len(rows)
-    for i, hidden in _hidden_blocks(model, ids, layer, pad_id, batch_size, max_tokens, progress):
+    windows = _windows(model, [r.ids for r in rows], _row_specials(rows), window)
+    pooled: list[torch.Tensor | None] = [None] * len(rows)
+    for w, hidden in _hidden_pieces(model, windows, layer, pad_id, batch_size, max_tokens, progress):
+        row, i = rows[w.row], w.row
         if pool == "none":
-            counts = torch.as_tensor(rows[i].n_bases, device=hidden.device)
-            write(i, 0, hidden.repeat_interleave(counts, dim=0).float().cpu().numpy())
-            continue
-        if pool == "mean":
-            v = hidden.double().mean(0)
+            counts = torch.as_tensor(row.n_bases[w.lo:w.hi], device=hidden.device)
+            write(i, int(row.n_bases[:w.lo].sum()), hidden.repeat_interleave(counts, dim=0).float().cpu().numpy())
+        elif pool == "mean":
+            part = hidden.double().sum(0)
+            pooled[i] = part if pooled[i] is None else pooled[i] + part
         elif pool == "max":
-            v = hidden.max(0).values
-        else:
-            v = hidden[0]
-        vectors[i] = v.float().cpu().numpy()
-    return None if pool == "none" else np.stack(vectors)  # type: ignore[arg-type]
+            part = hidden.max(0).values
+            pooled[i] = part if pooled[i] is None else torch.maximum(pooled[i], part)
+        elif w.lo == 0:
+            pooled[i] = hidden[0]
+    if pool == "none":
+        return None
+    if pool == "mean":
+        pooled = [v / len(r.ids) for v, r in zip(pooled, rows, strict=True)]
+    return np.stack([v.float().cpu().numpy() for v in pooled])
+
+
+def _row_specials(rows: Sequence[TokenRow]) -> set[int]:
+    """The special tokens at the ends of ``rows`` (those covering no base)."""
+    out: set[int] = set()
+    for r in rows:
+        for j in (0, len(r.ids) - 1):
+            if len(r.ids) and r.n_bases[j] == 0:
+                out.add(int(r.ids[j]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -928,4 +928,5 @@ FAMILY = Family(
     tokenizer=default_tokenizer,
     context_field=None,
     importers=(Importer("dnabert2-hub", detect_hub, load_hub),),
+    window_tokens=4096,  # about 20 kb of BPE tokens; attention scores grow with the square
 )

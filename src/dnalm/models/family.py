@@ -80,6 +80,8 @@ class Family:
     suffixes LoRA adapts by default. ``tokenizer(config)``: the family's default tokenizer for a
     config. ``importers``: published checkpoint layouts besides dnalm's own. ``info(config, length,
     batch)``: parameter/FLOP/memory accounting (:mod:`dnalm.models.info`), None if not modelled.
+    ``window_tokens`` (masked families): the longest row inference reads in one pass; a longer one is read in
+    overlapping windows of that many tokens (:mod:`dnalm.inference.masked`); None = any length in one pass.
     """
 
     name: str
@@ -92,6 +94,7 @@ class Family:
     context_field: str | None = None
     importers: tuple[Importer, ...] = ()
     info: Callable[..., Any] | None = None
+    window_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in (CAUSAL, MASKED):

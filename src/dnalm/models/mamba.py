@@ -1012,4 +1012,5 @@ FAMILY = Family(name="mamba", config_cls=MambaConfig, model_cls=MambaLM, presets
 CADUCEUS_FAMILY = Family(name="caduceus", config_cls=CaduceusConfig, model_cls=CaduceusLM, presets=CADUCEUS_PRESETS,
                          objective=MASKED, lora_targets=("in_proj", "out_proj", "x_proj", "dt_proj"),
                          tokenizer=_tokenizer,
-                         importers=(Importer("caduceus-hub", detect_caduceus_hub, load_caduceus_hub),), info=_info)
+                         importers=(Importer("caduceus-hub", detect_caduceus_hub, load_caduceus_hub),), info=_info,
+                         window_tokens=1 << 20)  # linear in length: a megabase per pass

@@ -140,7 +140,8 @@ def _predict_masked(pc: PredictConfig, model, tokenizer, seqs) -> int:
 
     rows = [encode_tokens(tokenizer, s.seq, where=s.where) for s in seqs]
     lps = pseudo_log_likelihoods(model, [r.ids for r in rows], tokenizer.alphabet, skip_n=pc.skip_n,
-                                 batch_size=pc.batch_size, max_tokens=pc.max_tokens, progress=True)
+                                 batch_size=pc.batch_size, max_tokens=pc.max_tokens, progress=True,
+                                 window=pc.chunk_size)
     scored = [~np.isnan(lp) for lp in lps]
     real = [r.n_bases > 0 for r in rows]
     table = {"id": [s.id for s in seqs], "length": np.array([len(s.seq) for s in seqs], dtype=np.int64),
