@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -208,6 +208,58 @@ def _to_tensor(array: np.ndarray, return_tensors: str | None) -> np.ndarray | to
     raise ConfigError(f"return_tensors={return_tensors!r} must be None, 'np' or 'pt'")
 
 
+def fitted_rows(seqs: Sequence[Any], encode_body: Callable[[Any, str], np.ndarray],
+                with_special_tokens: Callable[[np.ndarray], np.ndarray] | None, n_special: int,
+                max_length: int | None, truncation: bool) -> list[np.ndarray]:
+    """Each of ``seqs`` encoded (``encode_body(seq, where)``), cut to ``max_length`` tokens with its
+    ``n_special`` special tokens when ``truncation`` (else a longer row is an InputError), then wrapped by
+    ``with_special_tokens`` (None: no specials)."""
+    rows = []
+    for i, seq in enumerate(seqs):
+        body = encode_body(seq, f"sequence {i}")
+        if max_length is not None and body.size + n_special > max_length:
+            if not truncation:
+                raise InputError(f"sequence {i}: {body.size + n_special} tokens exceed max_length={max_length} "
+                                 "(enable truncation)")
+            body = body[: max(max_length - n_special, 0)]
+        rows.append(with_special_tokens(body) if with_special_tokens is not None else body)
+    return rows
+
+
+def pad_rows(rows: Sequence[np.ndarray], pad_id: int, padding_side: str, max_length: int | None = None,
+             padding: bool | str = True, return_tensors: str | None = "pt") -> dict[str, Any]:
+    """Pad ``B`` id arrays ``(T_b,)`` with ``pad_id`` on ``padding_side`` into ``input_ids`` and
+    ``attention_mask`` ``(B, L)`` int64 (1 on tokens): ``padding`` True/``'longest'`` to the longest row,
+    ``'max_length'`` to ``max_length``, False requires rows of equal length."""
+    lengths = [len(r) for r in rows]
+    longest = max(lengths, default=0)
+    if padding is True or padding == "longest":
+        width = longest
+    elif padding == "max_length":
+        if max_length is None:
+            raise ConfigError("padding='max_length' needs max_length")
+        width = max_length
+    elif padding is False:
+        if len(set(lengths)) > 1:
+            raise InputError(f"sequences have different lengths ({min(lengths)} to {longest} tokens); "
+                             "use padding")
+        width = longest
+    else:
+        raise ConfigError(f"padding={padding!r} must be true, false, 'longest' or 'max_length'")
+    if longest > width:
+        raise InputError(f"a row has {longest} tokens, more than max_length={width}")
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for b, row in enumerate(rows):
+        n = len(row)
+        if n == 0:
+            continue
+        cols = slice(width - n, width) if padding_side == "left" else slice(0, n)
+        input_ids[b, cols] = row
+        mask[b, cols] = 1
+    return {"input_ids": _to_tensor(input_ids, return_tensors), "attention_mask": _to_tensor(mask, return_tensors)}
+
+
 def _options_of(config: Mapping[str, Any], cls: type, allowed: set[str]) -> dict[str, Any]:
     """The options of a saved config (``type`` and ``format`` removed); unknown keys raise."""
     config = dict(config)
@@ -348,51 +400,14 @@ class _Tokenizer:
             ``input_ids`` ``(B, L)`` int64 and ``attention_mask`` ``(B, L)`` int64 (1 on tokens, 0 on
             padding), padded with ``[PAD]`` on ``padding_side``.
         """
-        rows = []
-        n_special = self.num_special_tokens if add_special_tokens else 0
-        for i, seq in enumerate(seqs):
-            body = self._encode_body(seq, f"sequence {i}")
-            if max_length is not None and body.size + n_special > max_length:
-                if not truncation:
-                    raise InputError(
-                        f"sequence {i}: {body.size + n_special} tokens exceed max_length={max_length} "
-                        "(enable truncation)"
-                    )
-                body = body[: max(max_length - n_special, 0)]
-            rows.append(self.with_special_tokens(body) if add_special_tokens else body)
+        rows = fitted_rows(seqs, self._encode_body, self.with_special_tokens if add_special_tokens else None,
+                           self.num_special_tokens if add_special_tokens else 0, max_length, truncation)
         return self.pad(rows, max_length=max_length, padding=padding, return_tensors=return_tensors)
 
     def pad(self, rows: Sequence[np.ndarray], max_length: int | None = None, padding: bool | str = True,
             return_tensors: str = "pt") -> dict[str, Any]:
-        """Pad ``B`` id arrays ``(T_b,)`` into ``input_ids`` and ``attention_mask`` ``(B, L)``."""
-        lengths = [len(r) for r in rows]
-        longest = max(lengths, default=0)
-        if padding is True or padding == "longest":
-            width = longest
-        elif padding == "max_length":
-            if max_length is None:
-                raise ConfigError("padding='max_length' needs max_length")
-            width = max_length
-        elif padding is False:
-            if len(set(lengths)) > 1:
-                raise InputError(f"sequences have different lengths ({min(lengths)} to {longest} tokens); "
-                                 "use padding")
-            width = longest
-        else:
-            raise ConfigError(f"padding={padding!r} must be true, false, 'longest' or 'max_length'")
-        if longest > width:
-            raise InputError(f"a row has {longest} tokens, more than max_length={width}")
-        input_ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for b, row in enumerate(rows):
-            n = len(row)
-            if n == 0:
-                continue
-            cols = slice(width - n, width) if self.padding_side == "left" else slice(0, n)
-            input_ids[b, cols] = row
-            mask[b, cols] = 1
-        return {"input_ids": _to_tensor(input_ids, return_tensors),
-                "attention_mask": _to_tensor(mask, return_tensors)}
+        """Pad ``B`` id arrays ``(T_b,)`` into ``input_ids`` and ``attention_mask`` ``(B, L)`` (:func:`pad_rows`)."""
+        return pad_rows(rows, PAD_ID, self.padding_side, max_length, padding, return_tensors)
 
     # -- decoding ---------------------------------------------------------------------------
     def _decode_body(self, ids: np.ndarray) -> str:

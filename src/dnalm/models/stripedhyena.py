@@ -907,48 +907,18 @@ class ByteTokenizer:
                      padding: bool | str = True, truncation: bool = True, add_special_tokens: bool = True,
                      return_tensors: str = "pt") -> dict[str, Any]:
         """Encode and pad B sequences: ``input_ids`` and ``attention_mask`` (B, L) (1 on tokens)."""
-        rows = []
-        n_special = self.num_special_tokens if add_special_tokens else 0
-        for i, seq in enumerate(seqs):
-            body = self._body(seq, f"sequence {i}")
-            if max_length is not None and body.size + n_special > max_length:
-                if not truncation:
-                    raise InputError(f"sequence {i}: {body.size + n_special} tokens exceed max_length={max_length} "
-                                     "(enable truncation)")
-                body = body[: max(max_length - n_special, 0)]
-            rows.append(self.with_special_tokens(body) if add_special_tokens else body)
+        from dnalm.tokenizers import fitted_rows
+
+        rows = fitted_rows(seqs, self._body, self.with_special_tokens if add_special_tokens else None,
+                           self.num_special_tokens if add_special_tokens else 0, max_length, truncation)
         return self.pad(rows, max_length=max_length, padding=padding, return_tensors=return_tensors)
 
     def pad(self, rows: Sequence[np.ndarray], max_length: int | None = None, padding: bool | str = True,
             return_tensors: str = "pt") -> dict[str, Any]:
         """Pad B id arrays (T_b,) with 1 into ``input_ids`` and ``attention_mask`` (B, L)."""
-        lengths = [len(r) for r in rows]
-        longest = max(lengths, default=0)
-        if padding is True or padding == "longest":
-            width = longest
-        elif padding == "max_length":
-            if max_length is None:
-                raise ConfigError("padding='max_length' needs max_length")
-            width = max_length
-        elif padding is False:
-            if len(set(lengths)) > 1:
-                raise InputError(f"sequences have different lengths ({min(lengths)} to {longest} tokens); use padding")
-            width = longest
-        else:
-            raise ConfigError(f"padding={padding!r} must be true, false, 'longest' or 'max_length'")
-        if longest > width:
-            raise InputError(f"a row has {longest} tokens, more than max_length={width}")
-        ids = np.full((len(rows), width), BYTE_PAD_ID, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for b, row in enumerate(rows):
-            n = len(row)
-            if n:
-                cols = slice(width - n, width) if self.padding_side == "left" else slice(0, n)
-                ids[b, cols] = row
-                mask[b, cols] = 1
-        if return_tensors == "pt":
-            return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-        return {"input_ids": ids, "attention_mask": mask}
+        from dnalm.tokenizers import pad_rows
+
+        return pad_rows(rows, BYTE_PAD_ID, self.padding_side, max_length, padding, return_tensors)
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
         """Ids (T,) -> text: printable ASCII ids as their characters; control ids (0-31: EOD, padding)
