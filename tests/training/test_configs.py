@@ -156,3 +156,15 @@ def test_d_inner_follows_d_model_unless_set(experiment, name, tmp_path):
     assert model_config(p.model, _longest(p))[1].d_inner == 100
     cls = family(name).config_cls
     assert cls(d_model=48).d_inner == 192 and cls(d_model=48, d_inner=40).d_inner == 40
+
+
+def test_matched_yeast_experiments_have_hyena_small_size(tmp_path):
+    """The yeast experiments compared at matched size hold hyena_small's parameter count within 10 %."""
+
+    def size(experiment: str) -> int:
+        p = parse(compose("train", [f"experiment=yeast/{experiment}", f"data.prepared={tmp_path}"]))
+        return count_parameters(build_model(p.model, _longest(p), device="meta"))
+
+    reference = size("hyena_small")
+    for experiment in ("transformer_small", "mamba_small", "caduceus_small", "stripedhyena_matched"):
+        assert abs(size(experiment) / reference - 1) < 0.1, experiment
