@@ -152,14 +152,16 @@ def test_dnabert2_gue_recipe(tmp_path, shared_data) -> None:
     from dnalm.cli import run
     from dnalm.config import compose
 
-    recipes = (("gue_prom_core_all_dnabert2", 20, 50, 4, "gue/prom/prom_core_all"),
-               ("gue_tf0_dnabert2", 30, 30, 3, "gue/tf/0"))
-    for task, max_length, warmup, epochs, folder in recipes:
+    # run_dnabert2.sh: (max length, warm-up, epochs, batch, eval every) per task group; train.py's defaults
+    recipes = (("gue_prom_core_all_dnabert2", 20, 50, 4, 32, 400, "gue/prom/prom_core_all"),
+               ("gue_tf0_dnabert2", 30, 30, 3, 8, 200, "gue/tf/0"))
+    for task, max_length, warmup, epochs, batch, every, folder in recipes:
         cfg = compose("finetune", [f"task={task}", "checkpoint=x", "trainer=gpu"])
         assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps) == (3e-5, 0.01, warmup)
-        assert (cfg.data.batch_size, cfg.data.max_length, cfg.trainer.max_epochs) == (32, max_length, epochs)
+        assert (cfg.optim.decay, cfg.optim.min_lr_ratio, cfg.optim.grad_clip) == ("linear", 0.0, 1.0)
+        assert (cfg.data.batch_size, cfg.data.max_length, cfg.trainer.max_epochs) == (batch, max_length, epochs)
         assert cfg.task.pooling == "cls" and cfg.task.patience is None and cfg.seed == 42
-        assert cfg.trainer.val_check_interval == 200 and cfg.data.path.endswith(folder)
+        assert cfg.trainer.val_check_interval == every and cfg.data.path.endswith(folder)
     root = tmp_path / "root"
     _gue_rows(root / "gue" / "prom" / "prom_core_all", n_train=64)
     out = tmp_path / "rec"

@@ -98,6 +98,10 @@ def test_warmup_fraction_and_constant_decay() -> None:
     assert warmup_cosine(4, 100, 10, 0.1, decay="constant") == pytest.approx(0.5)
     assert [warmup_cosine(s, 100, 10, 0.1, decay="constant") for s in (10, 50, 99)] == [1.0, 1.0, 1.0]
     assert warmup_cosine(99, 100, 10, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    # linear (the Hugging Face Trainer's decay): 1 at the end of the warm-up, the floor at the last step
+    linear = [warmup_cosine(s, 100, 10, 0.0, decay="linear") for s in (4, 10, 55, 100, 150)]
+    assert linear == pytest.approx([0.5, 1.0, 0.5, 0.0, 0.0])
+    assert warmup_cosine(40, 100, 10, 0.2, decay="linear") == pytest.approx(0.2 + 0.8 * (1 - 30 / 90))
     with pytest.raises(ConfigError, match="warmup_fraction"):
         warmup_steps_of(100, 0, 1.5)
 
@@ -238,7 +242,7 @@ def test_bad_options_fail_before_writing(tmp_path, tiny_checkpoint) -> None:
 
     data = _task(tmp_path / "data", shuffled=False) if (tmp_path / "data").mkdir() is None else None
     for override, says in (("task.sampling=often", "task.sampling"), ("optim.lr=fast", "optim.lr"),
-                           ("task.class_weights=[1,2,3]", "task.class_weights"), ("optim.decay=linear", "optim.decay")):
+                           ("task.class_weights=[1,2,3]", "task.class_weights"), ("optim.decay=step", "optim.decay")):
         with pytest.raises(ConfigError, match=says):
             run(["finetune", f"checkpoint={tiny_checkpoint}", f"data.path={data}", f"out={tmp_path / 'x'}",
                  override, *FAST])

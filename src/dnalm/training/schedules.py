@@ -6,7 +6,8 @@ Learning rate of optimizer step ``s = 0, 1, ...`` (the lr that step ``s`` uses) 
     lr_s = lr * (s + 1) / W                                   s < W     (linear warm-up)
     lr_s = lr * (r + (1 - r) * (1 + cos(pi * t)) / 2),        t = min(1, (s - W) / max(1, T - W))
 
-or, with ``decay="constant"``, ``lr_s = lr`` after the warm-up (linear warm-up, Goyal et al. 2017;
+or, with ``decay="linear"``, ``lr_s = lr * (r + (1 - r) * (1 - t))`` (the Hugging Face Trainer's default
+decay, DNABERT-2's recipe), or, with ``decay="constant"``, ``lr_s = lr`` after the warm-up (linear warm-up, Goyal et al. 2017;
 cosine decay, Loshchilov & Hutter 2017, "SGDR"), applied per optimizer step; HyenaDNA decays to
 ``0.1 * lr`` (``shared/reference/hyenadna.md`` §9). The warm-up may be given as a fraction of the
 run's steps (:func:`warmup_steps_of`).
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 from dnalm.errors import ConfigError
 
-DECAYS = ("cosine", "constant")
+DECAYS = ("cosine", "linear", "constant")
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0,
@@ -41,13 +42,15 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, min_lr_rat
     """The factor ``lr_s / lr`` of optimizer step ``step`` (see the module docstring).
 
     ``progress``: a floor on the decay's progress ``t`` in [0, 1] (the fraction of a time budget spent).
-    ``decay``: ``cosine`` or ``constant`` (no decay after the warm-up).
+    ``decay``: ``cosine``, ``linear`` or ``constant`` (no decay after the warm-up).
     """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if decay == "constant":
         return 1.0
     t = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps), progress))
+    if decay == "linear":
+        return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - t)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
