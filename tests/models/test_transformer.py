@@ -99,6 +99,30 @@ def test_attention_mixer_equals_explicit_softmax_reference():
         torch.testing.assert_close(tail, o[:, :, 10:], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("block_min", [2, 64])
+def test_sliding_window_chunks_equal_an_explicit_band_softmax_in_float64(monkeypatch, block_min: int):
+    """Chunks of any sizes (shorter and longer than the window) through ``chunk``: each query attends to the W
+    keys up to its own, by hand in float64 (1e-10), with query blocks smaller than the window (block_min 2:
+    blocks of W / 4) and larger (64)."""
+    import dnalm.models.transformer as tr
+
+    monkeypatch.setattr(tr, "QUERY_BLOCK_MIN", block_min)
+    torch.manual_seed(4)
+    D, H, L, W = 24, 3, 157, 23
+    attn = CausalSelfAttention(D, H, rope_base=500.0, dtype=torch.float64).eval()
+    u = torch.randn(2, L, D, dtype=torch.float64)
+    with torch.no_grad():
+        q, k, v = attn._qkv(u, 0)
+        i, j = torch.arange(L)[:, None], torch.arange(L)[None, :]
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(D // H)).masked_fill(~((j <= i) & (i - j < W)), float("-inf"))
+        expected = attn._out(scores.softmax(-1) @ v)
+        carry = attn.chunk_carry(2, L, W)
+        cuts = [0, 5, 6, 40, 41, 70, 100, 157]  # chunks of 5, 1, 34, 1, 29, 30, 57 tokens
+        got = torch.cat([attn.chunk(u[:, a:b], carry, a) for a, b in zip(cuts, cuts[1:])], dim=1)
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+    assert carry.k.shape[2] == W - 1 and len(carry.masks) >= 1
+
+
 def test_rope_matches_complex_rotation_and_preserves_norms():
     torch.manual_seed(4)
     d_h, base = 16, 10000.0

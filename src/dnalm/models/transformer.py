@@ -21,7 +21,7 @@ Notation: ``B`` batch, ``L`` sequence length, ``D = d_model``, ``H = n_head``,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -180,11 +180,27 @@ class KVCache:
 class AttentionCarry:
     """What the next chunk of one attention layer needs (:meth:`CausalSelfAttention.chunk`): the window
     ``W`` (the model's trained context) and the rotated keys and values of the last ``W - 1`` positions,
-    k, v (B, H, <=W-1, d_h) (None before the first chunk)."""
+    k, v (B, H, <=W-1, d_h) (None before the first chunk); ``masks`` keeps the band masks of the query blocks
+    (the same for every full block of every chunk)."""
 
     window: int
     k: Tensor | None = None
     v: Tensor | None = None
+    masks: dict = field(default_factory=dict)
+
+
+def band_mask(queries: int, keys: int, base: int, window: int, device: torch.device | None = None) -> Tensor:
+    """(queries, keys) bool: query r sees key j where ``0 <= base + r - j < window`` (``base``: the query 0's
+    key index)."""
+    dist = base + torch.arange(queries, device=device)[:, None] - torch.arange(keys, device=device)[None, :]
+    return (dist >= 0) & (dist < window)
+
+
+#: Queries per block of :meth:`CausalSelfAttention.chunk`: the window / QUERY_BLOCK_FRACTION, at least
+#: QUERY_BLOCK_MIN; a block scores ``window + block - 1`` keys, against ``window + chunk - 1`` for the chunk's
+#: queries at once.
+QUERY_BLOCK_FRACTION = 4
+QUERY_BLOCK_MIN = 64
 
 
 class CausalSelfAttention(nn.Module):
@@ -264,6 +280,9 @@ class CausalSelfAttention(nn.Module):
         Query ``offset + i`` attends to keys ``offset + i - W + 1 .. offset + i`` (the carried keys and the
         chunk's own; ``W = carry.window``), which is the causal attention of one pass while ``offset + T <= W``;
         rotary embeddings use absolute positions. Keeps the last ``W - 1`` keys and values in ``carry``.
+        A chunk with no carried keys that fits the window runs as one causal attention (FlashAttention on a
+        GPU); otherwise its queries go in blocks of about ``W / QUERY_BLOCK_FRACTION``, each over the keys
+        its window reaches, with the band mask cached in ``carry`` (see ``QUERY_BLOCK_FRACTION``).
         """
         window = carry.window
         q, k, v = self._qkv(u, offset)  # (B, H, T, d_h)
@@ -271,9 +290,23 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([carry.k.to(k.dtype), k], dim=2)
             v = torch.cat([carry.v.to(v.dtype), v], dim=2)
         T, S = q.shape[2], k.shape[2]
-        dist = torch.arange(T, device=q.device)[:, None] + (S - T) - torch.arange(S, device=q.device)[None, :]
-        mask = (dist >= 0) & (dist < window)  # (T, S)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        before = S - T  # carried keys
+        if before == 0 and T <= window:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            block = max(QUERY_BLOCK_MIN, window // QUERY_BLOCK_FRACTION)
+            outs = []
+            for i0 in range(0, T, block):
+                i1 = min(i0 + block, T)
+                k0 = max(0, before + i0 - window + 1)  # the oldest key any query of the block sees
+                k1 = before + i1
+                shape = (i1 - i0, k1 - k0, before + i0 - k0)
+                mask = carry.masks.get(shape)
+                if mask is None or mask.device != q.device:
+                    mask = carry.masks[shape] = band_mask(*shape, window, q.device)
+                outs.append(F.scaled_dot_product_attention(q[:, :, i0:i1], k[:, :, k0:k1], v[:, :, k0:k1],
+                                                           attn_mask=mask))
+            o = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
         keep = max(window - 1, 0)
         carry.k, carry.v = k[:, :, S - min(S, keep):].clone(), v[:, :, S - min(S, keep):].clone()
         return self._out(o)
