@@ -342,7 +342,12 @@ def _toeplitz_conv(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.einsum("cts,bcs->bct", T, x)
 
 
-def test_modal_filter_recurrence_equals_fft_convolution():
+@pytest.mark.parametrize("group", [1, 2, None])  # modes per group of powers in the stateful path (None: all)
+def test_modal_filter_recurrence_equals_fft_convolution(monkeypatch, group):
+    import dnalm.models.stripedhyena as sh
+
+    if group is not None:
+        monkeypatch.setattr(sh, "MODAL_GROUP_ELEMENTS", group * 6 * 39)  # d x the longest piece (39)
     torch.manual_seed(0)
     d, N, L = 6, 5, 70
     f = ModalFilter(d, N, dtype=torch.float64)

@@ -94,6 +94,8 @@ log = logging.getLogger(__name__)
 #: Explicit filters with at least this many taps are true convolutions computed by FFT, with a skip
 #: term ``D``; shorter ones are direct cross-correlations without one (vortex ``model.py:205-209, 366``).
 FFT_FIR_MIN_TAPS = 128
+#: Values of the powers p^t a modal filter's chunk holds at once (inference with a state): 2^26 (256 MB float32).
+MODAL_GROUP_ELEMENTS = 1 << 26
 
 #: Layer kinds, in the order of the config's index lists, and their pattern letters (§A.1).
 KINDS: tuple[str, ...] = ("hcs", "hcm", "hcl", "attn")
@@ -474,23 +476,32 @@ class ModalFilter(_KeepFloat32):
         return h
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> Tensor:
-        """x: (B, d, L) in float32 or float64 -> (B, d, L); ``state`` (B, d, N) is read and advanced by L."""
+        """x: (B, d, L) in float32 or float64 -> (B, d, L); ``state`` (B, d, N) is read and advanced by L.
+
+        With a state (inference), the powers ``p^t`` (d, N, L), in groups of modes of at most
+        ``MODAL_GROUP_ELEMENTS`` values, give the taps, the carried inputs' part of y and the new state as
+        three batched products (one exponential per power instead of three)."""
         L = x.shape[-1]
-        y = fftconv_ref(x, self.filter(L, x.dtype), x.new_zeros(self.d)) + x * self.D.to(x.dtype)[:, None]
         if state is None:
-            return y
-        logp, R = self.modes(x.dtype)
-        t = torch.arange(L, device=x.device, dtype=x.dtype)
-        s = state.to(x.dtype, copy=True)
-        for n in range(self.state_size):
-            pn = logp[:, n, None]  # (d, 1)
-            # the carried inputs' part of y_t: R_n p_n^(t+1) s_n
-            y = y + (R[:, n] * s[..., n])[..., None] * torch.exp(pn * (t + 1))
-            # s_n <- p_n^L s_n + sum_t' p_n^(L-1-t') x_t'
-            decayed = s[..., n] * torch.exp(pn[:, 0] * L)
-            with torch.autocast(x.device.type, enabled=False):  # a batched matmul: keep it in x's dtype
-                state[..., n] = decayed + torch.einsum("bdl,dl->bd", x, torch.exp(pn * (L - 1 - t)))
-        return y
+            return fftconv_ref(x, self.filter(L, x.dtype), x.new_zeros(self.d)) + x * self.D.to(x.dtype)[:, None]
+        with torch.autocast(x.device.type, enabled=False):  # batched products: keep them in x's dtype
+            logp, R = self.modes(x.dtype)
+            t = torch.arange(L, device=x.device, dtype=x.dtype)
+            s = state.to(x.dtype, copy=True)
+            h = x.new_zeros(self.d, L)
+            carried = torch.zeros_like(x)
+            reversed_x = x.flip(-1)
+            group = max(1, MODAL_GROUP_ELEMENTS // max(1, self.d * L))
+            for n0 in range(0, self.state_size, group):
+                modes = slice(n0, n0 + group)
+                powers = torch.exp(logp[:, modes, None] * t)  # (d, g, L): p^t
+                h += torch.einsum("dn,dnl->dl", R[:, modes], powers)
+                # y_t gains R_n p_n^(t+1) s_n; s_n <- p_n^L s_n + sum_t p_n^(L-1-t) x_t
+                carried += torch.einsum("bdn,dnl->bdl", s[..., modes] * (R[:, modes] * torch.exp(logp[:, modes])),
+                                        powers)
+                state[..., modes] = (s[..., modes] * torch.exp(logp[:, modes] * L)
+                                     + torch.einsum("bdl,dnl->bdn", reversed_x, powers))
+            return fftconv_ref(x, h, x.new_zeros(self.d)) + x * self.D.to(x.dtype)[:, None] + carried
 
     def step(self, x: Tensor, state: Tensor) -> Tensor:
         """One token: x (B, d) -> (B, d); ``state`` (B, d, N) updated: ``s <- p s + x``."""
