@@ -312,15 +312,21 @@ class CausalSelfAttention(nn.Module):
         return self._out(o)
 
     def chunk_range(self, context: int | None) -> tuple[int | None, int | None]:
-        """Chunks of the window ``context`` (the scores grow with T^2)."""
-        return context, context
+        """Chunks of the window ``context`` by preference; no cap (a chunk's queries go in blocks, whose scores
+        do not grow with the chunk)."""
+        return context, None
 
     def chunk_limit(self, elements: int, context: int | None) -> int:
-        """The longest chunk T whose scores (H, T, W - 1 + T) per row stay below ``elements``."""
+        """The longest chunk T whose keys and values with the carried ones, (H, W - 1 + T, d_h) per row, the
+        scores of one query block and those of a first chunk within the window, (H, T, T), stay below
+        ``elements``."""
         W = 1 if context is None else int(context)
-        # T^2 + (W-1) T < elements / H
-        disc = (W - 1) ** 2 + 4 * elements / self.n_head
-        return int((-(W - 1) + disc**0.5) / 2)
+        keys = elements // self.d_model - (W - 1)  # the carried and the chunk's keys, (H, W - 1 + T, d_h) per row
+        block = max(QUERY_BLOCK_MIN, W // QUERY_BLOCK_FRACTION)
+        if self.n_head * block * (W - 1 + block) >= elements:
+            return 0  # one block's scores would not fit
+        first = int((elements / self.n_head) ** 0.5)  # a first chunk T <= W: (H, T, T) scores at most
+        return max(0, min(keys, first) if first < W else keys)
 
     @staticmethod
     def _check_room(state: KVCache, end: int) -> None:

@@ -7,8 +7,8 @@ Learning rate of optimizer step ``s = 0, 1, ...`` (the lr that step ``s`` uses) 
     lr_s = lr * (r + (1 - r) * (1 + cos(pi * t)) / 2),        t = min(1, (s - W) / max(1, T - W))
 
 or, with ``decay="linear"``, ``lr_s = lr * (r + (1 - r) * (1 - t))`` (the Hugging Face Trainer's default
-decay, DNABERT-2's recipe), or, with ``decay="constant"``, ``lr_s = lr`` after the warm-up (linear warm-up, Goyal et al. 2017;
-cosine decay, Loshchilov & Hutter 2017, "SGDR"), applied per optimizer step; HyenaDNA decays to
+decay, DNABERT-2's recipe), or, with ``decay="constant"``, ``lr_s = lr`` after the warm-up (linear warm-up,
+Goyal et al. 2017; cosine decay, Loshchilov & Hutter 2017, "SGDR"), applied per optimizer step; HyenaDNA decays to
 ``0.1 * lr`` (``shared/reference/hyenadna.md`` §9). The warm-up may be given as a fraction of the
 run's steps (:func:`warmup_steps_of`).
 
