@@ -2,7 +2,8 @@
 
     python benchmarks/sh2_gpu.py [--preset 1b-8k] [--train-len 8192] [--forward 8192,1048576]
         [--decode-context 65536] [--decode-batches 1,32] [--new-tokens 34] [--embed-mb 1]
-        [--embed-small-mb 100] [--out results.json]
+        [--embed-small-mb 100] [--chunks auto,32768] [--rows training,forward,decoding,embedding]
+        [--out results.json]
 
 Random weights (dnalm's initialisation), the preset's published shape (``1b-8k``: 25 layers, d 1920,
 1,107,989,760 parameters). Rows:
@@ -20,6 +21,10 @@ Random weights (dnalm's initialisation), the preset's published shape (``1b-8k``
   random sequence of each ``--embed-mb`` megabases, after a 50 kb warm-up; Mb/s and peak memory. At 100 Mb
   the 1b model would take about a quarter of an hour here, so ``--embed-small-mb`` runs the ``small``
   preset (6.5M parameters) at that length to show memory staying flat.
+
+``--chunks``: the chunk sizes (tokens) of the forward past the context and of the embedding rows, each its own
+row (``auto``: :func:`dnalm.inference.chunked.default_chunk_size`, the trained context); ``--rows``: which
+kinds of rows to run.
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ def bench_training(preset: str, length: int, steps: int, rng: np.random.Generato
 
 
 @torch.inference_mode()
-def bench_forward(model: StripedHyenaLM, length: int, rng: np.random.Generator) -> dict:
+def bench_forward(model: StripedHyenaLM, length: int, rng: np.random.Generator, chunk: int | None = None) -> dict:
     context = model.config.max_seqlen
     ids = _ids(rng, 1, length)
     torch.cuda.reset_peak_memory_stats()
@@ -97,14 +102,14 @@ def bench_forward(model: StripedHyenaLM, length: int, rng: np.random.Generator) 
         _sync()
         how = "one pass"
     else:
-        for _ in iter_chunks(model, ids[:, :2 * context], precision="bf16"):
+        for _ in iter_chunks(model, ids[:, :2 * (chunk or context)], chunk, precision="bf16"):
             pass
         _sync()
         t0 = time.perf_counter()
-        for out in iter_chunks(model, ids, precision="bf16"):
+        for out in iter_chunks(model, ids, chunk, precision="bf16"):
             del out
         _sync()
-        how = f"chunks of {context}"
+        how = f"chunks of {chunk or context}"
     t = time.perf_counter() - t0
     return {"length": length, "how": how, "tokens_per_s": round(length / t), "seconds": round(t, 2),
             "peak_gib": _peak_gib()}
@@ -146,17 +151,19 @@ def bench_decoding(model: StripedHyenaLM, context: int, batch: int, new_tokens: 
     return row
 
 
-def bench_embedding(model: StripedHyenaLM, megabases: float, rng: np.random.Generator) -> dict:
+def bench_embedding(model: StripedHyenaLM, megabases: float, rng: np.random.Generator,
+                    chunk: int | None = None) -> dict:
     n = int(megabases * 1_000_000)
     seq = _ids(rng, n)
-    embed_pooled(model, [seq[:50_000]], layer=-1, pool="mean", precision="bf16")
+    embed_pooled(model, [seq[:50_000]], layer=-1, pool="mean", precision="bf16", chunk_size=chunk)
     _sync()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    vec = embed_pooled(model, [seq], layer=-1, pool="mean", precision="bf16")
+    vec = embed_pooled(model, [seq], layer=-1, pool="mean", precision="bf16", chunk_size=chunk)
     _sync()
     t = time.perf_counter() - t0
-    return {"megabases": megabases, "seconds": round(t, 1), "mb_per_s": round(megabases / t, 4),
+    return {"megabases": megabases, "chunk": chunk or "auto", "seconds": round(t, 1),
+            "mb_per_s": round(megabases / t, 4),
             "peak_gib": _peak_gib(), "finite": bool(np.isfinite(vec).all())}
 
 
@@ -171,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=34)
     ap.add_argument("--embed-mb", default="1")
     ap.add_argument("--embed-small-mb", default="100")
+    ap.add_argument("--chunks", default="auto")
+    ap.add_argument("--rows", default="training,forward,decoding,embedding")
     ap.add_argument("--out", default="sh2_gpu.json")
     args = ap.parse_args(argv)
+    chunks = [None if x == "auto" else int(x) for x in args.chunks.split(",") if x]
+    rows = set(args.rows.split(","))
     if not torch.cuda.is_available():
         print("needs a CUDA device", file=sys.stderr)
         return 2
@@ -199,20 +210,25 @@ def main(argv: list[str] | None = None) -> int:
         print(kind, row, flush=True)
         save()
 
-    record("training", lambda: bench_training(args.preset, args.train_len, args.train_steps, rng))
-    torch.cuda.empty_cache()  # the training model and optimizer are gone with bench_training's frame
+    if "training" in rows:
+        record("training", lambda: bench_training(args.preset, args.train_len, args.train_steps, rng))
+        torch.cuda.empty_cache()  # the training model and optimizer are gone with bench_training's frame
     model = _build(args.preset, torch.bfloat16).eval()
-    for length in [int(x) for x in args.forward.split(",") if x]:
-        record("forward", lambda n=length, m=model: bench_forward(m, n, rng))
-    for batch in [int(x) for x in args.decode_batches.split(",") if x]:
+    for length in [int(x) for x in args.forward.split(",") if x] if "forward" in rows else []:
+        for chunk in chunks if length > config.max_seqlen else [None]:
+            record("forward", lambda n=length, m=model, c=chunk: bench_forward(m, n, rng, c))
+    for batch in [int(x) for x in args.decode_batches.split(",") if x] if "decoding" in rows else []:
         record("decoding", lambda b=batch, m=model: bench_decoding(m, args.decode_context, b, args.new_tokens, rng))
-    for mb in [float(x) for x in args.embed_mb.split(",") if x]:
-        record("embedding", lambda mb=mb, m=model: {"preset": args.preset, **bench_embedding(m, mb, rng)})
+    for mb in [float(x) for x in args.embed_mb.split(",") if x] if "embedding" in rows else []:
+        for chunk in chunks:
+            record("embedding", lambda mb=mb, m=model, c=chunk: {"preset": args.preset,
+                                                                 **bench_embedding(m, mb, rng, c)})
     del model
     torch.cuda.empty_cache()
-    small = _build("small", torch.bfloat16).eval()
-    for mb in [float(x) for x in args.embed_small_mb.split(",") if x]:
-        record("embedding", lambda mb=mb: {"preset": "small", **bench_embedding(small, mb, rng)})
+    if "embedding" in rows and args.embed_small_mb:
+        small = _build("small", torch.bfloat16).eval()
+        for mb in [float(x) for x in args.embed_small_mb.split(",") if x]:
+            record("embedding", lambda mb=mb: {"preset": "small", **bench_embedding(small, mb, rng)})
     save()
     return 0
 
