@@ -510,3 +510,18 @@ def test_train_bpe_layout(tmp_path):
                        torch.from_numpy(ids))
     with pytest.raises(ConfigError):
         train_bpe(seqs, vocab_size=8)
+
+
+def test_mlm_mask_never_picks_or_writes_n():
+    """With a vocabulary that has an N token (dnalm's character ids), N positions are never picked and no random
+    replacement is N: a gap is not a base to learn."""
+    from dnalm.tokenizers import CharTokenizer
+
+    alphabet = CharTokenizer().alphabet
+    g = torch.Generator().manual_seed(3)
+    ids = torch.tensor(alphabet.acgt)[torch.randint(0, 4, (32, 400), generator=g)]
+    ids[:, 100:160] = alphabet.n  # an N gap in every row
+    masked, labels = mlm_mask(ids, alphabet, rate=0.3, generator=g)
+    picked = labels != -100
+    assert not picked[:, 100:160].any() and picked.float().mean() > 0.2
+    assert torch.isin(masked[picked], torch.tensor([*alphabet.acgt, alphabet.mask])).all()

@@ -477,6 +477,11 @@ def _special_ids(alphabet: Alphabet) -> list[int]:
     return sorted({i for i in (alphabet.pad, alphabet.bos, alphabet.eos, alphabet.mask, alphabet.unk) if i is not None})
 
 
+def _unpicked_ids(alphabet: Alphabet) -> list[int]:
+    """Ids masking never picks nor writes as a random token: the specials and N (a gap, not a base to learn)."""
+    return sorted(set(_special_ids(alphabet)) | ({alphabet.n} if alphabet.n is not None else set()))
+
+
 def _as_alphabet(alphabet: Any) -> Alphabet:
     alphabet = getattr(alphabet, "alphabet", alphabet)
     if not isinstance(alphabet, Alphabet):
@@ -495,8 +500,8 @@ def mlm_mask(input_ids: Tensor, alphabet: Alphabet | Any, rate: float = 0.15,
     Args:
         input_ids: (B, L) token ids.
         alphabet: the vocabulary's :class:`~dnalm.models.family.Alphabet` (or a tokenizer with one).
-            Its specials (pad, [CLS]/[SEP], [MASK], [UNK]) are never picked, and random
-            replacements are drawn uniformly from the other ids.
+            Its specials (pad, [CLS]/[SEP], [MASK], [UNK]) and N are never picked, and random
+            replacements are drawn uniformly from the pickable ids present in the batch.
         rate: the probability of picking a token.
         generator: random source; the draws are made on its device (default: ``input_ids``'s).
         attention_mask: (B, L), 1 on real tokens; padding is never picked.
@@ -509,17 +514,17 @@ def mlm_mask(input_ids: Tensor, alphabet: Alphabet | Any, rate: float = 0.15,
     alphabet = _as_alphabet(alphabet)
     device = input_ids.device
     draw_on = generator.device if generator is not None else device
-    specials = torch.tensor(_special_ids(alphabet), device=device)
+    specials = torch.tensor(_unpicked_ids(alphabet), device=device)
     maskable = ~torch.isin(input_ids, specials)
     if attention_mask is not None:
         maskable &= attention_mask.to(device).bool()
     shape = input_ids.shape
     picked = maskable & (torch.rand(shape, generator=generator, device=draw_on).to(device) < rate)
     action = torch.rand(shape, generator=generator, device=draw_on).to(device)
-    ordinary = torch.ones(alphabet.vocab_size, dtype=torch.bool, device=device)
-    ordinary[specials] = False
-    ordinary_ids = ordinary.nonzero().squeeze(1)  # (V',)
-    random_ids = ordinary_ids[torch.randint(len(ordinary_ids), shape, generator=generator, device=draw_on).to(device)]
+    # random tokens: uniform over the maskable ids present in the batch (a character vocabulary's bases, not its
+    # unused or reserved ids; for a BPE the tokens of the batch)
+    present = torch.unique(input_ids[maskable]) if bool(maskable.any()) else input_ids.new_tensor([alphabet.mask])
+    random_ids = present[torch.randint(len(present), shape, generator=generator, device=draw_on).to(device)]
     masked = torch.where(picked & (action < 0.8), torch.full_like(input_ids, alphabet.mask), input_ids)
     masked = torch.where(picked & (action >= 0.8) & (action < 0.9), random_ids, masked)
     labels = torch.where(picked, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
