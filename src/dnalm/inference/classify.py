@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from dnalm.errors import InputError
-from dnalm.inference.scoring import bucket_batches
+from dnalm.inference.scoring import bucket_batches, pad_batch
 from dnalm.models.heads import HEAD_CONFIG, SequenceClassifier, load_classifier, read_head_config
+from dnalm.tokenizers import PAD_ID
 from dnalm.utils import track
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -103,19 +104,13 @@ def context_of(model: SequenceClassifier) -> int | None:
     return getattr(config, "l_max", None) or getattr(config, "max_len", None)
 
 
-def _pad(rows: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    from dnalm.data.datasets import LabeledCollator
-
-    ids, mask, _ = LabeledCollator()._pad([np.asarray(r, dtype=np.int64) for r in rows])
-    return ids.to(device), mask.to(device)
-
-
 @torch.no_grad()
 def classify_rows(model: SequenceClassifier, rows: Sequence[np.ndarray], rc_rows: Sequence[np.ndarray] | None = None,
-                  batch_size: int = 64, progress: bool = False) -> np.ndarray:
+                  batch_size: int = 64, progress: bool = False, pad_id: int = PAD_ID) -> np.ndarray:
     """Outputs (N, C) float64 of ``rows`` (token ids (n_i,) each): class log-probabilities for a classifier,
     predictions for a regressor; with ``rc_rows`` (the reverse complements' ids) both strands are combined
-    as in fine-tuning's evaluation. Batches of similar length, right-padded (real tokens never see padding)."""
+    as in fine-tuning's evaluation. Batches of similar length, right-padded with ``pad_id`` (the checkpoint
+    tokenizer's; real tokens never see padding)."""
     from dnalm.training.classify import both_strands
 
     model.eval()
@@ -125,9 +120,9 @@ def classify_rows(model: SequenceClassifier, rows: Sequence[np.ndarray], rc_rows
     it: Iterable[list[int]] = track(batches, total=len(batches), desc="classifying", unit="batch") if progress \
         else batches
     for batch in it:
-        y = model(*_pad([rows[i] for i in batch], device))
+        y = model(*pad_batch([rows[i] for i in batch], pad_id, device))
         if rc_rows is not None:
-            y = both_strands(y, model(*_pad([rc_rows[i] for i in batch], device)), model.task)
+            y = both_strands(y, model(*pad_batch([rc_rows[i] for i in batch], pad_id, device)), model.task)
         if model.task == "classification":
             y = y.float().log_softmax(-1)
         out[batch] = y.double().cpu().numpy()

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from dnalm.errors import ConfigError, InputError
-from dnalm.inference.scoring import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, bucket_batches
+from dnalm.inference.scoring import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, bucket_batches, pad_batch
 from dnalm.utils import track
 
 MASKED_POOLS = ("mean", "max", "cls", "none")
@@ -115,16 +115,6 @@ def encode_tokens(tokenizer, seq: str, where: str = "sequence") -> TokenRow:
                          "bases (characters the tokenizer drops, such as spaces?)")
     start = np.where(n_bases > 0, np.cumsum(n_bases) - n_bases, -1)
     return TokenRow(ids, n_bases, start)
-
-
-def _pad(rows: Sequence[np.ndarray], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, : len(r)] = torch.as_tensor(np.asarray(r, dtype=np.int64))
-        mask[b, : len(r)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -239,7 +229,7 @@ def pseudo_log_likelihoods(model: nn.Module, rows: Sequence[np.ndarray], alphabe
             copy = np.asarray(w.ids, dtype=np.int64).copy()
             copy[t - w.shift] = alphabet.mask
             copies.append(copy)
-        ids, mask = _pad(copies, pad, device)
+        ids, mask = pad_batch(copies, pad, device)
         logits = model(ids, mask)  # (n, L, V)
         n = torch.arange(len(batch), device=device)
         cols = torch.tensor([jobs[k][1] - jobs[k][0].shift for k in batch], device=device)
@@ -263,7 +253,7 @@ def _hidden_pieces(model: nn.Module, windows: Sequence[Window], index: int, pad:
     answers for."""
     device = _device(model)
     for batch in _batches([w.ids for w in windows], batch_size, max_tokens, progress, "embedding"):
-        ids, mask = _pad([windows[k].ids for k in batch], pad, device)
+        ids, mask = pad_batch([windows[k].ids for k in batch], pad, device)
         (hidden,) = model.hidden_states(ids, [index], attention_mask=mask)
         for b, k in enumerate(batch):
             w = windows[k]

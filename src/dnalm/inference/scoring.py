@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dnalm import tokenizers
 from dnalm.errors import ConfigError, InputError
 from dnalm.inference.chunked import iter_chunks
 from dnalm.models.blocks import CausalLM
@@ -115,6 +116,12 @@ def reduce_log_probs(log_probs: np.ndarray, reduce: str, keep: np.ndarray | None
     if reduce == "sum":
         return total
     return total / log_probs.size if log_probs.size else float("nan")
+
+
+def pad_batch(rows: Sequence[np.ndarray], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token rows with ``pad_id``: ``input_ids`` and ``attention_mask`` (B, L) int64 on ``device``."""
+    batch = tokenizers.pad_rows([np.asarray(r, dtype=np.int64) for r in rows], pad_id, "right")
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
 def bucket_batches(lengths: Sequence[int], batch_size: int = DEFAULT_BATCH_SIZE,

@@ -100,7 +100,9 @@ def main(cfg: DictConfig) -> int | None:
 
     rows = [encode(s.seq, s.where) for s in seqs]
     rc_rows = [encode(reverse_complement(s.seq), s.where) for s in seqs] if both else None
-    outputs = classify_rows(model, rows, rc_rows, batch_size=cc.batch_size, progress=True)
+    pad = getattr(getattr(loaded.tokenizer, "alphabet", None), "pad", None)
+    outputs = classify_rows(model, rows, rc_rows, batch_size=cc.batch_size, progress=True,
+                            **({} if pad is None else {"pad_id": pad}))
     columns: dict[str, list] = {"id": [s.id for s in seqs], "length": [len(s.seq) for s in seqs]}
     labels = _labels(Path(cc.input), cc.label_column, len(seqs))
     score = ""
