@@ -24,6 +24,19 @@ HYENA_L_MAX = 64
 ATTENTION_WINDOW = 48
 
 
+def write_fasta(path: Path, records: dict[str, str]) -> Path:
+    """A FASTA of ``records`` (name -> sequence) at ``path``."""
+    path.write_text("".join(f">{k}\n{v}\n" for k, v in records.items()))
+    return path
+
+
+def cli(*argv: str) -> int:
+    """A dnalm command on the CPU (its exit status)."""
+    from dnalm.cli import run
+
+    return run([*argv, "device=cpu"])
+
+
 def _perturb(model: torch.nn.Module, seed: int, scale: float = 0.3) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

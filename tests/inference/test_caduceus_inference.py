@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _inference_helpers import cli, write_fasta
 
 from dnalm.inference.masked import embed_masked, encode_tokens, masked_marginal, pseudo_log_likelihoods
 from dnalm.models.io import load_pretrained, save_pretrained
@@ -47,15 +48,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def fasta(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("in") / "in.fa"
-    path.write_text("".join(f">{k}\n{v}\n" for k, v in SEQS.items()))
-    return path
-
-
-def _cli(*argv: str) -> int:
-    from dnalm.cli import run
-
-    return run([*argv, "device=cpu"])
+    return write_fasta(tmp_path_factory.mktemp("in") / "in.fa", SEQS)
 
 
 def _direct_pll(model: CaduceusLM, ids: np.ndarray, positions) -> np.ndarray:
@@ -111,9 +104,9 @@ def test_predict_caduceus(tmp_path, checkpoints, fasta) -> None:
     log-probabilities against the direct one-copy-at-a-time computation (float32)."""
     model = load_pretrained(checkpoints["sep"])
     ckpt = checkpoints["sep"]
-    assert _cli("predict", f"input={fasta}", f"checkpoint={ckpt}", f"out={tmp_path / 'l.parquet'}",
+    assert cli("predict", f"input={fasta}", f"checkpoint={ckpt}", f"out={tmp_path / 'l.parquet'}",
                 "reduce=sum") == 0
-    assert _cli("predict", f"input={fasta}", f"checkpoint={ckpt}", f"out={tmp_path / 't.parquet'}",
+    assert cli("predict", f"input={fasta}", f"checkpoint={ckpt}", f"out={tmp_path / 't.parquet'}",
                 "output_type=per_token") == 0
     loglik = pd.read_parquet(tmp_path / "l.parquet").set_index("id")
     tokens = pd.read_parquet(tmp_path / "t.parquet").set_index("id")
@@ -138,7 +131,7 @@ def test_embed_caduceus_matches_its_hidden_states(tmp_path, checkpoints, fasta, 
     is 2 d_model (the two RCPS streams)."""
     model = load_pretrained(checkpoints["sep"])
     out = tmp_path / "emb"
-    assert _cli("embed", f"input={fasta}", f"checkpoint={checkpoints['sep']}", f"out={out}", f"pool={pool}",
+    assert cli("embed", f"input={fasta}", f"checkpoint={checkpoints['sep']}", f"out={out}", f"pool={pool}",
                 "batch_size=2") == 0
     table = pd.read_parquet(out / "sequences.parquet")
     vectors = None if pool == "none" else np.load(out / "embeddings.npy")
@@ -210,7 +203,7 @@ def test_score_variants_caduceus_masked_marginal(tmp_path, checkpoints, genome) 
     fa, seq = genome
     tsv, snvs = _variants(tmp_path, seq)
     out = tmp_path / "scores.tsv"
-    assert _cli("score-variants", f"variants={tsv}", f"reference={fa}", f"checkpoint={checkpoints['sep']}",
+    assert cli("score-variants", f"variants={tsv}", f"reference={fa}", f"checkpoint={checkpoints['sep']}",
                 f"out={out}", "window=40") == 0
     got = pd.read_csv(out, sep="\t")
     model = load_pretrained(checkpoints["sep"])
@@ -233,7 +226,7 @@ def test_score_variants_both_strands_agree_under_rcps(tmp_path, checkpoints, gen
     fa, seq = genome
     tsv, _ = _variants(tmp_path, seq)
     out = tmp_path / "scores.tsv"
-    assert _cli("score-variants", f"variants={tsv}", f"reference={fa}", f"checkpoint={checkpoints['bare']}",
+    assert cli("score-variants", f"variants={tsv}", f"reference={fa}", f"checkpoint={checkpoints['bare']}",
                 f"out={out}", "window=40", "reverse_complement=true") == 0
     got = pd.read_csv(out, sep="\t")
     assert (got["delta_forward"].abs() > 1e-3).any()
@@ -384,7 +377,7 @@ def test_window_reaches_predict_embed_and_the_api(tmp_path, checkpoints) -> None
     embed_masked(model, [row], -1, "none", write=lambda i, s, b: blocks.setdefault(s, b), window=40)
     expected = np.concatenate([blocks[s] for s in sorted(blocks)])
     assert len(blocks) > 1
-    assert _cli("embed", f"input={fasta}", f"checkpoint={ckpt}", f"out={tmp_path / 'e'}", "pool=none",
+    assert cli("embed", f"input={fasta}", f"checkpoint={ckpt}", f"out={tmp_path / 'e'}", "pool=none",
                 "chunk_size=40") == 0
     got = np.load(next((tmp_path / "e").glob("*.npy")))
     same = {"rtol": 0, "atol": 4 * np.finfo(np.float32).eps * np.abs(expected).max()}  # the same float32 passes
@@ -395,7 +388,7 @@ def test_window_reaches_predict_embed_and_the_api(tmp_path, checkpoints) -> None
     assert not np.allclose(dnalm.load(ckpt, device="cpu").embed(seq, pool="none"), expected, atol=1e-6)
 
     pll = pseudo_log_likelihoods(model, [row.ids], tok.alphabet, window=40)[0]
-    assert _cli("predict", f"input={fasta}", f"checkpoint={ckpt}", f"out={tmp_path / 'p.parquet'}",
+    assert cli("predict", f"input={fasta}", f"checkpoint={ckpt}", f"out={tmp_path / 'p.parquet'}",
                 "output_type=loglik", "reduce=sum", "chunk_size=40") == 0
     table = pd.read_parquet(tmp_path / "p.parquet")
     assert table["log_likelihood"][0] == pytest.approx(np.nansum(pll), abs=1e-4)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _inference_helpers import cli, write_fasta
 
 from dnalm.errors import ConfigError
 from dnalm.inference.masked import (
@@ -64,15 +65,7 @@ def checkpoints(tmp_path_factory, bpe) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def fasta(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("in") / "in.fa"
-    path.write_text("".join(f">{k}\n{v}\n" for k, v in SEQS.items()))
-    return path
-
-
-def _cli(*argv: str) -> int:
-    from dnalm.cli import run
-
-    return run([*argv, "device=cpu"])
+    return write_fasta(tmp_path_factory.mktemp("in") / "in.fa", SEQS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,9 +103,9 @@ def test_predict_masked_loglik_and_per_token(tmp_path, checkpoints, fasta, bpe, 
     from dnalm.models.io import load_pretrained
 
     model = load_pretrained(checkpoints["dnabert2"])
-    assert _cli("predict", f"input={fasta}", f"checkpoint={checkpoints['dnabert2']}", f"out={tmp_path / 'l.parquet'}",
+    assert cli("predict", f"input={fasta}", f"checkpoint={checkpoints['dnabert2']}", f"out={tmp_path / 'l.parquet'}",
                 f"reduce={reduce}") == 0
-    assert _cli("predict", f"input={fasta}", f"checkpoint={checkpoints['dnabert2']}", f"out={tmp_path / 't.parquet'}",
+    assert cli("predict", f"input={fasta}", f"checkpoint={checkpoints['dnabert2']}", f"out={tmp_path / 't.parquet'}",
                 "output_type=per_token") == 0
     loglik = pd.read_parquet(tmp_path / "l.parquet").set_index("id")
     tokens = pd.read_parquet(tmp_path / "t.parquet").set_index("id")
@@ -171,7 +164,7 @@ def test_predict_stripedhyena_collapse_and_bos(tmp_path, checkpoints, fasta, pre
     out = {}
     for collapse in ("sum", "mean", "per_token"):
         out[collapse] = tmp_path / f"{collapse}.parquet"
-        assert _cli("predict", f"input={fasta}", f"checkpoint={checkpoints['stripedhyena']}", f"out={out[collapse]}",
+        assert cli("predict", f"input={fasta}", f"checkpoint={checkpoints['stripedhyena']}", f"out={out[collapse]}",
                     f"collapse={collapse}", f"prepend_bos={prepend_bos}") == 0
     tables = {k: pd.read_parquet(v).set_index("id") for k, v in out.items()}
     for name, seq in SEQS.items():
@@ -196,7 +189,7 @@ def test_embed_dnabert2(tmp_path, checkpoints, fasta, bpe, pool: str) -> None:
 
     model = load_pretrained(checkpoints["dnabert2"])
     out = tmp_path / "emb"
-    assert _cli("embed", f"input={fasta}", f"checkpoint={checkpoints['dnabert2']}", f"out={out}", f"pool={pool}",
+    assert cli("embed", f"input={fasta}", f"checkpoint={checkpoints['dnabert2']}", f"out={out}", f"pool={pool}",
                 "batch_size=2") == 0
     table = pd.read_parquet(out / "sequences.parquet")
     assert list(table["length"]) == [len(s) for s in SEQS.values()]
@@ -222,7 +215,7 @@ def test_embed_stripedhyena_matches_its_hidden_states(tmp_path, checkpoints, fas
 
     model = load_pretrained(checkpoints["stripedhyena"])
     out = tmp_path / "emb"
-    assert _cli("embed", f"input={fasta}", f"checkpoint={checkpoints['stripedhyena']}", f"out={out}", "pool=mean",
+    assert cli("embed", f"input={fasta}", f"checkpoint={checkpoints['stripedhyena']}", f"out={out}", "pool=mean",
                 "layer=2") == 0
     vectors = np.load(out / "embeddings.npy")
     for i, seq in enumerate(SEQS.values()):
@@ -266,7 +259,7 @@ def test_score_variants_dnabert2_masked_marginal(tmp_path, checkpoints, genome, 
     snvs = _snvs(seq)
     tsv = _variants(tmp_path, seq, snvs)
     out = tmp_path / "scores.tsv"
-    assert _cli("score-variants", f"variants={tsv}", f"reference={fa}", f"checkpoint={checkpoints['dnabert2']}",
+    assert cli("score-variants", f"variants={tsv}", f"reference={fa}", f"checkpoint={checkpoints['dnabert2']}",
                 f"out={out}", f"window={window}") == 0
     got = pd.read_csv(out, sep="\t")
     model = load_pretrained(checkpoints["dnabert2"])
@@ -318,7 +311,7 @@ def test_score_variants_stripedhyena_delta(tmp_path, checkpoints, genome) -> Non
     snvs = _snvs(seq)
     tsv = _variants(tmp_path, seq, snvs)
     out = tmp_path / "scores.tsv"
-    assert _cli("score-variants", f"variants={tsv}", f"reference={fa}",
+    assert cli("score-variants", f"variants={tsv}", f"reference={fa}",
                 f"checkpoint={checkpoints['stripedhyena']}", f"out={out}", "window=50") == 0
     got = pd.read_csv(out, sep="\t")
     model = load_pretrained(checkpoints["stripedhyena"])
