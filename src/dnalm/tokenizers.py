@@ -273,8 +273,31 @@ def _options_of(config: Mapping[str, Any], cls: type, allowed: set[str]) -> dict
     return config
 
 
+class SavedOptions:
+    """Persistence of a dataclass tokenizer whose init fields are its options: :meth:`to_config`, :meth:`save`
+    (``tokenizer.json``) and :meth:`from_config`, keyed by the class's ``type``."""
+
+    type: ClassVar[str] = ""
+
+    def to_config(self) -> dict[str, Any]:
+        """A JSON-able dict: ``type`` plus every option; :meth:`from_config` reverses it."""
+        return {"type": self.type, **{f.name: getattr(self, f.name) for f in fields(self) if f.init}}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``tokenizer.json`` into ``directory`` (created if needed); returns its path."""
+        path = Path(directory) / CONFIG_FILE
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps({"format": FORMAT, **self.to_config()}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Any:
+        """Inverse of :meth:`to_config`; unknown keys raise :class:`ConfigError`."""
+        return cls(**_options_of(config, cls, {f.name for f in fields(cls) if f.init}))
+
+
 @dataclass(frozen=True, kw_only=True)
-class _Tokenizer:
+class _Tokenizer(SavedOptions):
     """Options and the encode/pad/save logic shared by every tokenizer.
 
     Subclasses implement ``_encode_body(seq, where) -> (T,) int64``, ``_decode_body`` and
@@ -437,22 +460,6 @@ class _Tokenizer:
         """Rows of ``(B, L)`` ids -> B strings (padding is dropped when skipping specials)."""
         return [self.decode(row, skip_special_tokens) for row in _to_numpy_ids(ids)]
 
-    # -- persistence ------------------------------------------------------------------------
-    def to_config(self) -> dict[str, Any]:
-        """A JSON-able dict: ``type`` plus every option; :func:`tokenizer_from_config` reverses it."""
-        return {"type": self.type, **{f.name: getattr(self, f.name) for f in fields(self) if f.init}}
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``tokenizer.json`` into ``directory`` (created if needed); returns its path."""
-        path = Path(directory) / CONFIG_FILE
-        with atomic_file(path) as tmp:
-            tmp.write_text(json.dumps({"format": FORMAT, **self.to_config()}, indent=2) + "\n")
-        return path
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> _Tokenizer:
-        """Inverse of :meth:`to_config`; unknown keys raise :class:`ConfigError`."""
-        return cls(**_options_of(config, cls, {f.name for f in fields(cls) if f.init}))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -87,7 +87,7 @@ from dnalm.models.blocks import CausalLM, Embeddings, backbone_forward
 from dnalm.models.family import CAUSAL, Alphabet, Family, Importer
 from dnalm.models.hyena import fftconv_ref
 from dnalm.models.transformer import CausalSelfAttention, apply_rope, rope_cos_sin, rope_inv_freq
-from dnalm.utils import atomic_file
+from dnalm.tokenizers import SavedOptions, fitted_rows, pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -839,7 +839,7 @@ BYTE_CASES = ("upper", "keep")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ByteTokenizer:
+class ByteTokenizer(SavedOptions):
     """Evo 2's byte-level tokenizer (vortex ``CharLevelTokenizer(512)``, evo2.md §1.1): token id = the
     byte of an ASCII character (A 65, C 67, G 71, T 84, N 78), vocabulary 512, end of document/sequence
     0 (also the "BOS" Evo 2 prepends), padding 1.
@@ -918,8 +918,6 @@ class ByteTokenizer:
                      padding: bool | str = True, truncation: bool = True, add_special_tokens: bool = True,
                      return_tensors: str = "pt") -> dict[str, Any]:
         """Encode and pad B sequences: ``input_ids`` and ``attention_mask`` (B, L) (1 on tokens)."""
-        from dnalm.tokenizers import fitted_rows
-
         rows = fitted_rows(seqs, self._body, self.with_special_tokens if add_special_tokens else None,
                            self.num_special_tokens if add_special_tokens else 0, max_length, truncation)
         return self.pad(rows, max_length=max_length, padding=padding, return_tensors=return_tensors)
@@ -927,8 +925,6 @@ class ByteTokenizer:
     def pad(self, rows: Sequence[np.ndarray], max_length: int | None = None, padding: bool | str = True,
             return_tensors: str = "pt") -> dict[str, Any]:
         """Pad B id arrays (T_b,) with 1 into ``input_ids`` and ``attention_mask`` (B, L)."""
-        from dnalm.tokenizers import pad_rows
-
         return pad_rows(rows, BYTE_PAD_ID, self.padding_side, max_length, padding, return_tensors)
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
@@ -951,27 +947,6 @@ class ByteTokenizer:
         if hasattr(ids, "detach"):
             ids = ids.detach().cpu().numpy()
         return [self.decode(row, skip_special_tokens) for row in np.asarray(ids)]
-
-    def to_config(self) -> dict[str, Any]:
-        return {"type": self.type, **{f.name: getattr(self, f.name) for f in fields(self) if f.init}}
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``tokenizer.json`` (``format``, ``type: byte`` and the options) into ``directory``."""
-        from dnalm.tokenizers import CONFIG_FILE, FORMAT
-
-        path = Path(directory) / CONFIG_FILE
-        with atomic_file(path) as tmp:
-            tmp.write_text(json.dumps({"format": FORMAT, **self.to_config()}, indent=2) + "\n")
-        return path
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ByteTokenizer:
-        config = {k: v for k, v in config.items() if k not in ("type", "format")}
-        allowed = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(config) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown byte tokenizer option {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-        return cls(**config)
 
 
 BYTE_ALPHABET = Alphabet(acgt=(ord("A"), ord("C"), ord("G"), ord("T")), n=ord("N"), pad=BYTE_PAD_ID,
