@@ -226,7 +226,7 @@ def fitted_rows(seqs: Sequence[Any], encode_body: Callable[[Any, str], np.ndarra
     return rows
 
 
-def pad_rows(rows: Sequence[np.ndarray], pad_id: int, padding_side: str, max_length: int | None = None,
+def padded_batch(rows: Sequence[np.ndarray], pad_id: int, padding_side: str, max_length: int | None = None,
              padding: bool | str = True, return_tensors: str | None = "pt") -> dict[str, Any]:
     """Pad ``B`` id arrays ``(T_b,)`` with ``pad_id`` on ``padding_side`` into ``input_ids`` and
     ``attention_mask`` ``(B, L)`` int64 (1 on tokens): ``padding`` True/``'longest'`` to the longest row,
@@ -429,8 +429,9 @@ class _Tokenizer(SavedOptions):
 
     def pad(self, rows: Sequence[np.ndarray], max_length: int | None = None, padding: bool | str = True,
             return_tensors: str = "pt") -> dict[str, Any]:
-        """Pad ``B`` id arrays ``(T_b,)`` into ``input_ids`` and ``attention_mask`` ``(B, L)`` (:func:`pad_rows`)."""
-        return pad_rows(rows, PAD_ID, self.padding_side, max_length, padding, return_tensors)
+        """Pad ``B`` id arrays ``(T_b,)`` into ``input_ids`` and ``attention_mask`` ``(B, L)``
+        (:func:`padded_batch`)."""
+        return padded_batch(rows, PAD_ID, self.padding_side, max_length, padding, return_tensors)
 
     # -- decoding ---------------------------------------------------------------------------
     def _decode_body(self, ids: np.ndarray) -> str:

@@ -120,7 +120,7 @@ def reduce_log_probs(log_probs: np.ndarray, reduce: str, keep: np.ndarray | None
 
 def pad_batch(rows: Sequence[np.ndarray], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token rows with ``pad_id``: ``input_ids`` and ``attention_mask`` (B, L) int64 on ``device``."""
-    batch = tokenizers.pad_rows([np.asarray(r, dtype=np.int64) for r in rows], pad_id, "right")
+    batch = tokenizers.padded_batch([np.asarray(r, dtype=np.int64) for r in rows], pad_id, "right")
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 

@@ -87,7 +87,7 @@ from dnalm.models.blocks import CausalLM, Embeddings, backbone_forward
 from dnalm.models.family import CAUSAL, Alphabet, Family, Importer
 from dnalm.models.hyena import fftconv_ref
 from dnalm.models.transformer import CausalSelfAttention, apply_rope, rope_cos_sin, rope_inv_freq
-from dnalm.tokenizers import SavedOptions, fitted_rows, pad_rows
+from dnalm.tokenizers import SavedOptions, fitted_rows, padded_batch
 
 log = logging.getLogger(__name__)
 
@@ -925,7 +925,7 @@ class ByteTokenizer(SavedOptions):
     def pad(self, rows: Sequence[np.ndarray], max_length: int | None = None, padding: bool | str = True,
             return_tensors: str = "pt") -> dict[str, Any]:
         """Pad B id arrays (T_b,) with 1 into ``input_ids`` and ``attention_mask`` (B, L)."""
-        return pad_rows(rows, BYTE_PAD_ID, self.padding_side, max_length, padding, return_tensors)
+        return padded_batch(rows, BYTE_PAD_ID, self.padding_side, max_length, padding, return_tensors)
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
         """Ids (T,) -> text: printable ASCII ids as their characters; control ids (0-31: EOD, padding)
