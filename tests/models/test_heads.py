@@ -121,3 +121,44 @@ def test_classifier_regression_and_validation() -> None:
         SequenceClassifier(lm, 2, pooling="sum")
     with pytest.raises(ConfigError, match="hidden_states"):
         SequenceClassifier(torch.nn.Linear(2, 2), 2, d_model=2)
+
+
+def test_bert_pooler_head_by_hand_and_saved(tmp_path) -> None:
+    """pooler=True: y = W dropout(tanh(W_p p + b_p)) + b on the pooled vector (eval: no dropout), by hand in
+    float64; the saved classifier keeps the pooler, a head.json of before the option (no 'pooler' key) loads a
+    head without one, and LoRA keeps the pooler trainable with the head."""
+    import json
+
+    from dnalm.models.heads import HEAD_CONFIG, load_classifier, save_classifier
+    from dnalm.models.lora import LoraSettings, apply_lora
+
+    lm = _tiny_hyena().double()
+    model = SequenceClassifier(lm, 3, pooling="mean", dropout=0.1, pooler=True).double().eval()
+    with torch.no_grad():
+        model.head.pooler.weight.normal_(0, 0.5)
+    ids = torch.randint(7, 11, (4, 12))
+    with torch.no_grad():
+        out = model(ids)
+        p = model.features(ids)  # the pooled vector (pooling is tested above)
+        expected = F.linear(torch.tanh(F.linear(p, model.head.pooler.weight, model.head.pooler.bias)),
+                            model.head.weight, model.head.bias)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    assert SequenceClassifier(lm, 3).head.pooler is None
+
+    saved = save_classifier(model.float(), tmp_path / "clf")
+    config = json.loads((saved / HEAD_CONFIG).read_text())
+    assert config["pooler"] is True
+    again = load_classifier(saved).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids), model.float()(ids), atol=0, rtol=0)
+    plain = save_classifier(SequenceClassifier(lm.float(), 3), tmp_path / "plain")
+    del config
+    config = json.loads((plain / HEAD_CONFIG).read_text())
+    config.pop("pooler")
+    (plain / HEAD_CONFIG).write_text(json.dumps(config))
+    assert load_classifier(plain).head.pooler is None
+
+    lora_model = SequenceClassifier(_tiny_hyena(), 2, pooler=True)
+    apply_lora(lora_model, LoraSettings(enabled=True, r=2))
+    trainable = {n for n, q in lora_model.named_parameters() if q.requires_grad}
+    assert {"head.pooler.weight", "head.pooler.bias", "head.weight"} <= trainable

@@ -160,7 +160,7 @@ def test_dnabert2_gue_recipe(tmp_path, shared_data) -> None:
         assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps) == (3e-5, 0.01, warmup)
         assert (cfg.optim.decay, cfg.optim.min_lr_ratio, cfg.optim.grad_clip) == ("linear", 0.0, 1.0)
         assert (cfg.data.batch_size, cfg.data.max_length, cfg.trainer.max_epochs) == (batch, max_length, epochs)
-        assert cfg.task.pooling == "cls" and cfg.task.patience is None and cfg.seed == 42
+        assert cfg.task.pooling == "cls" and cfg.task.pooler and cfg.task.patience is None and cfg.seed == 42
         assert cfg.trainer.val_check_interval == every and cfg.data.path.endswith(folder)
     root = tmp_path / "root"
     _gue_rows(root / "gue" / "prom" / "prom_core_all", n_train=64)
@@ -170,4 +170,4 @@ def test_dnabert2_gue_recipe(tmp_path, shared_data) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 8 and metrics["test"]["n"] == 8
     head = json.loads((out / "model" / "head.json").read_text())
-    assert head["pooling"] == "cls" and head["inputs"]["max_length"] == 20
+    assert head["pooling"] == "cls" and head["pooler"] and head["inputs"]["max_length"] == 20

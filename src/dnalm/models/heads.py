@@ -11,6 +11,7 @@ Multi-Species Genome")::
 
     H = backbone.hidden_states(input_ids, [layer])   # (B, L, D)
     p = pool(H, attention_mask)                       # (B, D)
+    p = tanh(W_p · p + b_p)                           # with pooler=True only (BERT's pooler)
     y = W · dropout(p) + b                            # (B, n_outputs)
 
 Pooling (``m`` the attention mask, 1 on real tokens):
@@ -26,7 +27,9 @@ padding the pads come first and reach every real token, so prefer ``padding_side
 bidirectional backbone (``causal`` False) would let every token see the padding, so it is given the
 attention mask (``hidden_states(input_ids, [layer], attention_mask=...)``), which hides padded keys: a
 padded batch gives the numbers of each sequence alone, on either padding side. DNABERT-2's GUE heads
-pool ``cls`` (the ``[CLS]`` token) or ``mean`` (every real token, ``[CLS]`` and ``[SEP]`` included).
+pool ``cls`` (the ``[CLS]`` token) or ``mean`` (every real token, ``[CLS]`` and ``[SEP]`` included); its
+published recipe classifies through BERT's pooler (``BertForSequenceClassification``: a dense D x D layer and tanh
+on the ``[CLS]`` vector, new for fine-tuning since the MLM checkpoint has none), ``pooler=True`` here.
 
 Losses: cross-entropy for classification (labels ``(B,)`` class ids), mean squared error for
 regression (labels ``(B,)`` or ``(B, n_outputs)``).
@@ -125,6 +128,20 @@ def backbone_width(backbone: nn.Module) -> int:
     return int(d_model)
 
 
+class ClassifierHead(nn.Linear):
+    """The output layer ``W p + b`` (a Linear, whose ``weight`` and ``bias`` keep their names in saved heads) with
+    an optional ``pooler``: BERT's dense D x D layer, applied with tanh before the dropout."""
+
+    def __init__(self, d_model: int, n_outputs: int, pooler: bool = False, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(d_model, n_outputs, device=device, dtype=dtype)
+        self.pooler = nn.Linear(d_model, d_model, device=device, dtype=dtype) if pooler else None
+
+    def pooled(self, p: Tensor) -> Tensor:
+        """``tanh(W_p p + b_p)`` with a pooler, else ``p``."""
+        return torch.tanh(self.pooler(p)) if self.pooler is not None else p
+
+
 class SequenceClassifier(nn.Module):
     """Backbone -> pooled hidden states of one layer -> dropout -> Linear (see the module docstring).
 
@@ -132,10 +149,11 @@ class SequenceClassifier(nn.Module):
     ``causal`` is False also takes ``attention_mask=`` there.
     ``n_outputs``: number of classes (classification) or of targets (regression).
     ``layer``: which hidden state to pool (``-1``: after the final LayerNorm; ``0``: embeddings).
+    ``pooler``: BERT's dense + tanh on the pooled vector before the dropout (:class:`ClassifierHead`).
     """
 
     def __init__(self, backbone: nn.Module, n_outputs: int, task: str = "classification", pooling: str = "mean",
-                 dropout: float = 0.1, layer: int = -1, d_model: int | None = None,
+                 dropout: float = 0.1, layer: int = -1, d_model: int | None = None, pooler: bool = False,
                  device: torch.device | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         if task not in TASKS:
@@ -153,7 +171,7 @@ class SequenceClassifier(nn.Module):
         self.task, self.pooling, self.layer, self.n_outputs = task, pooling, int(layer), int(n_outputs)
         D = d_model if d_model is not None else backbone_width(backbone)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(D, n_outputs, device=device, dtype=dtype)
+        self.head = ClassifierHead(D, n_outputs, pooler=bool(pooler), device=device, dtype=dtype)
         self.classes: list[str] | None = None
 
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -166,8 +184,8 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """input_ids (B, L), attention_mask (B, L) -> logits or predictions (B, n_outputs)."""
-        p = self.features(input_ids, attention_mask)
-        return self.head(self.dropout(p.to(self.head.weight.dtype)))
+        p = self.head.pooled(self.features(input_ids, attention_mask).to(self.head.weight.dtype))
+        return self.head(self.dropout(p))
 
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy or MSE of ``outputs`` (B, n_outputs) against ``labels`` (see :func:`head_loss`)."""
@@ -177,6 +195,7 @@ class SequenceClassifier(nn.Module):
         """What :func:`load_classifier` needs to rebuild the head (JSON-able)."""
         return {"format": HEAD_FORMAT, "task": self.task, "n_outputs": self.n_outputs, "pooling": self.pooling,
                 "layer": self.layer, "dropout": self.dropout.p, "d_model": self.head.in_features,
+                "pooler": self.head.pooler is not None,
                 "classes": list(classes) if classes is not None else None}
 
 
@@ -216,7 +235,8 @@ def load_classifier(path: str | os.PathLike, map_location: str | torch.device = 
     backbone = load_pretrained(path)
     try:
         model = SequenceClassifier(backbone, config["n_outputs"], task=config["task"], pooling=config["pooling"],
-                                   dropout=config["dropout"], layer=config["layer"], d_model=config["d_model"])
+                                   dropout=config["dropout"], layer=config["layer"], d_model=config["d_model"],
+                                   pooler=bool(config.get("pooler", False)))
     except KeyError as exc:
         raise InputError(f"{Path(path) / HEAD_CONFIG}: missing key {exc}") from None
     state = load_file(str(Path(path) / HEAD_WEIGHTS), device=str(map_location))

@@ -58,6 +58,7 @@ class TaskConfig:
 
     kind: str = "classification"
     pooling: str = "mean"
+    pooler: bool = False
     layer: int = -1
     dropout: float = 0.1
     monitor: str | None = None
@@ -249,7 +250,7 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> FinetuneResult:
     if task.kind == "classification" and n_outputs < 2:
         raise InputError(f"{paths['train']}: classification needs at least 2 classes, found {n_outputs}")
     model = SequenceClassifier(base, n_outputs, task=task.kind, pooling=task.pooling, dropout=task.dropout,
-                               layer=task.layer)
+                               layer=task.layer, pooler=task.pooler)
     model.classes = classes
     model.train()  # load_pretrained returns eval mode; dropout should be active while fine-tuning
     if lora.enabled:
