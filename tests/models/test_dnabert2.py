@@ -8,6 +8,7 @@ outputs are O(1): float32 rounding of its ~10^3-term sums stays near 1e-6); exac
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -525,3 +526,57 @@ def test_mlm_mask_never_picks_or_writes_n():
     picked = labels != -100
     assert not picked[:, 100:160].any() and picked.float().mean() > 0.2
     assert torch.isin(masked[picked], torch.tensor([*alphabet.acgt, alphabet.mask])).all()
+
+
+def _hub_classifier(directory: Path, n_labels: int = 3) -> tuple[Path, dict]:
+    """The fixture turned into what the hub's BertForSequenceClassification saves: its encoder, a random
+    pooler and classifier, no MLM head, ``architectures`` and ``id2label`` in config.json."""
+    from safetensors.torch import save_file
+
+    directory.mkdir()
+    meta = json.loads((FIXTURE / "config.json").read_text())
+    meta.update(architectures=["BertForSequenceClassification"], id2label={str(i): f"c{i}" for i in range(n_labels)})
+    (directory / "config.json").write_text(json.dumps(meta))
+    shutil.copy(FIXTURE / "tokenizer.json", directory / "tokenizer.json")
+    state = {k: v for k, v in torch.load(FIXTURE / "pytorch_model.bin", weights_only=True).items()
+             if not k.startswith("cls.")}
+    g = torch.Generator().manual_seed(2)
+    D = meta["hidden_size"]
+    head = {"bert.pooler.dense.weight": 0.3 * torch.randn(D, D, generator=g),
+            "bert.pooler.dense.bias": torch.randn(D, generator=g),
+            "classifier.weight": torch.randn(n_labels, D, generator=g),
+            "classifier.bias": torch.randn(n_labels, generator=g)}
+    save_file({**state, **head}, str(directory / "model.safetensors"))
+    return directory, head
+
+
+def test_hub_sequence_classifier_loads_and_classifies(tmp_path, hub_model) -> None:
+    """A DNABERT-2 classifier in the hub layout (BertForSequenceClassification) is a dnalm sequence classifier:
+    its logits are classifier(tanh(pooler(h_[CLS]))) of the fixture's encoder, by hand in float64 (1e-10);
+    `dnalm classify` reads it with its tokenizer and class names; the masked-LM loader refuses it in one line."""
+    from dnalm.cli import run
+    from dnalm.inference.classify import is_sequence_model, load_sequence_model
+
+    directory, head = _hub_classifier(tmp_path / "clf")
+    assert is_sequence_model(directory) and not is_sequence_model(FIXTURE)
+    loaded = load_sequence_model(directory)
+    assert loaded.classes == ["c0", "c1", "c2"] and loaded.model.head.pooler is not None
+    model = loaded.model.double().eval()
+    encoder = copy.deepcopy(hub_model).double().eval()
+    seqs = ["ACGTAGCTAGCTAGGATCCGATCGAT", "TTGACAGGCTAGCTATAATG"]
+    ids = [torch.as_tensor(loaded.tokenizer.encode(s)) for s in seqs]
+    with torch.no_grad():
+        for row in ids:
+            got = model(row[None])[0]
+            h = encoder.hidden_states(row[None], [-1])[0][0, 0]  # [CLS]
+            pooled = torch.tanh(head["bert.pooler.dense.weight"].double() @ h + head["bert.pooler.dense.bias"].double())
+            expected = head["classifier.weight"].double() @ pooled + head["classifier.bias"].double()
+            torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
+    assert run(["classify", f"checkpoint={directory}", f"input={fasta}", f"out={tmp_path / 'p.csv'}",
+                "device=cpu"]) == 0
+    table = (tmp_path / "p.csv").read_text().splitlines()
+    assert table[0] == "id,length,predicted,p_c0,p_c1,p_c2" and len(table) == 3
+    with pytest.raises(InputError, match="dnalm classify"):
+        load_hub(directory)

@@ -917,9 +917,64 @@ def load_hub(path: str | os.PathLike, map_location: str | torch.device = "cpu",
 
     meta, cfg_file, file = read_hub_layout(path)
     config = config_from_hub(meta, str(cfg_file), **dict(overrides or {}))
-    state = {k: v for k, v in read_weights(file).items() if not k.startswith(HUB_IGNORED_PREFIXES)}
+    weights = read_weights(file)
+    if is_hub_classifier(meta, weights):
+        raise InputError(f"{file}: a fine-tuned DNABERT-2 sequence classifier (BertForSequenceClassification), not "
+                         "the masked LM: use it with 'dnalm classify'")
+    state = {k: v for k, v in weights.items() if not k.startswith(HUB_IGNORED_PREFIXES)}
     model = Dnabert2Model(config)
     load_state_into(model, state, file)
+    return model.to(map_location).eval()
+
+
+#: The head of the hub's ``BertForSequenceClassification``: BERT's pooler and the classifier.
+HUB_CLASSIFIER_KEYS = ("bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias")
+
+
+def is_hub_classifier(meta: Mapping[str, Any], weights: Mapping[str, Any] | None = None) -> bool:
+    """Whether a hub checkpoint (its ``config.json`` ``meta``, and its weights when read) is a sequence
+    classifier: ``architectures`` names a ``...ForSequenceClassification``, or the weights hold ``classifier.*``."""
+    architectures = meta.get("architectures") or []
+    named = any(str(a).endswith("ForSequenceClassification") for a in architectures)
+    return named or (weights is not None and "classifier.weight" in weights)
+
+
+def load_hub_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """A DNABERT-2 classifier fine-tuned in the hub's layout (``BertForSequenceClassification``, as DNABERT-2's
+    GUE script saves it) as a :class:`~dnalm.models.heads.SequenceClassifier`: ``[CLS]`` pooling, BERT's pooler
+    (``bert.pooler.dense``, tanh), dropout (``classifier_dropout``, else ``hidden_dropout_prob``) and the linear
+    ``classifier``; ``num_labels == 1`` or ``problem_type: regression`` is a regressor. Class names from
+    ``id2label``. The checkpoint has no MLM head: the model's stays as initialised (classification only reads
+    the encoder)."""
+    from dnalm.models.heads import SequenceClassifier
+    from dnalm.models.io import load_state_into, read_hub_layout, read_weights
+
+    meta, cfg_file, file = read_hub_layout(path)
+    config = config_from_hub(meta, str(cfg_file))
+    weights = dict(read_weights(file))
+    missing = [k for k in HUB_CLASSIFIER_KEYS if k not in weights]
+    if missing:
+        raise InputError(f"{file}: not a sequence classifier's weights (no {missing[0]})")
+    backbone = Dnabert2Model(config)
+    mlm_head = {k: v for k, v in backbone.state_dict().items()
+                if k.startswith("cls.") and k != "cls.predictions.decoder.weight"}  # the decoder is the embedding
+    encoder = {k: v for k, v in weights.items() if not k.startswith(("bert.pooler.", "classifier.", "cls."))}
+    load_state_into(backbone, {**mlm_head, **encoder}, file)
+    n = int(weights["classifier.weight"].shape[0])
+    regression = meta.get("problem_type") == "regression" or n == 1
+    dropout = meta.get("classifier_dropout")
+    dropout = float(meta.get("hidden_dropout_prob", 0.1) if dropout is None else dropout)
+    model = SequenceClassifier(backbone, n, task="regression" if regression else "classification", pooling="cls",
+                               dropout=dropout, pooler=True, d_model=config.hidden_size)
+    head = {"weight": weights["classifier.weight"], "bias": weights["classifier.bias"],
+            "pooler.weight": weights["bert.pooler.dense.weight"], "pooler.bias": weights["bert.pooler.dense.bias"]}
+    try:
+        model.head.load_state_dict({k: v.to(model.head.weight.dtype) for k, v in head.items()})
+    except RuntimeError as exc:
+        raise InputError(f"{file}: the classifier does not fit the config ({str(exc).splitlines()[0]})") from None
+    labels = meta.get("id2label")
+    if not regression and isinstance(labels, Mapping):
+        model.classes = [str(labels.get(str(i), labels.get(i, i))) for i in range(n)]
     return model.to(map_location).eval()
 
 
