@@ -580,3 +580,10 @@ def test_hub_sequence_classifier_loads_and_classifies(tmp_path, hub_model) -> No
     assert table[0] == "id,length,predicted,p_c0,p_c1,p_c2" and len(table) == 3
     with pytest.raises(InputError, match="dnalm classify"):
         load_hub(directory)
+    # dnalm convert writes it as a dnalm classifier: same outputs, classes and tokenizer
+    assert run(["convert", f"src={directory}", f"out={tmp_path / 'conv'}"]) == 0
+    converted = load_sequence_model(tmp_path / "conv")
+    assert converted.classes == loaded.classes and converted.model.head.pooler is not None
+    with torch.no_grad():
+        row = torch.as_tensor(converted.tokenizer.encode(seqs[0]))[None]
+        torch.testing.assert_close(converted.model.double()(row), model(row), atol=0, rtol=0)

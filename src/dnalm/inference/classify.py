@@ -48,7 +48,7 @@ class LoadedClassifier:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _hub_classifier(path: Path) -> bool:
+def is_hub_classifier_dir(path: Path) -> bool:
     """Whether ``path`` is a DNABERT-2 classifier in the hub layout (``BertForSequenceClassification``)."""
     from dnalm.models.dnabert2 import detect_hub, is_hub_classifier
     from dnalm.models.io import read_json
@@ -69,7 +69,7 @@ def is_sequence_model(path: str | os.PathLike) -> bool:
         from dnalm.models.lora import read_adapter_config
 
         return bool(read_adapter_config(path).get("head"))
-    return path.is_dir() and _hub_classifier(path)
+    return path.is_dir() and is_hub_classifier_dir(path)
 
 
 def load_sequence_model(path: str | os.PathLike, base: str | os.PathLike | None = None) -> LoadedClassifier:
@@ -94,7 +94,7 @@ def load_sequence_model(path: str | os.PathLike, base: str | os.PathLike | None 
             raise InputError(f"{path}: its base model {source!r} is not there; set base=PATH")
         model = merge_lora(source, path)
         directories = [path, Path(source) if Path(source).is_dir() else Path(source).parent]
-    elif path.is_dir() and _hub_classifier(path):
+    elif path.is_dir() and is_hub_classifier_dir(path):
         from dnalm.models.dnabert2 import load_hub_classifier
 
         model = load_hub_classifier(path)
