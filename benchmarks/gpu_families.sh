@@ -11,6 +11,8 @@
 # (name=checkpoint[:overrides] entries; the overrides come after GUE_EXTRA's), GUE_EXTRA, SPEED_MODELS,
 # SPEED_MODES, SPEED_LENGTHS, SPEED_BUDGET (`dnalm speed`, STAGES=speed), PACK_MODELS, SH2_ARGS, EXTRA
 # (overrides for every train/finetune command, e.g. for a CPU smoke run).
+# $R/finished appears when the script ends (removed at its start): a run started in the background (setsid) in
+# one command can be waited for in the next with `until [ -f $R/finished ]; do sleep 5; done`.
 set -u
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-benchmarks/out}
@@ -26,6 +28,7 @@ GUE_MODELS=${GUE_MODELS:-}
 EXTRA=${EXTRA:-}
 STAGES=${STAGES:-yeast}
 mkdir -p "$R" "$OUT"
+rm -f "$R/finished"
 OUT=$(cd "$OUT" && pwd)
 T0=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
@@ -98,3 +101,4 @@ if want sh2; then
   python3 benchmarks/sh2_gpu.py --out $OUT/sh2_gpu.json ${SH2_ARGS:-} > $OUT/sh2_gpu.log 2>&1
 fi
 stamp done
+date > "$R/finished"
