@@ -23,6 +23,7 @@ from dnalm.models.mamba import (
     MambaLM,
     count_parameters_of_config,
     selective_scan,
+    selective_scan_cumsum,
     selective_scan_ref,
     selective_scan_sequential,
     to_caduceus_hub_state_dict,
@@ -51,6 +52,33 @@ def test_chunked_scan_equals_the_sequential_loop(chunk):
     got, got_h = selective_scan_ref(**x, state=state, chunk=chunk)
     torch.testing.assert_close(got, want, rtol=0, atol=FLOAT64_ATOL)
     torch.testing.assert_close(got_h, want_h, rtol=0, atol=FLOAT64_ATOL)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_cumsum_scan_equals_the_sequential_loop(chunk):
+    """The cumulative-sum scan (CPU inference) against the sequential one in float64 (1e-10), with a state;
+    with decays so steep that every chunk must be halved down to single positions, still equal; in float32,
+    equal to float32 rounding; and selective_scan takes it on a CPU without gradients, the sequential loop
+    with them."""
+    x = _scan_inputs(L=150)
+    state = torch.randn(2, 6, 4, dtype=torch.float64)
+    want, want_h = selective_scan_sequential(**x, state=state)
+    got, got_h = selective_scan_cumsum(**x, state=state, chunk=chunk)
+    torch.testing.assert_close(got, want, rtol=0, atol=FLOAT64_ATOL)
+    torch.testing.assert_close(got_h, want_h, rtol=0, atol=FLOAT64_ATOL)
+    steep = {**x, "A": x["A"] * 400, "delta_bias": x["delta_bias"].abs() + 2}  # |delta A| of hundreds per step
+    torch.testing.assert_close(selective_scan_cumsum(**steep, chunk=chunk)[0], selective_scan_sequential(**steep)[0],
+                               rtol=0, atol=FLOAT64_ATOL)
+    x32 = {k: v.float() for k, v in x.items()}
+    want32 = selective_scan_sequential(**x32)[0]
+    torch.testing.assert_close(selective_scan_cumsum(**x32, chunk=chunk)[0], want32, rtol=1e-5,
+                               atol=1e-5 * float(want32.abs().max()))
+    with torch.no_grad():
+        torch.testing.assert_close(selective_scan(**x)[0], selective_scan_cumsum(**x)[0], rtol=0, atol=0)
+    grad_u = x["u"].clone().requires_grad_(True)
+    y, _ = selective_scan(**{**x, "u": grad_u})
+    assert y.requires_grad
+    torch.testing.assert_close(y.detach(), selective_scan_sequential(**x)[0], rtol=0, atol=0)
 
 
 def test_scan_continues_from_its_last_state():

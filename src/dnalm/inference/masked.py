@@ -18,13 +18,13 @@ is generated and no causal log-likelihood exists. Its scores are built from the 
   the effects of mutations on protein function"), see :func:`masked_marginal`.
 
 A masked model reads a sequence whole up to its family's ``window_tokens`` (DNABERT-2 4,096 tokens, about 20 kb:
-attention is quadratic in the token count; Caduceus 2^20) or a ``window`` given by the caller. A longer row is
-read in overlapping windows (:func:`window_row`): each window holds the row's leading and trailing specials
-around ``window - specials`` content tokens, consecutive windows overlap by a quarter of those, and every token is
-answered for by the one window where it has at least an eighth of the content width of context on both sides
-(except at the row's ends): its hidden state, or its masked copy for the pseudo-log-likelihood. A bidirectional
-model's outputs then differ from one pass by what lies beyond that margin; a row within one window is read
-exactly as before.
+attention is quadratic in the token count; Caduceus 131,072, its published context) or a ``window`` given by the
+caller. A longer row is read in overlapping windows (:func:`window_row`): each window holds the row's leading and
+trailing specials around ``window - specials`` content tokens, consecutive windows overlap by a quarter of those,
+and every token is answered for by the one window where it has at least an eighth of the content width of context
+on both sides (except at the row's ends): its hidden state, or its masked copy for the pseudo-log-likelihood. A
+bidirectional model's outputs then differ from one pass by what lies beyond that margin; a row within one window is
+read exactly as before.
 ``check_objective`` gives the one-line error when a quantity of one objective is asked of the other.
 
 API
