@@ -97,7 +97,8 @@ class SsmConfig:
     of ``in_proj``/``out_proj``. ``norm_eps``: RMSNorm epsilon. ``residual_in_fp32``: keep the residual
     stream in at least float32. ``fast_path``: the scan on CUDA: ``auto`` (``mamba_ssm`` if installed,
     else the Triton kernels, forward-only or trainable as gradients require, else the reference), ``triton``,
-    ``mamba_ssm`` or ``reference``; the CPU always runs the reference. It changes no weights.
+    ``mamba_ssm`` or ``reference``; on a CPU ``reference`` runs the position-by-position loop, any other value
+    the cumulative-sum scan where no gradient is needed. It changes no weights.
     """
 
     d_model: int = 128
