@@ -13,7 +13,6 @@ would hold the attention scores, heads x T^2 float32 values per layer (printed f
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import resource
 import subprocess
@@ -23,19 +22,10 @@ from pathlib import Path
 
 
 def _sequence(data_root: Path, n: int) -> str:
+    from dnalm.inference.io import read_sequences
+
     path = data_root / "athal_colcen_chr1_5-7mb" / "Col-CEN_v1.2.Chr1_5MB-7MB.fasta.gz"
-    parts, total = [], 0
-    with gzip.open(path, "rt") as fh:
-        for line in fh:
-            if line.startswith(">"):
-                if parts:
-                    break
-                continue
-            parts.append(line.strip())
-            total += len(parts[-1])
-            if total >= n:
-                break
-    return "".join(parts)[:n].upper()
+    return read_sequences(path)[0].seq[:n]  # upper case
 
 
 def one(data_root: Path, shared: Path, n: int) -> dict:

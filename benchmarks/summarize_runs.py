@@ -7,8 +7,8 @@ RUNS_DIR holds ``yeast_<name>/metrics.json`` (``dnalm train ... test=true``) and
 as ``gue_<task>/seed<k>/metrics.json`` or ``gue_<model>/<task>_seed<k>/metrics.json``. Yeast: family,
 parameters, steps, training time, the validation step chosen, validation and test figures of that
 checkpoint: bits/base for a next-token model, bits per masked base and masked-token accuracy for a masked
-LM (the two are not comparable); test bits/base per region class of the next-token runs. GUE: test MCC per seed (model of the best dev epoch), their mean and
-standard deviation, and the mean test AUROC.
+LM (the two are not comparable); test bits/base per region class of the next-token runs. GUE: test MCC per
+seed (model of the best dev epoch), their mean and standard deviation, and the mean test AUROC.
 """
 
 from __future__ import annotations

@@ -48,17 +48,6 @@ class LoadedClassifier:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def is_hub_classifier_dir(path: Path) -> bool:
-    """Whether ``path`` is a DNABERT-2 classifier in the hub layout (``BertForSequenceClassification``)."""
-    from dnalm.models.dnabert2 import detect_hub, is_hub_classifier
-    from dnalm.models.io import read_json
-
-    if not (path / "config.json").is_file():
-        return False
-    meta = read_json(path / "config.json")
-    return detect_hub(path, meta) and is_hub_classifier(meta)
-
-
 def is_sequence_model(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a fine-tuned classifier/regressor: ``head.json``, an adapter with a head, or a
     DNABERT-2 classifier in the hub layout."""
@@ -69,13 +58,16 @@ def is_sequence_model(path: str | os.PathLike) -> bool:
         from dnalm.models.lora import read_adapter_config
 
         return bool(read_adapter_config(path).get("head"))
-    return path.is_dir() and is_hub_classifier_dir(path)
+    from dnalm.models.dnabert2 import is_hub_classifier_dir
+
+    return is_hub_classifier_dir(path)
 
 
 def load_sequence_model(path: str | os.PathLike, base: str | os.PathLike | None = None) -> LoadedClassifier:
     """The classifier of a ``dnalm finetune`` output: ``model/`` (head.json) or a LoRA ``adapter/`` (merged into
     its base, the recorded ``base_model`` unless ``base`` is given); or a DNABERT-2 classifier in the hub layout
     (:func:`dnalm.models.dnabert2.load_hub_classifier`)."""
+    from dnalm.models.dnabert2 import is_hub_classifier_dir, load_hub_classifier
     from dnalm.tokenizers import CharTokenizer, load_tokenizer
 
     path = Path(path)
@@ -94,9 +86,7 @@ def load_sequence_model(path: str | os.PathLike, base: str | os.PathLike | None 
             raise InputError(f"{path}: its base model {source!r} is not there; set base=PATH")
         model = merge_lora(source, path)
         directories = [path, Path(source) if Path(source).is_dir() else Path(source).parent]
-    elif path.is_dir() and is_hub_classifier_dir(path):
-        from dnalm.models.dnabert2 import load_hub_classifier
-
+    elif is_hub_classifier_dir(path):
         model = load_hub_classifier(path)
         info = {"pooling": "cls", "pooler": True, "source": "BertForSequenceClassification"}
         directories = [path]

@@ -939,6 +939,18 @@ def is_hub_classifier(meta: Mapping[str, Any], weights: Mapping[str, Any] | None
     return named or (weights is not None and "classifier.weight" in weights)
 
 
+def is_hub_classifier_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory holding a DNABERT-2 classifier in the hub layout (:func:`detect_hub` and
+    :func:`is_hub_classifier` on its ``config.json``)."""
+    from dnalm.models.io import read_json
+
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    meta = read_json(config)
+    return detect_hub(Path(path), meta) and is_hub_classifier(meta)
+
+
 def load_hub_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """A DNABERT-2 classifier fine-tuned in the hub's layout (``BertForSequenceClassification``, as DNABERT-2's
     GUE script saves it) as a :class:`~dnalm.models.heads.SequenceClassifier`: ``[CLS]`` pooling, BERT's pooler

@@ -34,9 +34,9 @@ def main(cfg: DictConfig) -> int | None:
     if not cc.src or not cc.out:
         raise ConfigError("convert: set src=PATH (checkpoint) and out=DIR (output directory)")
     src = Path(cc.src)
-    from dnalm.inference.classify import is_hub_classifier_dir
+    from dnalm.models.dnabert2 import is_hub_classifier_dir
 
-    if src.is_dir() and is_hub_classifier_dir(src):
+    if is_hub_classifier_dir(src):
         return _convert_hub_classifier(src, Path(cc.out))
     overrides = {} if cc.shift is None else {"shift": cc.shift}
     model = load_pretrained(src, overrides=overrides)
