@@ -24,7 +24,8 @@ Random weights (dnalm's initialisation), the preset's published shape (``1b-8k``
 
 ``--chunks``: the chunk sizes (tokens) of the forward past the context and of the embedding rows, each its own
 row (``auto``: :func:`dnalm.inference.chunked.default_chunk_size`, the trained context); ``--rows``: which
-kinds of rows to run.
+kinds of rows to run. ``--profile N``: a torch profile of N chunks of the chunked forward (after the
+rows), the operators taking the most GPU time written to ``<out>.profile.txt``.
 """
 
 from __future__ import annotations
@@ -116,6 +117,22 @@ def bench_forward(model: StripedHyenaLM, length: int, rng: np.random.Generator, 
 
 
 @torch.inference_mode()
+def profile_chunks(model: StripedHyenaLM, n_chunks: int, chunk: int | None, rng: np.random.Generator) -> str:
+    """The operators of ``n_chunks`` chunks of the chunked forward, most GPU time first."""
+    size = chunk or model.config.max_seqlen
+    ids = _ids(rng, 1, size * (n_chunks + 2))
+    for _ in iter_chunks(model, ids[:, :2 * size], chunk, precision="bf16"):
+        pass
+    _sync()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for out in iter_chunks(model, ids[:, :n_chunks * size], chunk, precision="bf16"):
+            del out
+        _sync()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+
+
+@torch.inference_mode()
 def bench_decoding(model: StripedHyenaLM, context: int, batch: int, new_tokens: int,
                    rng: np.random.Generator) -> dict:
     torch.cuda.empty_cache()
@@ -181,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunks", default="auto")
     ap.add_argument("--rows", default="training,forward,decoding,embedding")
     ap.add_argument("--out", default="sh2_gpu.json")
+    ap.add_argument("--profile", type=int, default=0)
     args = ap.parse_args(argv)
     chunks = [None if x == "auto" else int(x) for x in args.chunks.split(",") if x]
     rows = set(args.rows.split(","))
@@ -223,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         for chunk in chunks:
             record("embedding", lambda mb=mb, m=model, c=chunk: {"preset": args.preset,
                                                                  **bench_embedding(m, mb, rng, c)})
+    if args.profile:
+        for chunk in chunks:
+            table = profile_chunks(model, args.profile, chunk, rng)
+            with open(f"{args.out}.profile.txt", "a") as f:
+                f.write(f"# {args.profile} chunks of {chunk or 'auto'}\n{table}\n")
     del model
     torch.cuda.empty_cache()
     if "embedding" in rows and args.embed_small_mb:

@@ -162,3 +162,28 @@ def test_bert_pooler_head_by_hand_and_saved(tmp_path) -> None:
     apply_lora(lora_model, LoraSettings(enabled=True, r=2))
     trainable = {n for n, q in lora_model.named_parameters() if q.requires_grad}
     assert {"head.pooler.weight", "head.pooler.bias", "head.weight"} <= trainable
+
+
+def test_head_config_round_trip_and_missing_key(tmp_path) -> None:
+    """from_head_config rebuilds what head_config describes (without d_model: the backbone's width); a config
+    without one of its keys is a one-line InputError naming the file and the key."""
+    import json
+
+    from dnalm.errors import InputError
+    from dnalm.models.heads import HEAD_CONFIG, load_classifier, save_classifier
+
+    lm = _tiny_hyena()
+    model = SequenceClassifier(lm, 4, task="classification", pooling="max", dropout=0.2, layer=1)
+    model.classes = None
+    config = model.head_config(["a", "b", "c", "d"])
+    del config["d_model"]
+    again = SequenceClassifier.from_head_config(lm, config, "head.json")
+    assert again.head_config(["a", "b", "c", "d"]) == model.head_config(["a", "b", "c", "d"])
+    assert again.classes == ["a", "b", "c", "d"]
+
+    saved = save_classifier(model, tmp_path / "clf")
+    config = json.loads((saved / HEAD_CONFIG).read_text())
+    config.pop("pooling")
+    (saved / HEAD_CONFIG).write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"head\.json: head misses key 'pooling'"):
+        load_classifier(saved)

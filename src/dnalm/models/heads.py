@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,21 @@ class SequenceClassifier(nn.Module):
         self.head = ClassifierHead(D, n_outputs, pooler=bool(pooler), device=device, dtype=dtype)
         self.classes: list[str] | None = None
 
+    @classmethod
+    def from_head_config(cls, backbone: nn.Module, config: Mapping[str, Any], where: str | os.PathLike
+                         ) -> SequenceClassifier:
+        """The classifier that :meth:`head_config` describes, its head freshly initialised; ``where`` (the
+        file the config came from) names it in the one-line error for a missing key. Without ``d_model`` the
+        head takes the backbone's width."""
+        try:
+            model = cls(backbone, int(config["n_outputs"]), task=config["task"], pooling=config["pooling"],
+                        dropout=float(config["dropout"]), layer=int(config["layer"]), d_model=config.get("d_model"),
+                        pooler=bool(config.get("pooler", False)))
+        except KeyError as exc:
+            raise InputError(f"{where}: head misses key {exc}") from None
+        model.classes = config.get("classes")
+        return model
+
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Pooled hidden states (B, D) of ``input_ids`` (B, L)."""
         if getattr(self.backbone, "causal", True):
@@ -233,16 +248,10 @@ def load_classifier(path: str | os.PathLike, map_location: str | torch.device = 
 
     config = read_head_config(path)
     backbone = load_pretrained(path)
-    try:
-        model = SequenceClassifier(backbone, config["n_outputs"], task=config["task"], pooling=config["pooling"],
-                                   dropout=config["dropout"], layer=config["layer"], d_model=config["d_model"],
-                                   pooler=bool(config.get("pooler", False)))
-    except KeyError as exc:
-        raise InputError(f"{Path(path) / HEAD_CONFIG}: missing key {exc}") from None
+    model = SequenceClassifier.from_head_config(backbone, config, Path(path) / HEAD_CONFIG)
     state = load_file(str(Path(path) / HEAD_WEIGHTS), device=str(map_location))
     try:
         model.head.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(f"{Path(path) / HEAD_WEIGHTS}: does not fit the head ({str(exc).splitlines()[0]})") from None
-    model.classes = config.get("classes")
     return model.to(map_location)

@@ -267,12 +267,6 @@ def merge_lora(base: nn.Module | str | os.PathLike, adapter: str | os.PathLike) 
     if head:
         from dnalm.models.heads import SequenceClassifier
 
-        try:
-            model = SequenceClassifier(base, int(head["n_outputs"]), task=head["task"], pooling=head["pooling"],
-                                       dropout=float(head["dropout"]), layer=int(head["layer"]),
-                                       d_model=head.get("d_model"), pooler=bool(head.get("pooler", False)))
-        except KeyError as exc:
-            raise InputError(f"{Path(adapter) / ADAPTER_CONFIG}: head misses key {exc}") from None
-        model.classes = head.get("classes")
+        model = SequenceClassifier.from_head_config(base, head, Path(adapter) / ADAPTER_CONFIG)
     load_adapter(model, adapter)
     return merge_and_unload(model)
