@@ -342,12 +342,12 @@ def _toeplitz_conv(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.einsum("cts,bcs->bct", T, x)
 
 
-@pytest.mark.parametrize("group", [1, 2, None])  # modes per group of powers in the stateful path (None: all)
-def test_modal_filter_recurrence_equals_fft_convolution(monkeypatch, group):
+@pytest.mark.parametrize("block", [1, 4, 7, None])  # positions per block of the stateful path (None: default)
+def test_modal_filter_recurrence_equals_fft_convolution(monkeypatch, block):
     import dnalm.models.stripedhyena as sh
 
-    if group is not None:
-        monkeypatch.setattr(sh, "MODAL_GROUP_ELEMENTS", group * 6 * 39)  # d x the longest piece (39)
+    if block is not None:  # 7 divides neither piece (31, 39): the padded last block
+        monkeypatch.setattr(sh, "MODAL_BLOCK", block)
     torch.manual_seed(0)
     d, N, L = 6, 5, 70
     f = ModalFilter(d, N, dtype=torch.float64)
@@ -372,6 +372,12 @@ def test_modal_filter_recurrence_equals_fft_convolution(monkeypatch, group):
         state = f.allocate(2, x.device, torch.float64)
         split = torch.cat([f(x[..., :31], state), f(x[..., 31:], state)], -1)
         torch.testing.assert_close(split, fft, **EXACT)
+        torch.testing.assert_close(state, s_ref, **EXACT)
+        # pieces shorter and longer than a block, one position among them
+        state = f.allocate(2, x.device, torch.float64)
+        cuts = [0, 1, 3, 12, 13, 45, L]
+        pieces = torch.cat([f(x[..., a:e], state) for a, e in zip(cuts, cuts[1:], strict=False)], -1)
+        torch.testing.assert_close(pieces, fft, **EXACT)
         torch.testing.assert_close(state, s_ref, **EXACT)
 
 

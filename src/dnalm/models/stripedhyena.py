@@ -94,8 +94,10 @@ log = logging.getLogger(__name__)
 #: Explicit filters with at least this many taps are true convolutions computed by FFT, with a skip
 #: term ``D``; shorter ones are direct cross-correlations without one (vortex ``model.py:205-209, 366``).
 FFT_FIR_MIN_TAPS = 128
-#: Values of the powers p^t a modal filter's chunk holds at once (inference with a state): 2^26 (256 MB float32).
-MODAL_GROUP_ELEMENTS = 1 << 26
+#: Positions per block of a modal filter's chunk (inference with a state): the powers p^t, t < T, are
+#: p^(j MODAL_BLOCK) p^r for r < MODAL_BLOCK, so a chunk needs (d, N, MODAL_BLOCK) and (d, N, T / MODAL_BLOCK)
+#: powers instead of (d, N, T) (1 GB per HCL layer at evo2-1b's width and an 8k chunk, in float32).
+MODAL_BLOCK = 128
 
 #: Layer kinds, in the order of the config's index lists, and their pattern letters (§A.1).
 KINDS: tuple[str, ...] = ("hcs", "hcm", "hcl", "attn")
@@ -443,6 +445,25 @@ class ExplicitFilter(nn.Module):
         return torch.zeros(batch, self.d, self.taps - 1, device=device, dtype=dtype)
 
 
+def block_powers(logp: Tensor, L: int) -> tuple[Tensor, Tensor]:
+    """The powers ``p^t = exp(logp t)``, t < L, as two factors: ``within`` (..., b) = p^r for r < b and
+    ``blocks`` (..., J) = p^(j b) for j < J, so that ``p^t = blocks[t // b] within[t % b]``
+    (``b = min(MODAL_BLOCK, L)``, ``J = ceil(L / b)``)."""
+    b = max(1, min(MODAL_BLOCK, L))
+    J = -(-L // b)
+    within = torch.exp(logp[..., None] * torch.arange(b, device=logp.device, dtype=logp.dtype))
+    blocks = torch.exp(logp[..., None] * torch.arange(0, J * b, b, device=logp.device, dtype=logp.dtype))
+    return within, blocks
+
+
+def modal_sum(c: Tensor, within: Tensor, blocks: Tensor, L: int) -> Tensor:
+    """``y[..., d, t] = sum_n c[..., d, n] p[d, n]^t`` for t < L, from :func:`block_powers`' factors (d, N, b)
+    and (d, N, J): c (d, N) or (B, d, N) -> (d, L) or (B, d, L), one batched product per block row."""
+    J, b = blocks.shape[-1], within.shape[-1]
+    y = torch.einsum("...dnj,dnr->...djr", c[..., None] * blocks, within)
+    return y.reshape(*c.shape[:-1], J * b)[..., :L]
+
+
 class ModalFilter(_KeepFloat32):
     """The long implicit filter of HCL blocks in modal (pole-residue) form (§A.3), one per channel.
 
@@ -467,40 +488,34 @@ class ModalFilter(_KeepFloat32):
         return self.log_poles[..., 0].to(dtype), self.residues.to(dtype)
 
     def filter(self, L: int, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The first L taps (d, L), summed one mode at a time (no (d, N, L) tensor)."""
+        """The first L taps (d, L), ``sum_n R p^t`` over blocks of positions (:func:`block_powers`; no (d, N, L)
+        tensor)."""
         logp, R = self.modes(dtype)
-        t = torch.arange(L, device=logp.device, dtype=dtype)
-        h = torch.zeros(self.d, L, device=logp.device, dtype=dtype)
-        for n in range(self.state_size):
-            h += R[:, n, None] * torch.exp(logp[:, n, None] * t)
-        return h
+        with torch.autocast(logp.device.type, enabled=False):  # a sum of modes: keep it in ``dtype``
+            within, blocks = block_powers(logp, L)
+            return modal_sum(R, within, blocks, L)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> Tensor:
         """x: (B, d, L) in float32 or float64 -> (B, d, L); ``state`` (B, d, N) is read and advanced by L.
 
-        With a state (inference), the powers ``p^t`` (d, N, L), in groups of modes of at most
-        ``MODAL_GROUP_ELEMENTS`` values, give the taps, the carried inputs' part of y and the new state as
-        three batched products (one exponential per power instead of three)."""
+        With a state (inference), the taps ``h_t = sum_n R p^t``, the carried state's part of y,
+        ``sum_n R p^(t+1) s``, and the new state, ``p^T s + sum_t p^(T-1-t) x_t``, are computed over blocks of
+        ``MODAL_BLOCK`` positions: with t = j b + r, ``p^t = p^(j b) p^r``, so each is a batched product of
+        (d, N, T / b) and (d, N, b) powers, and no (d, N, T) tensor is formed."""
         L = x.shape[-1]
         if state is None:
             return fftconv_ref(x, self.filter(L, x.dtype), x.new_zeros(self.d)) + x * self.D.to(x.dtype)[:, None]
         with torch.autocast(x.device.type, enabled=False):  # batched products: keep them in x's dtype
             logp, R = self.modes(x.dtype)
-            t = torch.arange(L, device=x.device, dtype=x.dtype)
-            s = state.to(x.dtype, copy=True)
-            h = x.new_zeros(self.d, L)
-            carried = torch.zeros_like(x)
-            reversed_x = x.flip(-1)
-            group = max(1, MODAL_GROUP_ELEMENTS // max(1, self.d * L))
-            for n0 in range(0, self.state_size, group):
-                modes = slice(n0, n0 + group)
-                powers = torch.exp(logp[:, modes, None] * t)  # (d, g, L): p^t
-                h += torch.einsum("dn,dnl->dl", R[:, modes], powers)
-                # y_t gains R_n p_n^(t+1) s_n; s_n <- p_n^L s_n + sum_t p_n^(L-1-t) x_t
-                carried += torch.einsum("bdn,dnl->bdl", s[..., modes] * (R[:, modes] * torch.exp(logp[:, modes])),
-                                        powers)
-                state[..., modes] = (s[..., modes] * torch.exp(logp[:, modes] * L)
-                                     + torch.einsum("bdl,dnl->bdn", reversed_x, powers))
+            within, blocks = block_powers(logp, L)  # (d, N, b), (d, N, J)
+            J, b = blocks.shape[-1], within.shape[-1]
+            s = state.to(x.dtype)
+            h = modal_sum(R, within, blocks, L)
+            carried = modal_sum(s * (R * torch.exp(logp)), within, blocks, L)  # sum_n R p^(t+1) s_n
+            # new state: x padded in front to J b positions, sum_j p^((J-1-j) b) sum_r p^(b-1-r) x[j b + r]
+            padded = F.pad(x, (J * b - L, 0)).view(x.shape[0], self.d, J, b)
+            inner = torch.einsum("bdjr,dnr->bdnj", padded, within.flip(-1))
+            state.copy_(s * torch.exp(logp * L) + torch.einsum("bdnj,dnj->bdn", inner, blocks.flip(-1)))
             return fftconv_ref(x, h, x.new_zeros(self.d)) + x * self.D.to(x.dtype)[:, None] + carried
 
     def step(self, x: Tensor, state: Tensor) -> Tensor:
