@@ -174,7 +174,6 @@ def test_head_config_round_trip_and_missing_key(tmp_path) -> None:
 
     lm = _tiny_hyena()
     model = SequenceClassifier(lm, 4, task="classification", pooling="max", dropout=0.2, layer=1)
-    model.classes = None
     config = model.head_config(["a", "b", "c", "d"])
     del config["d_model"]
     again = SequenceClassifier.from_head_config(lm, config, "head.json")
