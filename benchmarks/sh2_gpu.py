@@ -176,7 +176,9 @@ def bench_embedding(model: StripedHyenaLM, megabases: float, rng: np.random.Gene
     _sync()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    vec = embed_pooled(model, [seq], layer=-1, pool="mean", precision="bf16", chunk_size=chunk)
+    # long rows log their progress (rate and time left) every 30 s on stderr
+    vec = embed_pooled(model, [seq], layer=-1, pool="mean", precision="bf16", chunk_size=chunk,
+                       progress=megabases >= 10)
     _sync()
     t = time.perf_counter() - t0
     return {"megabases": megabases, "chunk": chunk or "auto", "seconds": round(t, 1),

@@ -155,7 +155,7 @@ class _ProgressLines:
         self.start = self.last = time.monotonic()
 
     def _count(self, n: float) -> str:
-        if self.unit_scale:
+        if self.unit_scale and n >= 1000:  # 12.3k, 4.5M; below a thousand the plain count
             from tqdm import tqdm
 
             return tqdm.format_sizeof(n)

@@ -69,8 +69,9 @@ def test_inference_loops_into_a_log_file_write_rate_and_eta(capsys):
     assert format_seconds(3725.4) == "1:02:05" and format_seconds(-3) == "0:00:00"
 
 
-def test_predict_into_a_log_file_reports_its_batches(tmp_path, monkeypatch, capsys):
-    """dnalm predict ... 2> predict.log with DNALM_PROGRESS_EVERY=0: a line per batch but the last."""
+def test_predict_into_a_log_file_reports_its_tokens(tmp_path, monkeypatch, capsys):
+    """dnalm predict ... 2> predict.log with DNALM_PROGRESS_EVERY=0: a line per chunk (here one per sequence)
+    but the last, counting the tokens scored so far out of all."""
     import torch
 
     from dnalm.models.hyena import HyenaConfig, HyenaLM
@@ -83,4 +84,26 @@ def test_predict_into_a_log_file_reports_its_batches(tmp_path, monkeypatch, caps
     assert run(["predict", f"checkpoint={tmp_path / 'm'}", f"input={tmp_path / 'seqs.fa'}", "batch_size=1",
                 f"out={tmp_path / 'll.parquet'}", "device=cpu"]) == 0
     lines = capsys.readouterr().err.splitlines()
-    assert [ln.split(",")[0] for ln in lines] == [f"scoring: {k}/4 batch ({25 * k:.1f}%)" for k in (1, 2, 3)]
+    counts = [re.match(r"^scoring: ([\d.]+)/([\d.]+) token \(", ln) for ln in lines]
+    assert len(lines) == 3 and all(counts)
+    done = [float(m.group(1)) for m in counts]
+    total = {float(m.group(2)) for m in counts}
+    assert done == sorted(done) and len(set(done)) == 3 and max(done) < min(total)
+
+
+def test_one_long_row_reports_every_chunk(capsys):
+    """A single row longer than a chunk reports as its chunks go (not once per batch): every 16 tokens of 100."""
+    import numpy as np
+    import torch
+
+    from dnalm.inference.scoring import score_rows
+    from dnalm.models.hyena import HyenaConfig, HyenaLM
+
+    torch.manual_seed(0)
+    model = HyenaLM(HyenaConfig(d_model=8, n_layer=1, l_max=200, filter_order=8)).eval()
+    row = np.random.default_rng(0).integers(7, 11, 100)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DNALM_PROGRESS_EVERY", "0")
+        score_rows(model, [row], chunk_size=16, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split(" (")[0] for ln in lines] == [f"scoring: {k * 16}/100 token" for k in range(1, 7)]

@@ -30,7 +30,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,16 @@ from numpy.lib.format import open_memmap
 
 from dnalm.errors import ConfigError
 from dnalm.inference.chunked import check_precision, iter_chunks
-from dnalm.inference.scoring import DEFAULT_BATCH_SIZE, DEFAULT_MAX_TOKENS, bucket_batches, pad_rows
+from dnalm.inference.scoring import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_TOKENS,
+    tokens_tracker,
+    bucket_batches,
+    chunk_tokens,
+    pad_rows,
+)
 from dnalm.models.blocks import CausalLM
-from dnalm.utils import atomic_dir, track
+from dnalm.utils import atomic_dir
 
 POOLS = ("mean", "max", "last", "none")
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -69,25 +76,24 @@ def _check_pool(pool: str) -> None:
         raise ConfigError(f"pool={pool!r} must be one of {', '.join(POOLS)}")
 
 
-def _batches(rows: Sequence[np.ndarray], batch_size: int, max_tokens: int, progress: bool,
-             desc: str) -> Iterable[list[int]]:
-    batches = bucket_batches([len(r) for r in rows], batch_size, max_tokens)
-    return track(batches, total=len(batches), desc=desc, unit="batch") if progress else batches
-
-
 def _row_blocks(model: CausalLM, rows: Sequence[np.ndarray], index: int, skip: int, batch_size: int,
                 max_tokens: int, chunk_size: int | None, progress: bool, precision: str | int):
     """``(row, start, block)`` for every chunk of every row: ``block`` (T, D) on the model's device holds the
     hidden states of positions ``skip + start ..`` of row ``row`` (padding and the first ``skip`` left out)."""
-    for batch in _batches(rows, batch_size, max_tokens, progress, "embedding"):
+    bar = tokens_tracker(rows, "embedding", progress)
+    for batch in bucket_batches([len(r) for r in rows], batch_size, max_tokens):
         sub = [rows[i] for i in batch]
         for chunk in iter_chunks(model, pad_rows(sub), chunk_size, layers=[index], logits=False,
                                  precision=precision):
             hidden, start = chunk.hidden[0], chunk.start
+            if bar is not None:
+                bar.update(chunk_tokens([len(r) for r in sub], start, hidden.shape[1]))
             for b, i in enumerate(batch):
                 lo, hi = max(start, skip), min(start + hidden.shape[1], len(sub[b]))
                 if hi > lo:
                     yield i, lo - skip, hidden[b, lo - start: hi - start]
+    if bar is not None:
+        bar.close()
 
 
 def embed_pooled(model: CausalLM, rows: Sequence[np.ndarray], layer: int | str = -1, pool: str = "mean",

@@ -31,8 +31,9 @@ API
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,6 +148,19 @@ def bucket_batches(lengths: Sequence[int], batch_size: int = DEFAULT_BATCH_SIZE,
     return batches
 
 
+def tokens_tracker(rows: Sequence[np.ndarray], desc: str, progress: bool) -> Any:
+    """Progress counted in the rows' tokens (``update(n)`` per chunk, so that one chromosome-long row reports
+    too), or None without ``progress``."""
+    if not progress:
+        return None
+    return track(iter(()), total=sum(len(r) for r in rows), desc=desc, unit="token", unit_scale=True)
+
+
+def chunk_tokens(lengths: Sequence[int], start: int, width: int) -> int:
+    """Real tokens of the rows (of ``lengths``) in the chunk of positions ``start .. start + width - 1``."""
+    return sum(max(0, min(start + width, n) - start) for n in lengths)
+
+
 def pad_rows(rows: Sequence[np.ndarray], pad_id: int = PAD_ID) -> np.ndarray:
     """Right-pad (n_b,) id arrays into one (B, max n_b) array (a single row is not copied)."""
     if len(rows) == 1:
@@ -159,7 +173,7 @@ def pad_rows(rows: Sequence[np.ndarray], pad_id: int = PAD_ID) -> np.ndarray:
 
 
 def _score_batch(model: CausalLM, rows: Sequence[np.ndarray], logits_columns: Sequence[int] | None,
-                 chunk_size: int | None) -> list[RowScores]:
+                 chunk_size: int | None, bar: Any = None) -> list[RowScores]:
     ids = pad_rows(rows)
     B, L = ids.shape
     lengths = [len(r) for r in rows]
@@ -172,6 +186,8 @@ def _score_batch(model: CausalLM, rows: Sequence[np.ndarray], logits_columns: Se
     columns = None if logits_columns is None else torch.as_tensor(list(logits_columns), dtype=torch.long)
     for chunk in iter_chunks(model, ids, chunk_size, logits=True):
         s = chunk.start
+        if bar is not None:
+            bar.update(chunk_tokens(lengths, s, chunk.logits.shape[1]))
         e = min(s + chunk.logits.shape[1], L - 1)  # logits at s..e-1 predict tokens s+1..e
         if e <= s:
             continue
@@ -200,14 +216,13 @@ def score_rows(model: CausalLM, rows: Sequence[np.ndarray], logits_columns: Sequ
     ``logits`` (n_i-1, C): the model's logits of those ids for the same predictions.
     """
     results: list[RowScores | None] = [None] * len(rows)
-    batches = bucket_batches([len(r) for r in rows], batch_size, max_tokens)
-    it: Iterable[list[int]] = batches
-    if progress:
-        it = track(batches, total=len(batches), desc="scoring", unit="batch")
-    for batch in it:
-        for i, res in zip(batch, _score_batch(model, [rows[i] for i in batch], logits_columns, chunk_size),
+    bar = tokens_tracker(rows, "scoring", progress)
+    for batch in bucket_batches([len(r) for r in rows], batch_size, max_tokens):
+        for i, res in zip(batch, _score_batch(model, [rows[i] for i in batch], logits_columns, chunk_size, bar),
                           strict=True):
             results[i] = res
+    if bar is not None:
+        bar.close()
     return results  # type: ignore[return-value]
 
 
