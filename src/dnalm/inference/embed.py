@@ -43,10 +43,10 @@ from dnalm.inference.chunked import check_precision, iter_chunks
 from dnalm.inference.scoring import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_TOKENS,
-    tokens_tracker,
     bucket_batches,
     chunk_tokens,
     pad_rows,
+    tokens_tracker,
 )
 from dnalm.models.blocks import CausalLM
 from dnalm.utils import atomic_dir
