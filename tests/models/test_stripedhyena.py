@@ -418,6 +418,14 @@ def test_featurizer_orientation():
     history = torch.tensor([[[7.0, 8.0]]], dtype=torch.float64)
     y = causal_fir(x[..., :1], w, history)
     assert y.item() == 0.5 * 7 + 2 * 8 + 10 * 1 and history.tolist() == [[[8.0, 1.0]]]
+    # pieces with a history, shorter and longer than the taps, against one depthwise convolution (float64)
+    for K in (1, 3, 7):
+        x, w = torch.randn(2, 5, 40, dtype=torch.float64), torch.randn(5, K, dtype=torch.float64)
+        history = torch.zeros(2, 5, K - 1, dtype=torch.float64)
+        cuts = [0, 1, 3, 4, 15, 16, 40]
+        pieces = torch.cat([causal_fir(x[..., a:e], w, history) for a, e in zip(cuts, cuts[1:], strict=False)], -1)
+        torch.testing.assert_close(pieces, F.conv1d(F.pad(x, (K - 1, 0)), w[:, None], groups=5), **EXACT)
+        torch.testing.assert_close(history, x[..., 40 - (K - 1):], **EXACT)
 
 
 def test_rmsnorm_adds_eps_to_the_rms():
