@@ -360,27 +360,22 @@ def causal_fir(x: Tensor, w: Tensor, history: Tensor | None = None) -> Tensor:
 
     x: (B, C, L); w: (C, K), ``w[:, K-1]`` weighting the current input; history: (B, C, K-1) the inputs
     before x (zeros when None), replaced by the last K-1 inputs. Returns (B, C, L) in at least float32
-    (vortex computes these convolutions in float32), as the current tap's product plus K-1 multiply-adds of
-    shifted inputs into the output (and of the history into its first outputs): the same sum as a depthwise
-    ``F.conv1d``, whose CPU kernels are 100x slower at these sizes, without a padded copy of x; no autocast op.
+    (vortex computes these convolutions in float32), as K multiply-adds of shifted inputs (the same sum
+    as a depthwise ``F.conv1d``, whose CPU kernels are 100x slower at these sizes; no autocast op).
     """
     K, L = w.shape[-1], x.shape[-1]
     wide = _wide(x.dtype)
     x = x.to(wide)
     w = w.to(wide)
-    y = x * w[:, K - 1, None]
-    for k in range(K - 1):
-        lag = K - 1 - k  # w[:, k] weights the input ``lag`` steps back
-        if lag < L:
-            y[..., lag:].addcmul_(x[..., : L - lag], w[:, k, None])
-        if history is not None:  # outputs t < lag reach back into the history (its position t + k)
-            n = min(lag, L)
-            y[..., :n].addcmul_(history[..., k: k + n].to(wide), w[:, k, None])
-    if history is not None and K > 1:
-        if L >= K - 1:
-            history.copy_(x[..., L - (K - 1):])
-        else:
-            history.copy_(torch.cat([history[..., L:].to(wide), x], dim=-1))
+    if history is None:
+        window = F.pad(x, (K - 1, 0))
+    else:
+        window = torch.cat([history.to(wide), x], dim=-1)  # (B, C, K-1+L)
+        if K > 1:
+            history.copy_(window[..., L:])
+    y = window[..., :L] * w[:, 0, None]
+    for k in range(1, K):
+        y = y.addcmul_(window[..., k: k + L], w[:, k, None])
     return y
 
 
