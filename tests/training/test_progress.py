@@ -88,7 +88,7 @@ def test_predict_into_a_log_file_reports_its_tokens(tmp_path, monkeypatch, capsy
     assert len(lines) == 3 and all(counts)
     done = [float(m.group(1)) for m in counts]
     total = {float(m.group(2)) for m in counts}
-    assert done == sorted(done) and len(set(done)) == 3 and max(done) < min(total)
+    assert len(total) == 1 and done == sorted(done) and len(set(done)) == 3 and max(done) < min(total)
 
 
 def test_one_long_row_reports_every_chunk(capsys):
