@@ -227,7 +227,7 @@ def fitted_rows(seqs: Sequence[Any], encode_body: Callable[[Any, str], np.ndarra
 
 
 def padded_batch(rows: Sequence[np.ndarray], pad_id: int, padding_side: str, max_length: int | None = None,
-             padding: bool | str = True, return_tensors: str | None = "pt") -> dict[str, Any]:
+                 padding: bool | str = True, return_tensors: str | None = "pt") -> dict[str, Any]:
     """Pad ``B`` id arrays ``(T_b,)`` with ``pad_id`` on ``padding_side`` into ``input_ids`` and
     ``attention_mask`` ``(B, L)`` int64 (1 on tokens): ``padding`` True/``'longest'`` to the longest row,
     ``'max_length'`` to ``max_length``, False requires rows of equal length."""
@@ -460,7 +460,6 @@ class _Tokenizer(SavedOptions):
     def decode_batch(self, ids: Any, skip_special_tokens: bool = True) -> list[str]:
         """Rows of ``(B, L)`` ids -> B strings (padding is dropped when skipping specials)."""
         return [self.decode(row, skip_special_tokens) for row in _to_numpy_ids(ids)]
-
 
 
 @dataclass(frozen=True, kw_only=True)

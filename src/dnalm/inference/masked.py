@@ -217,10 +217,7 @@ def pseudo_log_likelihoods(model: nn.Module, rows: Sequence[np.ndarray], alphabe
     out = [np.full(len(r), np.nan) for r in rows]
     jobs = [(w, t) for w in _windows(model, rows, _specials(alphabet), window)
             for t in w.lo + np.flatnonzero(scored_tokens(np.asarray(rows[w.row][w.lo:w.hi]), alphabet, skip_n))]
-    lengths = [len(w.ids) for w, _ in jobs]
-    batches = bucket_batches(lengths, batch_size, max_tokens)
-    it: Iterable[list[int]] = track(batches, total=len(batches), desc="scoring", unit="batch") if progress \
-        else batches
+    it = _batches([w.ids for w, _ in jobs], batch_size, max_tokens, progress, "scoring")
     pad = alphabet.pad if alphabet.pad is not None else 0
     for batch in it:
         copies = []
