@@ -2,8 +2,8 @@
 
     python benchmarks/sh2_gpu.py [--preset 1b-8k] [--train-len 8192] [--forward 8192,1048576]
         [--decode-context 65536] [--decode-batches 1,32] [--new-tokens 34] [--embed-mb 1]
-        [--embed-small-mb 100] [--chunks auto,32768] [--rows training,forward,decoding,embedding]
-        [--out results.json]
+        [--embed-small-mb 100] [--chunks auto,32768] [--modes eager,compiled]
+        [--rows training,forward,decoding,embedding] [--out results.json]
 
 Random weights (dnalm's initialisation), the preset's published shape (``1b-8k``: 25 layers, d 1920,
 1,107,989,760 parameters). Rows:
@@ -18,12 +18,15 @@ Random weights (dnalm's initialisation), the preset's published shape (``1b-8k``
   of context + new tokens), then ``new_tokens`` one-token steps; the rate is B * (N - 2) / (time of N steps -
   time of the first 2);
 * embedding: :func:`dnalm.inference.embed.embed_pooled` (mean-pooled final hidden state, bf16) of one
-  random sequence of each ``--embed-mb`` megabases, after a 50 kb warm-up; Mb/s and peak memory. At 100 Mb
-  the 1b model would take about a quarter of an hour here, so ``--embed-small-mb`` runs the ``small``
-  preset (6.5M parameters) at that length to show memory staying flat.
+  random sequence of each ``--embed-mb`` megabases, after a warm-up of two chunks and a last chunk as long as
+  the row's; Mb/s and peak memory. ``--embed-small-mb`` runs the ``small`` preset (6.5M parameters) at
+  such lengths to show memory staying flat.
 
 ``--chunks``: the chunk sizes (tokens) of the forward past the context and of the embedding rows, each its own
-row (``auto``: :func:`dnalm.inference.chunked.default_chunk_size`, the trained context); ``--rows``: which
+row (``auto``: :func:`dnalm.inference.chunked.default_chunk_size`, the trained context); ``--modes``: the
+chunked rows as they are (``eager``) and/or within :func:`dnalm.inference.chunked.compiled_blocks`
+(``compiled``: each block's modules through ``torch.compile``; the warm-up compiles); ``--best-mb``: lengths
+(megabases) embedded after the other rows with the fastest mode and chunk of the embedding rows; ``--rows``: which
 kinds of rows to run. ``--profile N``: a torch profile of N chunks of the chunked forward (after the
 rows), the operators taking the most GPU time written to ``<out>.profile.txt``.
 """
@@ -38,7 +41,7 @@ import time
 import numpy as np
 import torch
 
-from dnalm.inference.chunked import iter_chunks
+from dnalm.inference.chunked import compiled_blocks, default_chunk_size, iter_chunks
 from dnalm.inference.embed import embed_pooled
 from dnalm.models.stripedhyena import StripedHyenaConfig, StripedHyenaLM
 
@@ -54,6 +57,13 @@ def _peak_gib() -> float:
 def _ids(rng: np.random.Generator, *shape: int) -> np.ndarray:
     """Random DNA as byte ids (A, C, G, T = 65, 67, 71, 84)."""
     return np.array([65, 67, 71, 84], dtype=np.int64)[rng.integers(0, 4, size=shape)]
+
+
+def _warm_up(model: StripedHyenaLM, n: int, chunk: int | None) -> int:
+    """A length whose chunks have both sizes that n's chunks have (two full ones and n's last), so that a
+    compiled model meets no new shape in the timed run."""
+    T = chunk or default_chunk_size(model)
+    return min(n, 2 * T + n % T)
 
 
 def _build(preset: str, dtype: torch.dtype) -> StripedHyenaLM:
@@ -103,7 +113,7 @@ def bench_forward(model: StripedHyenaLM, length: int, rng: np.random.Generator, 
         _sync()
         how = "one pass"
     else:
-        for _ in iter_chunks(model, ids[:, :2 * (chunk or context)], chunk, precision="bf16"):
+        for _ in iter_chunks(model, ids[:, :_warm_up(model, length, chunk)], chunk, precision="bf16"):
             pass
         _sync()
         t0 = time.perf_counter()
@@ -172,7 +182,8 @@ def bench_embedding(model: StripedHyenaLM, megabases: float, rng: np.random.Gene
                     chunk: int | None = None) -> dict:
     n = int(megabases * 1_000_000)
     seq = _ids(rng, n)
-    embed_pooled(model, [seq[:50_000]], layer=-1, pool="mean", precision="bf16", chunk_size=chunk)
+    embed_pooled(model, [seq[:_warm_up(model, n, chunk)]], layer=-1, pool="mean", precision="bf16",
+                 chunk_size=chunk)
     _sync()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -198,12 +209,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embed-mb", default="1")
     ap.add_argument("--embed-small-mb", default="100")
     ap.add_argument("--chunks", default="auto")
+    ap.add_argument("--modes", default="eager")
+    ap.add_argument("--best-mb", default="")
     ap.add_argument("--rows", default="training,forward,decoding,embedding")
     ap.add_argument("--out", default="sh2_gpu.json")
     ap.add_argument("--profile", type=int, default=0)
     args = ap.parse_args(argv)
     chunks = [None if x == "auto" else int(x) for x in args.chunks.split(",") if x]
     rows = set(args.rows.split(","))
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - {"eager", "compiled"}:
+        print(f"--modes {args.modes!r}: eager and/or compiled", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("needs a CUDA device", file=sys.stderr)
         return 2
@@ -225,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             row = {"error": "out of memory"}
+        except Exception as exc:  # e.g. a compile failure: the row says so and the other rows still run
+            row = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         result["rows"].setdefault(kind, []).append(row)
         print(kind, row, flush=True)
@@ -234,15 +253,29 @@ def main(argv: list[str] | None = None) -> int:
         record("training", lambda: bench_training(args.preset, args.train_len, args.train_steps, rng))
         torch.cuda.empty_cache()  # the training model and optimizer are gone with bench_training's frame
     model = _build(args.preset, torch.bfloat16).eval()
+
+    def run(mode: str, m: StripedHyenaLM, fn) -> dict:
+        with compiled_blocks(m, enabled=mode == "compiled"):
+            return {"mode": mode, **fn(m)}
+
     for length in [int(x) for x in args.forward.split(",") if x] if "forward" in rows else []:
         for chunk in chunks if length > config.max_seqlen else [None]:
-            record("forward", lambda n=length, m=model, c=chunk: bench_forward(m, n, rng, c))
+            for mode in modes if length > config.max_seqlen else ["eager"]:
+                record("forward", lambda n=length, c=chunk, mode=mode, m=model: run(
+                    mode, m, lambda m: bench_forward(m, n, rng, c)))
     for batch in [int(x) for x in args.decode_batches.split(",") if x] if "decoding" in rows else []:
         record("decoding", lambda b=batch, m=model: bench_decoding(m, args.decode_context, b, args.new_tokens, rng))
     for mb in [float(x) for x in args.embed_mb.split(",") if x] if "embedding" in rows else []:
         for chunk in chunks:
-            record("embedding", lambda mb=mb, m=model, c=chunk: {"preset": args.preset,
-                                                                 **bench_embedding(m, mb, rng, c)})
+            for mode in modes:
+                record("embedding", lambda mb=mb, c=chunk, mode=mode, m=model: run(
+                    mode, m, lambda m: {"preset": args.preset, **bench_embedding(m, mb, rng, c)}))
+    done = [r for r in result["rows"].get("embedding", []) if "mb_per_s" in r]
+    for mb in [float(x) for x in args.best_mb.split(",") if x] if done else []:
+        best = max(done, key=lambda r: r["mb_per_s"])
+        chunk = None if best["chunk"] == "auto" else best["chunk"]
+        record("embedding", lambda mb=mb, c=chunk, mode=best["mode"], m=model: run(
+            mode, m, lambda m: {"preset": args.preset, **bench_embedding(m, mb, rng, c)}))
     if args.profile:
         for chunk in chunks:
             table = profile_chunks(model, args.profile, chunk, rng)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -707,3 +709,24 @@ def test_chunked_inference_past_the_context_is_a_sliding_window_float64(chunk):
         # control: within the window this is the full causal pass; past it, the full pass differs
         torch.testing.assert_close(got[:, :32], model(ids[:, :32]), **EXACT)
         assert (model(ids)[:, 32:] - reference[:, 32:]).abs().max() > 1e-3
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="torch.compile on the CPU needs a C++ compiler (g++ or $CXX)")
+def test_compiled_chunks_equal_eager_chunks_float64():
+    """``compiled_blocks`` (Inductor's fused kernels, the fast path of long inference on a GPU) computes what the
+    eager modules compute: chunks past the context through every block kind, in float64; the modules are
+    compiled inside and restored after. (One chunk length: each length compiles again, ~25 s on a CPU.)"""
+    from dnalm.inference.chunked import chunked_forward, compiled_blocks
+
+    model, ids = _model("SDH*", max_seqlen=32), _ids(2, 96)
+    children = [m for block in model.backbone.layers for m in block.children()]
+    with torch.no_grad():
+        eager, _ = chunked_forward(model, ids, 48)
+        with compiled_blocks(model):
+            assert all(m._compiled_call_impl is not None for m in children)
+            got, _ = chunked_forward(model, ids, 48)
+    assert all(m._compiled_call_impl is None for m in children)
+    torch.testing.assert_close(got, eager, **EXACT)
+    # control: the chunks are not all the same computation (the carried state moves the outputs)
+    assert (eager[:, 48:96] - eager[:, :48]).abs().max() > 1e-3

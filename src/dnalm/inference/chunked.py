@@ -45,6 +45,9 @@ API
     the chunks concatenated (for tests and short inputs; holds everything in memory).
 ``context_length(model)``, ``default_chunk_size(model, batch)``, ``max_chunk_tokens(model, batch)``,
 ``cache_spectra(model, device, chunk, layers)``.
+``with compiled_blocks(model, enabled=True):`` each block's submodules (norms, MLP, mixer) compiled in place
+    with ``torch.compile`` (Inductor fuses their elementwise work; the eager modules are the reference, and
+    compiled chunks are tested against them); restored on exit.
 
 Layer indices are those of :meth:`dnalm.models.blocks.CausalLM.hidden_states`: 0 = embedding,
 ``i`` = after block ``i``, ``n_layer + 1`` or ``-1`` = after the final norm. Every chunk
@@ -57,7 +60,7 @@ backbone's ``embed``, ``layers`` and ``final_norm`` (:func:`dnalm.models.blocks.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +168,34 @@ def cache_spectra(model: CausalLM, device: torch.device, chunk: int, layers: Seq
         return True
     total = sum(model.mixers[i].fused_chunk_bytes(chunk) for i in layers)
     return total <= SPECTRUM_CACHE_FRACTION * torch.cuda.get_device_properties(device).total_memory
+
+
+#: Compiled graphs kept per code object while :func:`compiled_blocks` is on: a mixer kind and a chunk length each
+#: compile once (three gated-convolution kinds x the full, the warm-up and the last chunk's lengths), where
+#: torch's default of 8 would send the rest back to eager.
+COMPILE_CACHE_LIMIT = 64
+
+
+@contextmanager
+def compiled_blocks(model: CausalLM, enabled: bool = True) -> Iterator[None]:
+    """Within the block, every child module of every block (norms, MLP, mixer) runs compiled
+    (``nn.Module.compile``, static shapes): Inductor fuses the elementwise work of a chunk (the FIRs, gates,
+    dtype casts and norms) into few kernels. A mixer whose ``chunk`` calls its own forward with a carried
+    state (StripedHyena's gated convolutions) runs compiled; one that computes its chunk otherwise (attention's
+    window, Hyena's fused block) stays as it is. Modules the caller compiled already are left alone; the rest
+    are restored on exit. Each new chunk length compiles once (seconds on a GPU, tens of seconds on a CPU)."""
+    if not enabled:
+        yield
+        return
+    mods = [m for block in model.backbone.layers for m in block.children() if m._compiled_call_impl is None]
+    for m in mods:
+        m.compile(dynamic=False)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=COMPILE_CACHE_LIMIT):
+            yield
+    finally:
+        for m in mods:
+            m._compiled_call_impl = None
 
 
 def _as_ids(input_ids: Tensor | np.ndarray, start: int, end: int, device: torch.device) -> Tensor:
