@@ -4,7 +4,9 @@ through the chunked path, a 2 Mb chromosome on disk within a memory bound, the e
 from __future__ import annotations
 
 import json
+import os
 import resource
+import shutil
 import time
 
 import numpy as np
@@ -130,6 +132,21 @@ def test_bf16_precision_stays_close_to_float32(tmp_path, hyena, model_dirs, fast
     run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / 'e'}", "precision=bf16",
          "device=cpu"])
     assert json.loads((tmp_path / "e" / "embed.json").read_text())["precision"] == "bf16"
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="torch.compile on the CPU needs a C++ compiler (g++ or $CXX)")
+def test_cli_embed_compiled_equals_eager(model_dirs, hyena, tmp_path):
+    """``compile=true`` runs the chunks through compiled modules (``compiled_blocks``) and writes what the eager
+    run writes, to float32 rounding (the rule of tests/tolerance.py)."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">one\nACGTAGGACCTTAGGACATTAGACCAGT\n>two\nTTGACA\n")
+    for name, extra in (("eager", []), ("compiled", ["compile=true"])):
+        run(["embed", f"input={fasta}", f"checkpoint={model_dirs['hyena']}", f"out={tmp_path / name}",
+             "chunk_size=8", "device=cpu", *extra])
+    eager, got = (np.load(tmp_path / name / "embeddings.npy") for name in ("eager", "compiled"))
+    np.testing.assert_allclose(got, eager, **_tol(hyena, [eager], 28))
+    assert np.abs(eager[0] - eager[1]).max() > 1e-3  # control: two sequences, two vectors
 
 
 def test_npy_stream_writes_blocks(tmp_path):

@@ -28,6 +28,7 @@ class EmbedConfig(InferenceRun):
     save_dtype: str = "float32"
     precision: str = "32"
     uppercase: bool = True
+    compile: bool = False
 
 
 def main(cfg: DictConfig) -> int | None:
@@ -37,6 +38,7 @@ def main(cfg: DictConfig) -> int | None:
                           "and out=DIR")
     from dnalm.genome.aliases import alias_path
     from dnalm.inference.api import load_model
+    from dnalm.inference.chunked import compiled_blocks
     from dnalm.inference.embed import POOLS, embed_to_directory, resolve_layer
     from dnalm.inference.io import read_inputs
     from dnalm.inference.scoring import encode_sequence
@@ -56,14 +58,17 @@ def main(cfg: DictConfig) -> int | None:
     if objective_of(model) == MASKED:
         if ec.prepend_bos:
             check_objective(model, CAUSAL, "embed prepend_bos=true")
+        if ec.compile:
+            check_objective(model, CAUSAL, "embed compile=true (the chunked causal path, compiled)")
         rows = [encode_tokens(tokenizer, s.seq, where=s.where) for s in seqs]
     else:
         rows = [encode_sequence(tokenizer, s.seq, ec.prepend_bos, where=s.where) for s in seqs]
-    out = embed_to_directory(model, rows, [s.id for s in seqs], ec.out, layer=layer, pool=ec.pool,
-                             skip=int(ec.prepend_bos), dtype=ec.save_dtype, batch_size=ec.batch_size,
-                             max_tokens=ec.max_tokens, chunk_size=ec.chunk_size, progress=True,
-                             precision=ec.precision, pad_id=getattr(tokenizer, "pad_id", 0) or 0,
-                             metadata={"model": str(ec.checkpoint), "input": str(ec.input),
-                                       "prepend_bos": ec.prepend_bos})
+    with compiled_blocks(model, enabled=ec.compile):
+        out = embed_to_directory(model, rows, [s.id for s in seqs], ec.out, layer=layer, pool=ec.pool,
+                                 skip=int(ec.prepend_bos), dtype=ec.save_dtype, batch_size=ec.batch_size,
+                                 max_tokens=ec.max_tokens, chunk_size=ec.chunk_size, progress=True,
+                                 precision=ec.precision, pad_id=getattr(tokenizer, "pad_id", 0) or 0,
+                                 metadata={"model": str(ec.checkpoint), "input": str(ec.input),
+                                           "prepend_bos": ec.prepend_bos})
     print(f"embed: {len(seqs)} sequences, layer {layer}, pool {ec.pool} -> {out}/")
     return 0

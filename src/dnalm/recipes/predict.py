@@ -38,6 +38,7 @@ class PredictConfig(InferenceRun):
     skip_n: bool = True
     collapse: str | None = None
     score: str = "auto"
+    compile: bool = False
 
 
 def main(cfg: DictConfig) -> int | None:
@@ -58,6 +59,7 @@ def main(cfg: DictConfig) -> int | None:
         pc.output_type, pc.reduce = output_type, reduce or pc.reduce
     from dnalm.genome.aliases import alias_path
     from dnalm.inference.api import load_model
+    from dnalm.inference.chunked import compiled_blocks
     from dnalm.inference.io import read_inputs, write_parquet
     from dnalm.inference.scoring import (
         REDUCTIONS,
@@ -93,11 +95,14 @@ def main(cfg: DictConfig) -> int | None:
             check_objective(model, CAUSAL, "predict output_type=logits (the logits predicting each next base)")
         if pc.prepend_bos:
             check_objective(model, CAUSAL, "predict prepend_bos=true (a [BOS] to condition the first base on)")
+        if pc.compile:
+            check_objective(model, CAUSAL, "predict compile=true (the chunked causal path, compiled)")
         return _predict_masked(pc, model, tokenizer, seqs)
     columns = logit_columns(model, pc.tokens, tokenizer) if pc.output_type == "logits" else None
     rows = [encode_sequence(tokenizer, s.seq, pc.prepend_bos, where=s.where) for s in seqs]
-    scores = score_rows(model, rows, logits_columns=columns, batch_size=pc.batch_size, max_tokens=pc.max_tokens,
-                        chunk_size=pc.chunk_size, progress=True)
+    with compiled_blocks(model, enabled=pc.compile):
+        scores = score_rows(model, rows, logits_columns=columns, batch_size=pc.batch_size,
+                            max_tokens=pc.max_tokens, chunk_size=pc.chunk_size, progress=True)
     first = 0 if pc.prepend_bos else 1
     # the scored tokens that count: all, or all but N / IUPAC ambiguity codes (skip_n, as training weighs them 0)
     keep = [~ambiguous_targets(row, tokenizer) if pc.skip_n else np.ones(len(row) - 1, dtype=bool) for row in rows]
