@@ -4,6 +4,8 @@ checked against computations made here directly from the models' outputs."""
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +130,7 @@ def test_predict_asks_each_objective_only_its_own_quantities(tmp_path, checkpoin
     cases = [(checkpoints["dnabert2"], "output_type=logits", "needs a causal LM; this is a masked LM (dnabert2)"),
              (checkpoints["dnabert2"], "prepend_bos=true", "needs a causal LM; this is a masked LM (dnabert2)"),
              (checkpoints["dnabert2"], "score=causal", "needs a causal LM; this is a masked LM (dnabert2)"),
+             (checkpoints["dnabert2"], "compile=true", "needs a causal LM; this is a masked LM (dnabert2)"),
              (checkpoints["stripedhyena"], "score=pseudo", "needs a masked LM; this is a causal LM (stripedhyena)")]
     for ckpt, option, message in cases:
         with pytest.raises(SystemExit) as exc:
@@ -174,6 +177,24 @@ def test_predict_stripedhyena_collapse_and_bos(tmp_path, checkpoints, fasta, pre
         assert tables["sum"].loc[name, "log_likelihood"] == pytest.approx(ref.sum(), rel=1e-5)
         assert tables["mean"].loc[name, "log_likelihood"] == pytest.approx(ref.mean(), rel=1e-5)
         np.testing.assert_allclose(tables["per_token"].loc[name, "log_probs"], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="torch.compile on the CPU needs a C++ compiler (g++ or $CXX)")
+def test_predict_stripedhyena_compiled(tmp_path, checkpoints, fasta) -> None:
+    """compile=true (each block's modules through torch.compile) scores what the model's own logits give, in
+    two chunks of 21 tokens (one batch padded to 42: one shape to compile; the second chunk through the gated
+    convolutions' compiled forward with a carried state)."""
+    from dnalm.models.io import load_pretrained
+
+    model = load_pretrained(checkpoints["stripedhyena"])
+    out = tmp_path / "p.parquet"
+    assert cli("predict", f"input={fasta}", f"checkpoint={checkpoints['stripedhyena']}", f"out={out}",
+               "collapse=per_token", "chunk_size=21", "compile=true") == 0
+    table = pd.read_parquet(out).set_index("id")
+    for name, seq in SEQS.items():
+        ref = _direct_log_probs(model, [ord(c) for c in seq])
+        np.testing.assert_allclose(table.loc[name, "log_probs"], ref, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
