@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 
 import numpy as np
@@ -178,6 +179,12 @@ def bench_decoding(model: StripedHyenaLM, context: int, batch: int, new_tokens: 
     return row
 
 
+def _log_peak(stop: threading.Event, t0: float, every: float = 60.0) -> None:
+    while not stop.wait(every):
+        print(f"{time.perf_counter() - t0:.0f} s: peak GPU memory so far {_peak_gib()} GiB", file=sys.stderr,
+              flush=True)
+
+
 def bench_embedding(model: StripedHyenaLM, megabases: float, rng: np.random.Generator,
                     chunk: int | None = None) -> dict:
     n = int(megabases * 1_000_000)
@@ -187,11 +194,15 @@ def bench_embedding(model: StripedHyenaLM, megabases: float, rng: np.random.Gene
     _sync()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    # long rows log their progress (rate and time left) every 30 s on stderr
+    # long rows log their progress (rate and time left) every 30 s on stderr, and the peak memory so far
+    stop = threading.Event()
+    if megabases >= 10:
+        threading.Thread(target=_log_peak, args=(stop, t0), daemon=True).start()
     vec = embed_pooled(model, [seq], layer=-1, pool="mean", precision="bf16", chunk_size=chunk,
                        progress=megabases >= 10)
     _sync()
     t = time.perf_counter() - t0
+    stop.set()
     return {"megabases": megabases, "chunk": chunk or "auto", "seconds": round(t, 1),
             "mb_per_s": round(megabases / t, 4),
             "peak_gib": _peak_gib(), "finite": bool(np.isfinite(vec).all())}
