@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,9 @@ if _WORKERS > 1:
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+#: Tests of ``torch.compile`` on the CPU: Inductor builds C++ there.
+needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                               reason="torch.compile on the CPU needs a C++ compiler (g++ or $CXX)")
 
 
 @pytest.fixture(scope="session")

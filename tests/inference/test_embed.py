@@ -4,9 +4,7 @@ through the chunked path, a 2 Mb chromosome on disk within a memory bound, the e
 from __future__ import annotations
 
 import json
-import os
 import resource
-import shutil
 import time
 
 import numpy as np
@@ -23,7 +21,7 @@ from _inference_helpers import (  # noqa: F401 (fixtures)
 )
 
 import dnalm
-from conftest import shared_file
+from conftest import needs_cxx, shared_file
 from dnalm.cli import main, run
 from dnalm.errors import ConfigError
 from dnalm.inference.embed import (
@@ -134,8 +132,7 @@ def test_bf16_precision_stays_close_to_float32(tmp_path, hyena, model_dirs, fast
     assert json.loads((tmp_path / "e" / "embed.json").read_text())["precision"] == "bf16"
 
 
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
-                    reason="torch.compile on the CPU needs a C++ compiler (g++ or $CXX)")
+@needs_cxx
 def test_cli_embed_compiled_equals_eager(model_dirs, hyena, tmp_path):
     """``compile=true`` runs the chunks through compiled modules (``compiled_blocks``) and writes what the eager
     run writes, to float32 rounding (the rule of tests/tolerance.py)."""

@@ -4,8 +4,6 @@ checked against computations made here directly from the models' outputs."""
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import torch
 from _inference_helpers import cli, write_fasta
 
+from conftest import needs_cxx
 from dnalm.errors import ConfigError
 from dnalm.inference.masked import (
     encode_tokens,
@@ -179,8 +178,7 @@ def test_predict_stripedhyena_collapse_and_bos(tmp_path, checkpoints, fasta, pre
         np.testing.assert_allclose(tables["per_token"].loc[name, "log_probs"], ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
-                    reason="torch.compile on the CPU needs a C++ compiler (g++ or $CXX)")
+@needs_cxx
 def test_predict_stripedhyena_compiled(tmp_path, checkpoints, fasta) -> None:
     """compile=true (each block's modules through torch.compile) scores what the model's own logits give, in
     two chunks of 21 tokens (one batch padded to 42: one shape to compile; the second chunk through the gated

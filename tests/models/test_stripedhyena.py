@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import needs_cxx
 from dnalm.errors import ConfigError, InputError
 from dnalm.inference.state import InferenceState
 from dnalm.models.blocks import CausalLM, count_parameters
@@ -711,8 +710,7 @@ def test_chunked_inference_past_the_context_is_a_sliding_window_float64(chunk):
         assert (model(ids)[:, 32:] - reference[:, 32:]).abs().max() > 1e-3
 
 
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
-                    reason="torch.compile on the CPU needs a C++ compiler (g++ or $CXX)")
+@needs_cxx
 def test_compiled_chunks_equal_eager_chunks_float64():
     """``compiled_blocks`` (Inductor's fused kernels, the fast path of long inference on a GPU) computes what the
     eager modules compute: chunks past the context through every block kind, in float64; the modules are

@@ -178,7 +178,7 @@ COMPILE_CACHE_LIMIT = 64
 
 @contextmanager
 def compiled_blocks(model: CausalLM, enabled: bool = True) -> Iterator[None]:
-    """Within the block, every child module of every block (norms, MLP, mixer) runs compiled
+    """Inside the ``with`` statement, every child module of every block (norms, MLP, mixer) runs compiled
     (``nn.Module.compile``, static shapes): Inductor fuses the elementwise work of a chunk (the FIRs, gates,
     dtype casts and norms) into few kernels. A mixer whose ``chunk`` calls its own forward with a carried
     state (StripedHyena's gated convolutions) runs compiled; one that computes its chunk otherwise (attention's
