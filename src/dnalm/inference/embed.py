@@ -83,13 +83,14 @@ def _row_blocks(model: CausalLM, rows: Sequence[np.ndarray], index: int, skip: i
     bar = tokens_tracker(rows, "embedding", progress)
     for batch in bucket_batches([len(r) for r in rows], batch_size, max_tokens):
         sub = [rows[i] for i in batch]
+        lengths = [len(r) for r in sub]
         for chunk in iter_chunks(model, pad_rows(sub), chunk_size, layers=[index], logits=False,
                                  precision=precision):
             hidden, start = chunk.hidden[0], chunk.start
             if bar is not None:
-                bar.update(chunk_tokens([len(r) for r in sub], start, hidden.shape[1]))
+                bar.update(chunk_tokens(lengths, start, hidden.shape[1]))
             for b, i in enumerate(batch):
-                lo, hi = max(start, skip), min(start + hidden.shape[1], len(sub[b]))
+                lo, hi = max(start, skip), min(start + hidden.shape[1], lengths[b])
                 if hi > lo:
                     yield i, lo - skip, hidden[b, lo - start: hi - start]
     if bar is not None:
